@@ -1,0 +1,253 @@
+"""The ``autoimmuneai`` command line: demo, synth, validate, train, evaluate, predict, report.
+
+Each command imports its machinery lazily so that ``--help`` is instant. User errors
+(InputError) print one line and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+
+log = logging.getLogger("autoimmuneai")
+EXIT_USER_ERROR = 2
+EXIT_PARTIAL = 3  # batch finished but some cases failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        if args.debug:
+            raise
+        print(f"autoimmuneai {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"autoimmuneai {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoimmuneai",
+        description="Multimodal (MRI + serology) differential diagnosis and progression risk "
+        "with evidence shown as 3D Slicer segments. Research use only.",
+    )
+    parser.add_argument("--version", action="version", version=f"autoimmuneai {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+
+    def command(name: str, help_text: str, func: Callable) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", "Synthesise the demo cohort, train, evaluate, explain and report.", _demo)
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    p.add_argument(
+        "--cases", type=int, default=None, help="cohort size (default 240; 400 with --full)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--full", action="store_true", help="the configuration the targets are measured on"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default by size)")
+    p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+
+    p = command("synth", "Generate the synthetic demo cohort on the MNI152 brain.", _synth)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cases", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voxel-size", type=float, default=2.0, help="mm (default 2)")
+    p.add_argument("--oblique", type=float, default=0.0, help="rotate the image grid by DEG")
+    p.add_argument("--anisotropic", action="store_true", help="thick slices (anisotropic voxels)")
+    p.add_argument("--workers", type=int, default=None)
+
+    p = command("validate", "Check a cohort manifest against a panel.", _validate)
+    p.add_argument("--cohort", type=Path, required=True, help="manifest (CSV, TSV or XLSX)")
+    p.add_argument("--panel", default="cns_autoimmune", help="panel name or JSON path")
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept image paths outside the manifest's folder",
+    )
+
+    p = command("train", "Train the fused model, the baselines and write a model bundle.", _train)
+    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="bundle folder")
+    p.add_argument("--panel", default="cns_autoimmune")
+    p.add_argument("--folds", type=int, default=1, help="cross-validation folds (1: none)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fusion", choices=["film", "concat"], default="film")
+    p.add_argument("--alpha", type=float, default=0.1, help="conformal error rate")
+    p.add_argument(
+        "--class-conditional", action="store_true", help="class-conditional conformal sets"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument(
+        "--distributed", action="store_true", help="DistributedDataParallel under torchrun"
+    )
+
+    p = command("evaluate", "Evaluate a bundle and its baselines on a cohort.", _evaluate)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", default=None, help="evaluate only this split (e.g. test)")
+    p.add_argument(
+        "--explain-quality",
+        action="store_true",
+        help="also measure explanation quality (localisation, sanity, faithfulness)",
+    )
+    p.add_argument("--explain-cases", type=int, default=10)
+
+    p = command("predict", "Predict (and explain) every case of a cohort.", _predict)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--explain", action="store_true", help="attributions, evidence segments, scene")
+    p.add_argument(
+        "--method", default=None, help="image attribution method (default: the bundle's)"
+    )
+    p.add_argument("--target", default=None, help="class to explain (default: predicted)")
+    p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete")
+    p.add_argument("--no-snapshot", action="store_true", help="skip the PNG snapshots")
+    p.add_argument(
+        "--hash-ids",
+        default=None,
+        metavar="SALT",
+        help="replace case_id by a salted hash in every output",
+    )
+    p.add_argument("--allow-outside-root", action="store_true")
+
+    p = command("report", "Rebuild the HTML report from saved results.", _report)
+    p.add_argument(
+        "--eval", type=Path, required=True, dest="eval_dir", help="a demo or evaluate folder"
+    )
+    p.add_argument("--out", type=Path, default=None, help="report path (default EVAL/report.html)")
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        args.out,
+        cases=args.cases,
+        seed=args.seed,
+        full=args.full,
+        epochs=args.epochs,
+        resume=args.resume,
+    )
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import generate_cohort
+
+    if args.cases < 1:
+        raise InputError("--cases must be at least 1", field="--cases")
+    manifest = generate_cohort(
+        args.out,
+        args.cases,
+        args.seed,
+        voxel_size=args.voxel_size,
+        oblique_deg=args.oblique,
+        anisotropic=args.anisotropic,
+        workers=args.workers,
+    )
+    print(f"wrote {args.cases} cases: {manifest}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .validate import validate_manifest
+
+    report = validate_manifest(args.cohort, args.panel, allow_outside_root=args.allow_outside_root)
+    print(report.render())
+    return 0 if report.usable else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train_bundle
+
+    config = TrainConfig(
+        folds=args.folds,
+        seed=args.seed,
+        fusion=args.fusion,
+        alpha=args.alpha,
+        class_conditional=args.class_conditional,
+        panel=args.panel,
+    )
+    if args.epochs is not None:
+        config.epochs = args.epochs
+    bundle = train_bundle(
+        args.cohort, args.out, config, resume=args.resume, distributed=args.distributed
+    )
+    print(f"bundle: {bundle}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_bundle
+
+    metrics = evaluate_bundle(args.bundle, args.cohort, args.out, split=args.split)
+    if args.explain_quality:
+        from .explain_quality import measure_explanation_quality
+
+        measure_explanation_quality(
+            args.bundle, args.cohort, args.out, split=args.split, n_cases=args.explain_cases
+        )
+    d = metrics.get("diagnosis", {})
+    print(
+        f"balanced accuracy {d.get('balanced_accuracy', float('nan')):.3f}, "
+        f"macro AUROC {d.get('macro_auroc', float('nan')):.3f} -> {args.out / 'metrics.json'}"
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .pipeline import predict_cohort
+
+    result = predict_cohort(
+        args.bundle,
+        args.cohort,
+        args.out,
+        explain=args.explain,
+        method=args.method,
+        target=args.target,
+        resume=args.resume,
+        snapshot=not args.no_snapshot,
+        hash_salt=args.hash_ids,
+        allow_outside_root=args.allow_outside_root,
+    )
+    print(result.summary())
+    return EXIT_PARTIAL if result.n_failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.eval_dir, args.out)
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""Cohort manifests: read CSV/TSV/XLSX, check every row against the panel, parse lab values.
+
+Row numbers are those a spreadsheet shows (the header is row 1, the first case row 2), so a
+message such as ``manifest.csv, row 7, column c3: ...`` points at the cell to fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .labvalues import LabValue, LabValueError, parse_lab_value
+from .panel import Panel, load_panel
+
+CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TRUTH_FILE = "truth.csv"
+
+
+@dataclass
+class Case:
+    """One validated manifest row."""
+
+    case_id: str
+    row: int
+    images: dict[str, Path]
+    labs: dict[str, LabValue]
+    diagnosis: str | None = None
+    event_time: float | None = None
+    event: int | None = None
+    split: str | None = None
+    mask_lesions: Path | None = None
+
+
+@dataclass
+class Cohort:
+    """The usable cases of a manifest, plus every problem found (one InputError each)."""
+
+    path: Path
+    panel: Panel
+    cases: list[Case]
+    problems: list[InputError] = field(default_factory=list)
+    failed: dict[str, InputError] = field(default_factory=dict)  # case_id -> first problem
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c.case_id for c in self.cases]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def subset(self, case_ids: list[str] | set[str]) -> Cohort:
+        keep = set(case_ids)
+        return Cohort(self.path, self.panel, [c for c in self.cases if c.case_id in keep])
+
+    def lab_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """Values [n, features] in canonical units and the missing mask.
+
+        Categorical values are category indices. A value reported below an assay limit
+        ("<10") is taken as half the limit, the usual convention for left-censored labs;
+        ">800" keeps the bound.
+        """
+        names = self.panel.feature_names
+        values = np.full((len(self.cases), len(names)), np.nan)
+        missing = np.ones_like(values, dtype=bool)
+        for i, case in enumerate(self.cases):
+            for j, name in enumerate(names):
+                lab = case.labs.get(name)
+                if lab is None or lab.missing:
+                    continue
+                values[i, j] = lab.value / 2.0 if lab.censor == "<" else lab.value
+                missing[i, j] = False
+        return values, missing
+
+    def labels(self) -> np.ndarray:
+        """Class indices [n] (-1 where the diagnosis is unknown)."""
+        return np.array(
+            [self.panel.class_index(c.diagnosis) if c.diagnosis else -1 for c in self.cases],
+            dtype=np.int64,
+        )
+
+    def survival(self) -> tuple[np.ndarray, np.ndarray]:
+        """Follow-up time (months) and event indicator, NaN where not recorded."""
+        times = np.array([np.nan if c.event_time is None else c.event_time for c in self.cases])
+        events = np.array([np.nan if c.event is None else float(c.event) for c in self.cases])
+        return times, events
+
+    def splits(self) -> np.ndarray:
+        return np.array([c.split or "" for c in self.cases], dtype=object)
+
+    def truth_table(self) -> pd.DataFrame | None:
+        """The generator's latent truth beside the manifest (synthetic cohorts), by case_id."""
+        path = self.root / TRUTH_FILE
+        if not path.is_file():
+            return None
+        table = pd.read_csv(path, dtype={"case_id": str}).set_index("case_id")
+        return table.reindex(self.case_ids)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest as strings: CSV or TSV (delimiter sniffed, BOM removed) or XLSX."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("manifest not found", file=path)
+    if path.is_dir():
+        raise InputError("manifest is a directory, not a file", file=path)
+    try:
+        if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
+            table = pd.read_excel(path, dtype=str, keep_default_na=False)
+        else:
+            table = pd.read_csv(
+                path,
+                sep=_sniff_delimiter(path),
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+                skipinitialspace=True,
+            )
+    except pd.errors.EmptyDataError:
+        raise InputError("manifest is empty", file=path) from None
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read manifest ({reason})", file=path) from None
+    table.columns = [str(c).strip().lstrip("\ufeff") for c in table.columns]
+    if table.empty:
+        raise InputError("manifest has no cases", file=path)
+    return table.fillna("")
+
+
+def _sniff_delimiter(path: Path) -> str:
+    """The delimiter of the header line: tab, semicolon (European Excel) or comma."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    counts = {sep: header.count(sep) for sep in ("\t", ";", ",")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def load_cohort(
+    manifest: str | Path,
+    panel: Panel | str | Path | None = None,
+    *,
+    check_images: bool = True,
+    read_images: bool = False,
+    allow_outside_root: bool = False,
+    require_labels: bool = False,
+    strict: bool = True,
+) -> Cohort:
+    """Load and check a manifest.
+
+    With ``strict`` the first problem raises an InputError; otherwise rows with problems are
+    left out of ``cases`` and recorded in ``problems`` and ``failed`` (batch work goes on).
+    ``read_images`` opens every image fully (slow; the ``validate`` command does it).
+    """
+    path = Path(manifest)
+    panel = panel if isinstance(panel, Panel) else load_panel(panel or "cns_autoimmune")
+    table = read_manifest(path)
+    problems: list[InputError] = []
+    failed: dict[str, InputError] = {}
+    _check_columns(table, panel, path, require_labels)
+
+    cases: list[Case] = []
+    seen: dict[str, int] = {}
+    for offset, record in enumerate(table.to_dict(orient="records")):
+        row = offset + 2
+        row_problems = _parse_row(
+            record,
+            row,
+            path,
+            panel,
+            seen,
+            check_images,
+            read_images,
+            allow_outside_root,
+            require_labels,
+        )
+        case_id = str(record.get("case_id", "")).strip()
+        if isinstance(row_problems, Case):
+            cases.append(row_problems)
+        else:
+            problems.extend(row_problems)
+            if case_id and case_id not in failed:
+                failed[case_id] = row_problems[0]
+            if strict:
+                raise row_problems[0]
+    return Cohort(path, panel, cases, problems, failed)
+
+
+def _check_columns(table: pd.DataFrame, panel: Panel, path: Path, require_labels: bool) -> None:
+    required = ["case_id", *[f"image_{ch}" for ch in panel.channels]]
+    required += [f.name for f in panel.features if not f.missing_allowed]
+    if require_labels:
+        required.append("diagnosis")
+    for column in required:
+        if column not in table.columns:
+            found = ", ".join(table.columns[:8])
+            raise InputError(
+                f"required column is missing (found: {found})", file=path, field=column
+            )
+
+
+def _parse_row(
+    record: dict,
+    row: int,
+    path: Path,
+    panel: Panel,
+    seen: dict[str, int],
+    check_images: bool,
+    read_images: bool,
+    allow_outside_root: bool,
+    require_labels: bool,
+) -> Case | list[InputError]:
+    problems: list[InputError] = []
+
+    def problem(field_name: str, reason: str) -> None:
+        problems.append(InputError(reason, file=path, row=row, field=field_name))
+
+    case_id = str(record.get("case_id", "")).strip()
+    if not case_id:
+        problem("case_id", "case_id is empty")
+    elif not CASE_ID_PATTERN.match(case_id):
+        problem("case_id", f"case_id {case_id!r} may use only letters, digits, '.', '_' and '-'")
+    elif case_id.lower() in seen:
+        problem(
+            "case_id",
+            f"duplicate case_id {case_id!r} (first on row {seen[case_id.lower()]}; "
+            "case ids must differ also ignoring case, as output folders)",
+        )
+    else:
+        seen[case_id.lower()] = row
+
+    images: dict[str, Path] = {}
+    for channel in panel.channels:
+        column = f"image_{channel}"
+        image = _resolve_path(record.get(column, ""), path, allow_outside_root, problem, column)
+        if image is not None:
+            if check_images:
+                _check_image(image, read_images, problem, column)
+            images[channel] = image
+    mask = None
+    if str(record.get("mask_lesions", "")).strip():
+        mask = _resolve_path(
+            record["mask_lesions"], path, allow_outside_root, problem, "mask_lesions"
+        )
+
+    labs: dict[str, LabValue] = {}
+    for feature in panel.features:
+        try:
+            labs[feature.name] = parse_lab_value(record.get(feature.name, ""), feature)
+        except LabValueError as exc:
+            problem(feature.name, str(exc))
+
+    diagnosis = str(record.get("diagnosis", "")).strip() or None
+    if diagnosis is not None and diagnosis not in panel.classes:
+        problem(
+            "diagnosis", f"unknown class {diagnosis!r} (panel classes: {', '.join(panel.classes)})"
+        )
+    elif diagnosis is None and require_labels:
+        problem("diagnosis", "diagnosis is empty")
+
+    event_time = _optional_number(record.get("event_time", ""), "event_time", problem)
+    if event_time is not None and event_time < 0:
+        problem("event_time", f"event_time must be >= 0 months, got {event_time:g}")
+    event = None
+    raw_event = str(record.get("event", "")).strip()
+    if raw_event:
+        if raw_event in ("0", "1", "0.0", "1.0"):
+            event = int(float(raw_event))
+        else:
+            problem("event", f"event must be 0 (censored) or 1 (progressed), got {raw_event!r}")
+    if (event is None) != (event_time is None) and not problems:
+        missing = "event" if event is None else "event_time"
+        problem(missing, "event_time and event must be given together")
+
+    if problems:
+        return problems
+    split = str(record.get("split", "")).strip().lower() or None
+    return Case(case_id, row, images, labs, diagnosis, event_time, event, split, mask)
+
+
+def _resolve_path(
+    raw: object, manifest: Path, allow_outside_root: bool, problem, column: str
+) -> Path | None:
+    text = str(raw).strip()
+    if not text:
+        problem(column, "image path is empty")
+        return None
+    root = manifest.parent.resolve()
+    candidate = Path(text)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not allow_outside_root and not resolved.is_relative_to(root):
+        problem(
+            column,
+            f"path {text!r} points outside the cohort folder {root} "
+            "(refused; pass --allow-outside-root to permit it)",
+        )
+        return None
+    return resolved
+
+
+def _check_image(image: Path, read_images: bool, problem, column: str) -> None:
+    if not image.exists():
+        problem(column, f"image not found: {image}")
+        return
+    if read_images:
+        from .imaging import load_volume  # imaging is heavier; only when asked
+
+        try:
+            load_volume(image)
+        except InputError as exc:
+            problem(column, exc.reason)
+    elif image.is_dir() and not any(image.iterdir()):
+        problem(column, f"image folder is empty: {image}")
+
+
+def _optional_number(raw: object, column: str, problem) -> float | None:
+    text = str(raw).strip().replace(",", ".")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        problem(column, f"{column} must be a number, got {str(raw).strip()!r}")
+        return None
+    if not math.isfinite(value):
+        problem(column, f"{column} must be finite, got {text!r}")
+        return None
+    return value
