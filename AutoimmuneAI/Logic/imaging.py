@@ -1,0 +1,451 @@
+"""Image volumes with exact geometry: read, write and describe NIfTI, NRRD, MetaImage, DICOM.
+
+Every volume in the package is a ``Volume``: a float32 array indexed ``[i, j, k]`` and a 4x4
+affine mapping voxel ``(i, j, k)`` to RAS millimetres (nibabel's convention). ITK-based
+formats (NRRD, MetaImage, DICOM) store LPS; the conversion happens here and nowhere else.
+Every failure caused by the file is an ``ImageError`` whose message names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from nibabel.affines import obliquity
+from skimage.filters import threshold_otsu
+
+from .atomic import atomic_path
+from .errors import ImageError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
+SUPPORTED = (
+    "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), DICOM series folder"
+)
+
+# RAS <-> LPS: flip the first two axes (its own inverse).
+_FLIP = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D image and its geometry.
+
+    ``array`` is indexed ``[i, j, k]``; ``affine`` maps voxel ``(i, j, k)`` to RAS mm.
+    ``load_volume`` always gives float32; other dtypes (e.g. a uint8 labelmap) are kept so
+    that ``save_volume`` writes them as they are.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume array must be 3D, got shape {self.array.shape}")
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"Volume affine must be 4x4, got {self.affine.shape}")
+        if abs(np.linalg.det(self.affine[:3, :3])) < 1e-12:
+            raise ValueError("Volume affine is singular")
+        if self.path is not None:
+            self.path = Path(self.path)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along i, j, k."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3x3 matrix whose columns are the RAS unit vectors of the i, j, k axes."""
+        return self.affine[:3, :3] / self.spacing
+
+    @property
+    def origin(self) -> np.ndarray:
+        """RAS position (mm) of the centre of voxel (0, 0, 0)."""
+        return self.affine[:3, 3].copy()
+
+
+def voxel_to_ras(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """Map voxel coordinates ``(..., 3)`` to RAS mm ``(..., 3)``."""
+    affine = np.asarray(affine, dtype=np.float64)
+    ijk = np.asarray(ijk, dtype=np.float64)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def ras_to_voxel(affine: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Map RAS mm ``(..., 3)`` to (fractional) voxel coordinates ``(..., 3)``."""
+    inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    xyz = np.asarray(xyz, dtype=np.float64)
+    return xyz @ inverse[:3, :3].T + inverse[:3, 3]
+
+
+def foreground_threshold(array: np.ndarray) -> float:
+    """Otsu threshold between background and object, robust to a few very bright voxels.
+
+    Volumes are subsampled to about 300,000 voxels (a regular stride keeps the histogram);
+    values above the 99.5th percentile are clipped first so that a hot spot does not pull
+    the threshold above the whole head.
+    """
+    step = max(1, int(np.ceil((array.size / 300_000) ** (1 / 3))))
+    sample = array[::step, ::step, ::step] if array.ndim == 3 else array
+    sample = np.asarray(sample, dtype=np.float32).ravel()
+    high = float(np.percentile(sample, 99.5))
+    low = float(sample.min())
+    if high <= low:
+        high = float(sample.max())
+    if high <= low:
+        return low
+    return float(threshold_otsu(np.clip(sample, low, high)))
+
+
+def foreground_mask(array: np.ndarray) -> np.ndarray:
+    """Boolean mask of the object (head) against the background."""
+    return array > foreground_threshold(array)
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+
+def load_volume(path: str | Path, *, max_voxels: int = 400_000_000) -> Volume:
+    """Read a NIfTI, NRRD or MetaImage file, or a DICOM series folder, as a float32 Volume.
+
+    The header's dimensions are checked before any pixel data is read, so a file that
+    declares more than ``max_voxels`` voxels is refused without allocating it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError("image not found", file=path)
+    name = path.name.lower()
+    try:
+        if path.is_dir():
+            array, affine = _read_dicom_folder(path, max_voxels)
+        elif name.endswith(".dcm"):
+            array, affine = _read_dicom_folder(path.parent, max_voxels, member=path)
+        elif name.endswith(NIFTI_SUFFIXES):
+            array, affine = _read_nifti(path, max_voxels)
+        else:
+            array, affine = _read_itk(path, max_voxels)
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise ImageError(f"not enough memory to read the image ({exc})", file=path) from exc
+    except Exception as exc:
+        raise ImageError(
+            f"cannot read the image ({_reason(exc)}); supported: {SUPPORTED}", file=path
+        ) from exc
+    _check_values(array, path)
+    return Volume(array=array, affine=affine, path=path)
+
+
+def _reason(exc: Exception) -> str:
+    """The most specific line of a library error, without source paths or addresses."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    text = re.sub(r"\S+\.(?:cxx|hxx|h|cpp):\d+:?", "", text)
+    text = re.sub(r"\(0x[0-9a-fA-F]+\)", "", text)
+    text = " ".join(text.split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_shape(shape: tuple[int, ...], path: Path, max_voxels: int) -> tuple[int, int, int]:
+    """Refuse 2D, 4D and oversized images from the header alone; return the 3D shape."""
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise ImageError(
+            f"is a {len(shape)}D image (shape {shape}); one 3D volume is needed", file=path
+        )
+    if len(shape) < 3 or min(shape) < 2:
+        raise ImageError(f"is a 2D image (shape {shape}); a 3D volume is needed", file=path)
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > max_voxels:
+        raise ImageError(
+            f"declares {voxels:,} voxels (shape {shape}), more than the limit of {max_voxels:,}",
+            file=path,
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _check_values(array: np.ndarray, path: Path) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise ImageError(f"has {bad:,} NaN or infinite voxels", file=path)
+    if not array.any():
+        raise ImageError("is empty: every voxel is zero", file=path)
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise ImageError(f"has no contrast: every voxel is {low:g}", file=path)
+
+
+def _read_nifti(path: Path, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(path))  # reads the header only
+    shape = _check_shape(image.shape, path, max_voxels)
+    array = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
+    return np.ascontiguousarray(array, dtype=np.float32), np.asarray(image.affine, np.float64)
+
+
+def _read_itk(path: Path, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()  # header only
+    if reader.HasMetaDataKey("0020|000e"):  # a DICOM file without .dcm: read its series
+        return _read_dicom_folder(path.parent, max_voxels, member=path)
+    if reader.GetNumberOfComponents() != 1:
+        raise ImageError(
+            f"has {reader.GetNumberOfComponents()} values per voxel; a scalar image is needed",
+            file=path,
+        )
+    _check_shape(reader.GetSize(), path, max_voxels)
+    return _from_sitk(reader.Execute())
+
+
+def _read_dicom_folder(
+    folder: Path, max_voxels: int, member: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    where = member or folder
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ImageError("holds no DICOM series", file=where)
+    if member is not None:
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(member))
+        info.ReadImageInformation()
+        wanted = info.GetMetaData("0020|000e").strip() if info.HasMetaDataKey("0020|000e") else ""
+        if wanted not in series:
+            raise ImageError("is not part of a readable DICOM series", file=where)
+        series = (wanted,)
+    if len(series) > 1:
+        raise ImageError(
+            f"holds {len(series)} DICOM series; point to a folder with one series "
+            "or to one .dcm file of the wanted series",
+            file=where,
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    info = sitk.ImageFileReader()
+    info.SetFileName(files[0])
+    info.ReadImageInformation()
+    if info.GetNumberOfComponents() != 1:
+        raise ImageError("DICOM series is not a scalar (greyscale) image", file=where)
+    size = list(info.GetSize())
+    if len(files) > 1:
+        size = size[:2] + [len(files)]
+    _check_shape(tuple(size), where, max_voxels)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return _from_sitk(reader.Execute())
+
+
+def _from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleITK image (LPS) -> float32 array [i, j, k] and RAS affine."""
+    if image.GetDimension() > 3:
+        size = list(image.GetSize())
+        image = sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
+    array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = _FLIP @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = _FLIP @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    return array, affine
+
+
+def _to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """Array [i, j, k] + RAS affine -> SimpleITK image in LPS."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in (_FLIP @ (affine[:3, :3] / spacing)).ravel()])
+    image.SetOrigin([float(v) for v in _FLIP @ affine[:3, 3]])
+    return image
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+
+
+def _storable(array: np.ndarray) -> np.ndarray:
+    """Dtype a file can hold: bool -> uint8, float64 -> float32, int64 -> int32 when it fits."""
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    if array.dtype == np.int64 and (
+        array.size == 0 or (array.min() >= -(2**31) and array.max() < 2**31)
+    ):
+        return array.astype(np.int32)
+    return array
+
+
+def save_volume(volume: Volume, path: str | Path) -> Path:
+    """Write ``volume`` atomically; the format follows the extension (NIfTI, NRRD, MetaImage).
+
+    A detached header (``.nhdr``, ``.mhd``) is written with its data file in a temporary
+    folder, the data file is moved first and the header last, so a reader never sees a
+    header without its data.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    array = _storable(np.asarray(volume.array))
+    if name.endswith(NIFTI_SUFFIXES):
+        image = nib.Nifti1Image(array, volume.affine)
+        image.set_sform(volume.affine, code=1)
+        image.set_qform(volume.affine, code=1)
+        image.header.set_xyzt_units("mm")
+        with atomic_path(path) as tmp:
+            nib.save(image, str(tmp))
+    elif name.endswith(DETACHED_SUFFIXES):
+        _save_detached(_to_sitk(array, volume.affine), path)
+    elif name.endswith(ITK_SUFFIXES):
+        image = _to_sitk(array, volume.affine)
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+    else:
+        raise ImageError(f"cannot write this format; use {SUPPORTED.rsplit(',', 1)[0]}", file=path)
+    return path
+
+
+def _save_detached(image: sitk.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name.split('.')[0]}-", dir=path.parent))
+    try:
+        sitk.WriteImage(image, str(staging / path.name), useCompression=True)
+        header = staging / path.name
+        for written in sorted(staging.iterdir()):
+            if written != header:
+                os.replace(written, path.parent / written.name)
+        os.replace(header, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_dicom_series(
+    volume: Volume,
+    folder: str | Path,
+    *,
+    patient_id: str = "anonymous",
+    series_description: str = "AutoimmuneAI",
+    modality: str = "MR",
+) -> Path:
+    """Write ``volume`` as a DICOM series (one file per k-slice) into an empty ``folder``.
+
+    Intensities are stored as int16 with a rescale slope, so values come back within half a
+    slope. Geometry (ImagePositionPatient per slice, ImageOrientationPatient, spacing) is
+    exact when the direction matrix is a proper rotation (DICOM stacks slices along the
+    row x column normal). The folder appears complete or not at all.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ImageError("DICOM output folder is not empty", file=folder)
+    direction = volume.direction
+    if np.linalg.det(direction) < 0:
+        raise ImageError("DICOM needs a right-handed direction matrix", file=folder)
+    array = np.asarray(volume.array, dtype=np.float64)
+    peak = float(np.abs(array).max()) or 1.0
+    slope = peak / 32000.0
+    image = _to_sitk(array, volume.affine)
+    lps_direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    orientation = "\\".join(f"{v:.10f}" for v in [*lps_direction[:, 0], *lps_direction[:, 1]])
+    stamp = f"{time.time_ns()}"
+    root = "1.2.826.0.1.3680043.8.498." + stamp[-20:]
+    now = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
+    common = {
+        "0008|0008": "DERIVED\\SECONDARY",
+        "0008|0020": now[0],
+        "0008|0030": now[1],
+        "0008|0021": now[0],
+        "0008|0031": now[1],
+        "0008|0060": modality,
+        "0008|103e": series_description,
+        "0010|0010": patient_id,
+        "0010|0020": patient_id,
+        "0020|000d": root + ".1",
+        "0020|000e": root + ".2",
+        "0020|0011": "1",
+        "0020|0037": orientation,
+        "0018|0050": f"{volume.spacing[2]:.10g}",
+        "0018|0088": f"{volume.spacing[2]:.10g}",
+        "0028|1052": "0",
+        "0028|1053": f"{slope:.10g}",
+        "0028|0100": "16",
+        "0028|0101": "16",
+        "0028|0102": "15",
+        "0028|0103": "1",
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        for k in range(image.GetDepth()):
+            piece = image[:, :, k]
+            for key, value in common.items():
+                piece.SetMetaData(key, value)
+            position = image.TransformIndexToPhysicalPoint((0, 0, k))
+            piece.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in position))
+            piece.SetMetaData("0020|0013", str(k + 1))
+            piece.SetMetaData("0008|0018", f"{root}.3.{k + 1}")
+            writer.SetFileName(str(staging / f"slice{k:04d}.dcm"))
+            writer.Execute(piece)
+        if folder.exists():
+            folder.rmdir()
+        os.replace(staging, folder)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(staging)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------
+# Description (for out-of-distribution warnings)
+
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+def describe_volume(volume: Volume) -> dict:
+    """Geometry and foreground intensity statistics of ``volume``, JSON-ready.
+
+    Keys: ``shape``, ``spacing`` (mm), ``field_of_view_mm``, ``orientation`` (axis codes such
+    as ``"RAS"``), ``obliquity_deg`` (largest angle between a voxel axis and its nearest
+    RAS axis), ``foreground_threshold``, ``foreground_fraction``, ``foreground_volume_ml``,
+    ``intensity_percentiles`` (``{"p1": ..., "p99": ...}`` over foreground voxels).
+    """
+    array = np.asarray(volume.array, dtype=np.float32)
+    threshold = foreground_threshold(array)
+    foreground = array[array > threshold]
+    if foreground.size == 0:
+        foreground = array.ravel()
+    values = np.percentile(foreground, PERCENTILES)
+    spacing = volume.spacing
+    return {
+        "shape": list(volume.shape),
+        "spacing": [round(float(s), 6) for s in spacing],
+        "field_of_view_mm": [round(float(s * n), 3) for s, n in zip(spacing, volume.shape)],
+        "orientation": "".join(nib.aff2axcodes(volume.affine)),
+        "obliquity_deg": round(float(np.degrees(np.max(np.abs(obliquity(volume.affine))))), 4),
+        "foreground_threshold": float(threshold),
+        "foreground_fraction": round(foreground.size / array.size, 6),
+        "foreground_volume_ml": round(foreground.size * float(np.prod(spacing)) / 1000.0, 3),
+        "intensity_percentiles": {
+            f"p{p}": float(v) for p, v in zip(PERCENTILES, values, strict=True)
+        },
+    }

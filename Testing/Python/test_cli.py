@@ -1,0 +1,54 @@
+"""The command line: every command has --help, and user errors are one line without a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from autoimmuneai.cli import build_parser, main
+
+COMMANDS = ["demo", "synth", "validate", "train", "evaluate", "predict", "report"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: autoimmuneai {command}" in capsys.readouterr().out
+
+
+def test_parser_lists_every_command():
+    text = build_parser().format_help()
+    assert all(c in text for c in COMMANDS)
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "nope.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoimmuneai", "validate", "--cohort", str(missing)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"autoimmuneai validate: error: {missing}: manifest not found"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoimmuneai",
+            "validate",
+            "--cohort",
+            str(tmp_path / "x.csv"),
+            "--debug",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
