@@ -1,0 +1,562 @@
+"""Baselines the fused model must beat, stored in the bundle as plain JSON dicts (no pickle).
+
+- ``serology_only``: what a researcher would fit first: multinomial logistic regression
+  (scikit-learn, balanced class weights) and a Cox model (lifelines, small ridge penalty) on
+  the encoded serology.
+- ``criteria``: published diagnostic criteria applied to the parsed lab values (no learning).
+- ``oracle``: the same simple models on the synthetic generator's latent truth (``truth.csv``)
+  plus the serology: the ceiling a model could reach from what the images encode.
+
+(The ``image_only`` baseline is the fusion network with serology switched off; it lives with
+the model weights.) Every fitted baseline reduces to coefficients, so prediction is plain
+NumPy and a bundle never unpickles code.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from lifelines import CoxPHFitter
+from sklearn.linear_model import LogisticRegression
+
+from .calibration import softmax
+from .panel import Panel
+from .survival import baseline_to_dict, breslow_baseline
+
+# --------------------------------------------------------------------------------------
+# shared linear models: logistic regression + Cox PH on standardised inputs
+
+
+class _LinearModels:
+    """Multinomial logistic regression and ridge Cox PH on standardised columns.
+
+    Coefficients refer to the standardised inputs ``(x - mean) / std``; missing inputs (NaN)
+    are imputed at the training mean. The Cox risk is the linear predictor itself, and the
+    Breslow baseline hazard is estimated for exactly that risk, so survival curves from
+    ``exp(-H0(t) exp(risk))`` are consistent.
+    """
+
+    def __init__(self, n_classes: int, C: float = 1.0, penalizer: float = 0.1) -> None:
+        self.n_classes = int(n_classes)
+        self.C = float(C)
+        self.penalizer = float(penalizer)
+        self.mean = np.zeros(0)
+        self.std = np.ones(0)
+        self.classes: list[int] = []
+        self.coef = np.zeros((0, 0))
+        self.intercept = np.zeros(0)
+        self.cox_beta: np.ndarray | None = None
+        self.cox_baseline: dict | None = None
+        self.notes: list[str] = []
+
+    def _standardise(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.mean.size:
+            raise ValueError(f"expected {self.mean.size} input columns, got shape {x.shape}")
+        z = (x - self.mean) / self.std
+        return np.where(np.isfinite(z), z, 0.0)
+
+    def fit(
+        self, x: np.ndarray, labels: np.ndarray, times: np.ndarray, events: np.ndarray
+    ) -> _LinearModels:
+        x = np.asarray(x, dtype=np.float64)
+        labels = np.asarray(labels).astype(np.int64)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.mean = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
+            std = np.nan_to_num(np.nanstd(x, axis=0), nan=0.0)
+        self.std = np.where(std > 1e-8, std, 1.0)
+        z = self._standardise(x)
+        varying = std > 1e-8
+
+        known = labels >= 0
+        self.classes = sorted(int(k) for k in np.unique(labels[known]))
+        if len(self.classes) < 2:
+            raise ValueError("the baseline needs training cases of at least two classes")
+        lr = LogisticRegression(C=self.C, class_weight="balanced", max_iter=5000)
+        lr.fit(z[known], labels[known])
+        self.coef = lr.coef_.astype(np.float64)
+        self.intercept = lr.intercept_.astype(np.float64)
+
+        t = np.asarray(times, dtype=np.float64)
+        e = np.asarray(events, dtype=np.float64)
+        follow = np.isfinite(t) & np.isfinite(e)
+        n_events = int((e[follow] > 0.5).sum())
+        self.cox_beta, self.cox_baseline = None, None
+        if n_events < 2 or not varying.any():
+            self.notes.append(f"Cox model not fitted ({n_events} events with follow-up)")
+            return self
+        cols = np.flatnonzero(varying)
+        df = pd.DataFrame(z[follow][:, cols], columns=[f"x{j}" for j in cols])
+        df["T"] = np.maximum(t[follow], 1e-6)
+        df["E"] = (e[follow] > 0.5).astype(int)
+        cph = CoxPHFitter(penalizer=self.penalizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cph.fit(df, duration_col="T", event_col="E")
+        beta = np.zeros(x.shape[1])
+        beta[cols] = cph.params_.to_numpy()
+        self.cox_beta = beta
+        risk = z[follow] @ beta
+        self.cox_baseline = baseline_to_dict(breslow_baseline(risk, t[follow], e[follow]))
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = self._standardise(x)
+        scores = z @ self.coef.T + self.intercept
+        if self.coef.shape[0] == 1:  # binary logistic regression: p1 = sigmoid(score)
+            scores = np.hstack([np.zeros_like(scores), scores])
+        p = softmax(scores)
+        out = np.zeros((z.shape[0], self.n_classes))
+        out[:, self.classes] = p
+        return out
+
+    def predict_risk(self, x: np.ndarray) -> np.ndarray:
+        z = self._standardise(x)
+        if self.cox_beta is None:
+            return np.full(z.shape[0], np.nan)
+        return z @ self.cox_beta
+
+    def to_dict(self) -> dict:
+        return {
+            "n_classes": self.n_classes,
+            "C": self.C,
+            "penalizer": self.penalizer,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "classes": list(self.classes),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept.tolist(),
+            "cox_beta": None if self.cox_beta is None else self.cox_beta.tolist(),
+            "cox_baseline": self.cox_baseline,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> _LinearModels:
+        m = cls(int(d["n_classes"]), float(d.get("C", 1.0)), float(d.get("penalizer", 0.1)))
+        m.mean = np.asarray(d["mean"], dtype=np.float64)
+        m.std = np.asarray(d["std"], dtype=np.float64)
+        m.classes = [int(k) for k in d["classes"]]
+        m.coef = np.asarray(d["coef"], dtype=np.float64).reshape(-1, m.mean.size)
+        m.intercept = np.asarray(d["intercept"], dtype=np.float64)
+        beta = d.get("cox_beta")
+        m.cox_beta = None if beta is None else np.asarray(beta, dtype=np.float64)
+        m.cox_baseline = d.get("cox_baseline")
+        m.notes = list(d.get("notes", []))
+        return m
+
+
+# --------------------------------------------------------------------------------------
+
+
+class SerologyBaseline:
+    """Logistic regression + Cox PH on the encoded serology (values + missing indicators)."""
+
+    name = "serology_only"
+
+    def __init__(self, n_classes: int | None = None, C: float = 1.0, penalizer: float = 0.1):
+        self.n_classes = n_classes
+        self.C = C
+        self.penalizer = penalizer
+        self.models: _LinearModels | None = None
+
+    def fit(
+        self, X_encoded: np.ndarray, labels: np.ndarray, times: np.ndarray, events: np.ndarray
+    ) -> SerologyBaseline:
+        """Fit on training cases (labels -1 and cases without follow-up are skipped per model)."""
+        labels = np.asarray(labels).astype(np.int64)
+        n_classes = self.n_classes if self.n_classes is not None else int(labels.max()) + 1
+        self.n_classes = n_classes
+        self.models = _LinearModels(n_classes, self.C, self.penalizer).fit(
+            X_encoded, labels, times, events
+        )
+        return self
+
+    def _fitted(self) -> _LinearModels:
+        if self.models is None:
+            raise RuntimeError("baseline is not fitted")
+        return self.models
+
+    def predict_proba(self, X_encoded: np.ndarray) -> np.ndarray:
+        """Class probabilities [n, C] (classes absent in training get 0)."""
+        return self._fitted().predict_proba(X_encoded)
+
+    def predict_risk(self, X_encoded: np.ndarray) -> np.ndarray:
+        """Cox log partial hazard [n] (NaN when no Cox model could be fitted)."""
+        return self._fitted().predict_risk(X_encoded)
+
+    @property
+    def baseline_hazard(self) -> dict | None:
+        """Breslow baseline ``{"times", "cumulative_hazard"}`` for :meth:`predict_risk`."""
+        return self._fitted().cox_baseline
+
+    def to_dict(self) -> dict:
+        return {"kind": self.name, **self._fitted().to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SerologyBaseline:
+        m = _LinearModels.from_dict(d)
+        b = cls(m.n_classes, m.C, m.penalizer)
+        b.models = m
+        return b
+
+
+# --------------------------------------------------------------------------------------
+# criteria baseline
+
+CRITERIA_CLASSES = ("MS", "NMOSD", "MOGAD", "NPSLE", "SVD")
+CRITERIA_REQUIRED = ("aqp4_igg", "mog_igg", "ana", "ocb")
+# EULAR/ACR 2019 SLE classification, immunology domains (weights of the published criteria).
+SLE_POINTS = {"low_c3_or_c4": 3, "low_c3_and_c4": 4, "dsdna_or_sm": 6, "antiphospholipid": 2}
+# Classification needs >= 10 points with >= 1 clinical item. Clinical items are not in the
+# data; every case here presents with a neurological event, which we credit as 4 points
+# (between psychosis 3 and seizure 5), so the immunology domains must reach 6.
+SLE_IMMUNOLOGY_THRESHOLD = 6
+DEFAULT_THRESHOLDS = {
+    "aqp4_positive": 10.0,  # cell-based assay, reciprocal titre
+    "aqp4_high": 320.0,
+    "mog_positive": 100.0,  # MOGAD 2023: clear positive >= 1:100
+    "ana_positive": 80.0,  # EULAR/ACR 2019 entry criterion
+    "dsdna_high": 30.0,  # IU/mL upper reference limit
+    "c3_low": 0.9,  # g/L
+    "c4_low": 0.1,  # g/L
+    "wbc_high": 5.0,  # cells/uL
+}
+# One-hot rule output smoothed so that log-loss and calibration stay finite.
+CRITERIA_SMOOTHING = 0.05
+# Adverse markers for the rule risk score (relapse risk factors in CLINICAL_PRIORS.md).
+RISK_MARKERS = (
+    "ocb positive (MS relapse HR 2.2)",
+    "AQP4-IgG >= 1:320 (higher NMOSD relapse rate)",
+    "ANA >= 1:80 (NMOSD RR 2.2)",
+    "low C3 or C4 (SLE flares)",
+    "antiphospholipid positive",
+    "CSF WBC > 5/uL (pleocytosis)",
+    "MOG-IgG >= 1:100 (MOGAD relapse)",
+)
+
+
+class CriteriaBaseline:
+    """Rules from published criteria on parsed lab values; no fitting.
+
+    In order: AQP4-IgG positive -> NMOSD; MOG-IgG >= 1:100 -> MOGAD; ANA >= 1:80 and
+    EULAR/ACR 2019 immunology points >= ``SLE_IMMUNOLOGY_THRESHOLD`` -> NPSLE; OCB positive ->
+    MS; else SVD. A missing test counts as not positive (the rule as applied in clinic).
+    Thresholds come from the panel (``positive_at``, reference limits). The risk score is the
+    number of adverse markers present (``RISK_MARKERS``). Applicable only to a panel that has
+    those five classes and at least the features in ``CRITERIA_REQUIRED``.
+    """
+
+    name = "criteria"
+
+    def __init__(
+        self,
+        feature_names: Sequence[str],
+        classes: Sequence[str],
+        thresholds: dict[str, float] | None = None,
+    ) -> None:
+        self.feature_names = list(feature_names)
+        self.classes = list(classes)
+        self.thresholds = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+        missing_classes = [c for c in CRITERIA_CLASSES if c not in self.classes]
+        missing_features = [f for f in CRITERIA_REQUIRED if f not in self.feature_names]
+        if missing_classes or missing_features:
+            self.applicable = False
+            self.reason = "not applicable: panel lacks " + ", ".join(
+                [f"class {c}" for c in missing_classes] + [f"feature {f}" for f in missing_features]
+            )
+        else:
+            self.applicable = True
+            self.reason = ""
+
+    @classmethod
+    def for_panel(cls, panel: Panel) -> CriteriaBaseline:
+        """Rules with the panel's positivity thresholds (defaults where it gives none)."""
+        th = dict(DEFAULT_THRESHOLDS)
+        sources = {
+            "aqp4_igg": ("positive_at", "aqp4_positive"),
+            "mog_igg": ("positive_at", "mog_positive"),
+            "ana": ("positive_at", "ana_positive"),
+            "anti_dsdna": ("reference_high", "dsdna_high"),
+            "c3": ("reference_low", "c3_low"),
+            "c4": ("reference_low", "c4_low"),
+            "csf_wbc": ("reference_high", "wbc_high"),
+        }
+        for feature, (attr, key) in sources.items():
+            if feature in panel.feature_names:
+                v = getattr(panel.feature(feature), attr)
+                if v is not None:
+                    th[key] = float(v)
+        return cls(panel.feature_names, panel.classes, th)
+
+    def fit(self, *args: object, **kwargs: object) -> CriteriaBaseline:
+        """Rules are not fitted; present for a uniform interface."""
+        return self
+
+    def _col(self, values: np.ndarray, name: str) -> np.ndarray:
+        if name not in self.feature_names:
+            return np.full(values.shape[0], np.nan)
+        return values[:, self.feature_names.index(name)]
+
+    def _check(self, values: np.ndarray) -> np.ndarray:
+        if not self.applicable:
+            raise ValueError(f"criteria baseline {self.reason}")
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        if values.shape[1] != len(self.feature_names):
+            raise ValueError(
+                f"expected {len(self.feature_names)} lab columns, got {values.shape[1]}"
+            )
+        return values
+
+    def _markers(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        th = self.thresholds
+        with np.errstate(invalid="ignore"):
+            c3_low = self._col(values, "c3") < th["c3_low"]
+            c4_low = self._col(values, "c4") < th["c4_low"]
+            return {
+                "aqp4": self._col(values, "aqp4_igg") >= th["aqp4_positive"],
+                "aqp4_high": self._col(values, "aqp4_igg") >= th["aqp4_high"],
+                "mog": self._col(values, "mog_igg") >= th["mog_positive"],
+                "ana": self._col(values, "ana") >= th["ana_positive"],
+                "dsdna": self._col(values, "anti_dsdna") > th["dsdna_high"],
+                "sm": self._col(values, "anti_sm") >= 0.5,
+                "apl": self._col(values, "antiphospholipid") >= 0.5,
+                "c3_low": c3_low,
+                "c4_low": c4_low,
+                "ocb": self._col(values, "ocb") >= 0.5,
+                "wbc": self._col(values, "csf_wbc") > th["wbc_high"],
+            }
+
+    def sle_points(self, values: np.ndarray) -> np.ndarray:
+        """EULAR/ACR 2019 immunology points per case (0 to 12)."""
+        m = self._markers(self._check(values))
+        complement = np.where(
+            m["c3_low"] & m["c4_low"],
+            SLE_POINTS["low_c3_and_c4"],
+            np.where(m["c3_low"] | m["c4_low"], SLE_POINTS["low_c3_or_c4"], 0),
+        )
+        return (
+            complement
+            + np.where(m["dsdna"] | m["sm"], SLE_POINTS["dsdna_or_sm"], 0)
+            + np.where(m["apl"], SLE_POINTS["antiphospholipid"], 0)
+        )
+
+    def predict(self, values: np.ndarray) -> np.ndarray:
+        """Class names [n] from the rules, applied in order."""
+        values = self._check(values)
+        m = self._markers(values)
+        sle = m["ana"] & (self.sle_points(values) >= SLE_IMMUNOLOGY_THRESHOLD)
+        out = np.where(
+            m["aqp4"],
+            "NMOSD",
+            np.where(m["mog"], "MOGAD", np.where(sle, "NPSLE", np.where(m["ocb"], "MS", "SVD"))),
+        )
+        return out.astype(str)
+
+    def predict_proba(self, values: np.ndarray) -> np.ndarray:
+        """Smoothed one-hot [n, C]: 1 - eps on the rule's class, eps shared by the others."""
+        names = self.predict(values)
+        c = len(self.classes)
+        idx = np.array([self.classes.index(n) for n in names], dtype=np.int64)
+        p = np.full((idx.size, c), CRITERIA_SMOOTHING / (c - 1))
+        p[np.arange(idx.size), idx] = 1.0 - CRITERIA_SMOOTHING
+        return p
+
+    def predict_risk(self, values: np.ndarray) -> np.ndarray:
+        """Number of adverse markers present (see ``RISK_MARKERS``), as a float risk score."""
+        m = self._markers(self._check(values))
+        keys = ("ocb", "aqp4_high", "ana", "apl", "wbc", "mog")
+        return sum(m[k].astype(float) for k in keys) + (m["c3_low"] | m["c4_low"]).astype(float)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.name,
+            "feature_names": self.feature_names,
+            "classes": self.classes,
+            "thresholds": self.thresholds,
+            "sle_immunology_threshold": SLE_IMMUNOLOGY_THRESHOLD,
+            "smoothing": CRITERIA_SMOOTHING,
+            "risk_markers": list(RISK_MARKERS),
+            "applicable": self.applicable,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CriteriaBaseline:
+        return cls(d["feature_names"], d["classes"], d.get("thresholds"))
+
+
+# --------------------------------------------------------------------------------------
+# oracle baseline
+
+TRUTH_EXCLUDE = {
+    "case_id",
+    "diagnosis",
+    "label",
+    "class",
+    "class_index",
+    "split",
+    "event",
+    "time",
+    # latent serology states: no modality shows them, the measured labs stand for them
+    "autoimmune",
+    "complement_low",
+}
+# ``true_*``: the noise-free versions of what is measured (serology) and the true log-hazard;
+# event and censoring times are outcomes. With them the oracle would read the answer instead
+# of showing the ceiling of a perfect image reading plus the observed labs.
+TRUTH_EXCLUDE_PREFIXES = ("true_",)
+TRUTH_EXCLUDE_PARTS = ("diagnos", "label", "event_time", "censor")
+
+
+def truth_feature_columns(truth: pd.DataFrame) -> list[str]:
+    """Numeric latent-truth columns usable as oracle inputs (labels and outcomes excluded)."""
+    cols = []
+    for name in truth.columns:
+        low = str(name).lower()
+        if (
+            low in TRUTH_EXCLUDE
+            or low.startswith(TRUTH_EXCLUDE_PREFIXES)
+            or any(part in low for part in TRUTH_EXCLUDE_PARTS)
+        ):
+            continue
+        if pd.api.types.is_numeric_dtype(truth[name]) or pd.api.types.is_bool_dtype(truth[name]):
+            cols.append(str(name))
+    return cols
+
+
+class OracleBaseline:
+    """Logistic regression + Cox PH on the generator's latent truth plus encoded serology.
+
+    The latent truth is what a perfect reading of the image would give (per-region lesion
+    counts and volumes, atrophy) and demographics; see :func:`truth_feature_columns` for what
+    is left out and why.
+
+    Skewed non-negative truth columns (counts, volumes: 99th percentile > 20) enter as
+    ``log1p``; the choice is made on the training truth and stored.
+    """
+
+    name = "oracle"
+
+    def __init__(self, n_classes: int | None = None, C: float = 1.0, penalizer: float = 0.1):
+        self.n_classes = n_classes
+        self.C = C
+        self.penalizer = penalizer
+        self.truth_columns: list[str] = []
+        self.log_columns: list[str] = []
+        self.models: _LinearModels | None = None
+
+    def _inputs(self, truth: pd.DataFrame, X_encoded: np.ndarray) -> np.ndarray:
+        absent = [c for c in self.truth_columns if c not in truth.columns]
+        if absent:
+            raise ValueError(f"truth table lacks the oracle's columns: {', '.join(absent[:5])}")
+        t = truth[self.truth_columns].astype(np.float64).to_numpy()
+        for j, c in enumerate(self.truth_columns):
+            if c in self.log_columns:
+                t[:, j] = np.log1p(np.maximum(t[:, j], 0.0))
+        return np.hstack([t, np.asarray(X_encoded, dtype=np.float64)])
+
+    def fit(
+        self,
+        truth: pd.DataFrame,
+        X_encoded: np.ndarray,
+        labels: np.ndarray,
+        times: np.ndarray,
+        events: np.ndarray,
+    ) -> OracleBaseline:
+        """Fit on the training cohort's truth table (rows aligned with ``X_encoded``)."""
+        self.truth_columns = truth_feature_columns(truth)
+        if not self.truth_columns:
+            raise ValueError("truth table has no numeric latent columns")
+        self.log_columns = []
+        for c in self.truth_columns:
+            v = truth[c].astype(np.float64).to_numpy()
+            v = v[np.isfinite(v)]
+            if v.size and v.min() >= 0 and np.quantile(v, 0.99) > 20:
+                self.log_columns.append(c)
+        labels = np.asarray(labels).astype(np.int64)
+        n_classes = self.n_classes if self.n_classes is not None else int(labels.max()) + 1
+        self.n_classes = n_classes
+        self.models = _LinearModels(n_classes, self.C, self.penalizer).fit(
+            self._inputs(truth, X_encoded), labels, times, events
+        )
+        return self
+
+    def _fitted(self) -> _LinearModels:
+        if self.models is None:
+            raise RuntimeError("baseline is not fitted")
+        return self.models
+
+    def predict_proba(self, truth: pd.DataFrame, X_encoded: np.ndarray) -> np.ndarray:
+        return self._fitted().predict_proba(self._inputs(truth, X_encoded))
+
+    def predict_risk(self, truth: pd.DataFrame, X_encoded: np.ndarray) -> np.ndarray:
+        return self._fitted().predict_risk(self._inputs(truth, X_encoded))
+
+    @property
+    def baseline_hazard(self) -> dict | None:
+        return self._fitted().cox_baseline
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.name,
+            "truth_columns": self.truth_columns,
+            "log_columns": self.log_columns,
+            **self._fitted().to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OracleBaseline:
+        m = _LinearModels.from_dict(d)
+        b = cls(m.n_classes, m.C, m.penalizer)
+        b.truth_columns = list(d["truth_columns"])
+        b.log_columns = list(d.get("log_columns", []))
+        b.models = m
+        return b
+
+
+_KINDS = {
+    SerologyBaseline.name: SerologyBaseline,
+    CriteriaBaseline.name: CriteriaBaseline,
+    OracleBaseline.name: OracleBaseline,
+}
+
+
+def baseline_from_dict(d: dict) -> SerologyBaseline | CriteriaBaseline | OracleBaseline:
+    """Rebuild any baseline from its ``to_dict()`` (dispatch on ``d["kind"]``)."""
+    kind = d.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown baseline kind {kind!r} (one of {', '.join(_KINDS)})")
+    return _KINDS[kind].from_dict(d)
+
+
+def fit_baselines(
+    panel: Panel,
+    X_encoded: np.ndarray,
+    labels: np.ndarray,
+    times: np.ndarray,
+    events: np.ndarray,
+    truth: pd.DataFrame | None = None,
+) -> dict[str, dict]:
+    """Fit every non-network baseline on the training cases; returns name -> ``to_dict()``.
+
+    ``serology_only`` always, ``criteria`` always (it records when the panel does not fit the
+    rules), ``oracle`` when the training cohort has a truth table (rows aligned with
+    ``X_encoded``). This is what ``train`` stores under ``baselines`` in the bundle.
+    """
+    n_classes = len(panel.classes)
+    out = {
+        "serology_only": SerologyBaseline(n_classes)
+        .fit(X_encoded, labels, times, events)
+        .to_dict(),
+        "criteria": CriteriaBaseline.for_panel(panel).to_dict(),
+    }
+    if truth is not None and truth_feature_columns(truth):
+        out["oracle"] = (
+            OracleBaseline(n_classes).fit(truth, X_encoded, labels, times, events).to_dict()
+        )
+    return out

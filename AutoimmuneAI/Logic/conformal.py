@@ -1,0 +1,176 @@
+"""Split-conformal prediction sets (APS / RAPS, optionally class-conditional).
+
+The set is the clinician-facing differential ("MS or MOGAD, 90% coverage"): on exchangeable
+data it contains the true diagnosis with probability >= 1 - alpha, whatever the model.
+
+Scores (Romano et al. 2020, APS; Angelopoulos et al. 2021, RAPS): with the classes sorted by
+probability, the score of class y is the probability mass ranked above y, plus ``u * p_y``
+(``u ~ U(0, 1)`` when randomised, 1 otherwise), plus ``lam * max(0, rank_y - k_reg)`` for
+RAPS (rank 1-based). The threshold ``qhat`` is the ``ceil((n + 1)(1 - alpha))``-th smallest
+calibration score; the set holds every class whose score is <= qhat, and never less than
+the top class. Class-conditional sets use one threshold per class from that class's cases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+METHODS = ("aps", "raps")
+
+
+@dataclass
+class ConformalPredictor:
+    """A fitted conformal threshold; ``qhat`` is a float or one value per class.
+
+    ``inf`` in ``qhat`` (too few calibration cases for the requested coverage) means
+    "always include"; it is stored as ``None`` in :meth:`to_dict` so the dict stays JSON.
+    """
+
+    method: str
+    alpha: float
+    qhat: float | list[float]
+    class_conditional: bool = False
+    lam: float = 0.0
+    k_reg: int = 1
+    randomized: bool = True
+    n_calibration: int = 0
+
+    def predict_sets(self, probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Boolean mask [n, C] of the classes in each case's prediction set (never empty).
+
+        Randomised sets draw ``u`` from ``rng`` (a fixed seed when None, so the same
+        probabilities always give the same sets).
+        """
+        probs = np.asarray(probs, dtype=np.float64)
+        n, c = probs.shape
+        if self.randomized:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            u = rng.uniform(size=n)
+        else:
+            u = np.ones(n)
+        scores = _all_scores(probs, u, self.lam if self.method == "raps" else 0.0, self.k_reg)
+        if self.class_conditional:
+            q = np.asarray(self.qhat, dtype=np.float64)
+            if q.shape != (c,):
+                raise ValueError(f"class-conditional qhat has {q.size} values for {c} classes")
+            mask = scores <= q[None, :]
+        else:
+            mask = scores <= float(self.qhat)  # type: ignore[arg-type]
+        mask[np.arange(n), probs.argmax(axis=1)] = True
+        return mask
+
+    def to_dict(self) -> dict:
+        """JSON-able description (stored in the model bundle)."""
+        d = asdict(self)
+        if self.class_conditional:
+            d["qhat"] = [None if not math.isfinite(q) else float(q) for q in self.qhat]  # type: ignore[union-attr]
+        else:
+            q = float(self.qhat)  # type: ignore[arg-type]
+            d["qhat"] = q if math.isfinite(q) else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConformalPredictor:
+        """Rebuild from :meth:`to_dict` output."""
+        qhat = d["qhat"]
+        if isinstance(qhat, list):
+            qhat = [math.inf if q is None else float(q) for q in qhat]
+        else:
+            qhat = math.inf if qhat is None else float(qhat)
+        method = str(d.get("method", "aps"))
+        if method not in METHODS:
+            raise ValueError(f"unknown conformal method {method!r} (one of {METHODS})")
+        return cls(
+            method=method,
+            alpha=float(d["alpha"]),
+            qhat=qhat,
+            class_conditional=bool(d.get("class_conditional", False)),
+            lam=float(d.get("lam", 0.0)),
+            k_reg=int(d.get("k_reg", 1)),
+            randomized=bool(d.get("randomized", True)),
+            n_calibration=int(d.get("n_calibration", 0)),
+        )
+
+
+def _all_scores(probs: np.ndarray, u: np.ndarray, lam: float, k_reg: int) -> np.ndarray:
+    """Conformity score of every class for every case, [n, C] (see module docstring)."""
+    n, c = probs.shape
+    order = np.argsort(-probs, axis=1, kind="stable")
+    sorted_p = np.take_along_axis(probs, order, axis=1)
+    above = np.cumsum(sorted_p, axis=1) - sorted_p  # mass ranked strictly above
+    ranks = np.arange(1, c + 1)[None, :]
+    sorted_scores = above + u[:, None] * sorted_p + lam * np.maximum(ranks - k_reg, 0)
+    scores = np.empty_like(sorted_scores)
+    np.put_along_axis(scores, order, sorted_scores, axis=1)
+    return scores
+
+
+def _finite_sample_quantile(scores: np.ndarray, alpha: float) -> float:
+    """The ceil((n + 1)(1 - alpha))-th smallest score; inf when that exceeds n."""
+    n = scores.size
+    k = math.ceil((n + 1) * (1.0 - alpha))
+    if n == 0 or k > n:
+        return math.inf
+    return float(np.sort(scores)[max(k, 1) - 1])
+
+
+def fit_conformal(
+    probs_cal: np.ndarray,
+    labels_cal: np.ndarray,
+    alpha: float = 0.1,
+    method: str = "aps",
+    class_conditional: bool = False,
+    lam: float = 0.01,
+    k_reg: int = 1,
+    randomized: bool = True,
+    seed: int = 0,
+) -> ConformalPredictor:
+    """Split-conformal threshold from calibration probabilities and labels (-1 = unknown, skipped)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown conformal method {method!r} (one of {METHODS})")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    probs = np.asarray(probs_cal, dtype=np.float64)
+    labels = np.asarray(labels_cal).astype(np.int64)
+    keep = labels >= 0
+    probs, labels = probs[keep], labels[keep]
+    n, c = probs.shape
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(size=n) if randomized else np.ones(n)
+    lam_eff = lam if method == "raps" else 0.0
+    true_scores = _all_scores(probs, u, lam_eff, k_reg)[np.arange(n), labels]
+    if class_conditional:
+        qhat: float | list[float] = [
+            _finite_sample_quantile(true_scores[labels == k], alpha) for k in range(c)
+        ]
+    else:
+        qhat = _finite_sample_quantile(true_scores, alpha)
+    return ConformalPredictor(
+        method=method,
+        alpha=float(alpha),
+        qhat=qhat,
+        class_conditional=class_conditional,
+        lam=float(lam_eff),
+        k_reg=int(k_reg),
+        randomized=randomized,
+        n_calibration=int(n),
+    )
+
+
+def coverage(sets_mask: np.ndarray, labels: np.ndarray) -> float:
+    """Share of labelled cases (label >= 0) whose true class is in their set; NaN if none."""
+    sets_mask = np.asarray(sets_mask, dtype=bool)
+    labels = np.asarray(labels).astype(np.int64)
+    keep = labels >= 0
+    if not keep.any():
+        return float("nan")
+    return float(sets_mask[keep, labels[keep]].mean())
+
+
+def mean_set_size(sets_mask: np.ndarray) -> float:
+    """Average number of classes per prediction set."""
+    sets_mask = np.asarray(sets_mask, dtype=bool)
+    return float(sets_mask.sum(axis=1).mean()) if sets_mask.size else float("nan")

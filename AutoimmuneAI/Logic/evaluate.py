@@ -1,0 +1,437 @@
+"""``autoimmuneai evaluate``: a bundle and all its baselines on one cohort, in one run.
+
+Writes ``metrics.json`` (diagnosis, calibration, conformal and progression figures for the
+fused model, the same figures for every baseline under ``baselines.<name>``, and how the fused
+model compares with them), ``predictions.csv`` (the contract in DESIGN.md, plus the risk
+group) and the figures (ROC, reliability, confusion, Kaplan-Meier by risk group, set sizes).
+Every baseline sees exactly the cases the fused model sees, so the comparison is paired.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import figures
+from .atomic import write_text
+from .baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline, baseline_from_dict
+from .calibration import expected_calibration_error, softmax
+from .conformal import ConformalPredictor, coverage, mean_set_size
+from .errors import BundleError, InputError
+from .metrics import diagnosis_metrics, progression_metrics
+from .survival import default_times_grid, risk_groups, survival_curves
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .cohort import Cohort
+    from .inference import Outputs
+
+SINGLE_MODALITY = ("serology_only", "image_only")
+
+
+@dataclass
+class ModelOutputs:
+    """Per-case outputs of one model on the evaluated cases (rows aligned with the cohort)."""
+
+    probs: np.ndarray  # [n, C] (calibrated where the model has a temperature)
+    risk: np.ndarray | None = None  # [n] log-hazard or rule score; None: no risk model
+    baseline_hazard: object = None  # Breslow baseline for ``risk`` (enables the IBS)
+    notes: list[str] = field(default_factory=list)
+
+
+def _model_block(
+    out: ModelOutputs,
+    labels: np.ndarray,
+    times: np.ndarray,
+    events: np.ndarray,
+    classes: list[str],
+    grid: np.ndarray,
+) -> dict:
+    block: dict = {"diagnosis": diagnosis_metrics(out.probs, labels, classes)}
+    if out.risk is None:
+        block["progression"] = {
+            "c_index": float("nan"),
+            "integrated_brier_score": float("nan"),
+            "note": "no risk model",
+        }
+    else:
+        surv = None
+        if out.baseline_hazard is not None and grid.size:
+            surv = survival_curves(np.nan_to_num(out.risk, nan=0.0), out.baseline_hazard, grid)
+        block["progression"] = progression_metrics(
+            out.risk, times, events, surv_probs=surv, times_grid=grid if surv is not None else None
+        )
+    if out.notes:
+        block["notes"] = list(out.notes)
+    return block
+
+
+def evaluate_predictions(
+    classes: list[str],
+    logits: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    risk: np.ndarray,
+    times: np.ndarray,
+    events: np.ndarray,
+    conformal: ConformalPredictor,
+    baseline_hazard: object,
+    cutoffs: tuple[float, float],
+    baselines: dict[str, ModelOutputs | dict] | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """All metrics from arrays: returns ``(metrics, per_case)``.
+
+    ``probs`` are the temperature-calibrated probabilities of ``logits``; ``baselines`` maps a
+    name to its outputs on the same cases, or to a dict reported as is (e.g. "not applicable").
+    ``per_case`` holds ``sets`` (bool [n, C]), ``groups`` (risk groups) and ``grid``/``surv``.
+    """
+    classes = list(classes)
+    labels = np.asarray(labels).astype(np.int64)
+    times = np.asarray(times, dtype=np.float64)
+    events = np.asarray(events, dtype=np.float64)
+    risk = np.asarray(risk, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    grid = default_times_grid(times, events)
+
+    fused = _model_block(
+        ModelOutputs(probs, risk, baseline_hazard), labels, times, events, classes, grid
+    )
+    fused["diagnosis"]["ece_before_calibration"] = expected_calibration_error(
+        softmax(logits), labels
+    )
+    sets = conformal.predict_sets(probs, rng=np.random.default_rng(0))
+    known = labels >= 0
+    sizes = sets.sum(axis=1)
+    conf = {
+        "alpha": float(conformal.alpha),
+        "target_coverage": 1.0 - float(conformal.alpha),
+        "method": conformal.method,
+        "class_conditional": bool(conformal.class_conditional),
+        "coverage": coverage(sets, labels),
+        "mean_set_size": mean_set_size(sets),
+        "set_size_counts": {str(k): int((sizes == k).sum()) for k in range(1, len(classes) + 1)},
+        "per_class_coverage": {
+            name: coverage(sets[known & (labels == k)], labels[known & (labels == k)])
+            for k, name in enumerate(classes)
+        },
+    }
+    groups = risk_groups(risk, cutoffs)
+    group_summary = {}
+    for g in ("low", "intermediate", "high"):
+        sel = (groups == g) & np.isfinite(times) & np.isfinite(events)
+        group_summary[g] = {
+            "n": int((groups == g).sum()),
+            "n_with_follow_up": int(sel.sum()),
+            "events": int((events[sel] > 0.5).sum()),
+            "event_rate": float(events[sel].mean()) if sel.any() else float("nan"),
+        }
+    fused["progression"]["risk_groups"] = group_summary
+    fused["progression"]["times_grid_months"] = (
+        [float(grid[0]), float(grid[-1])] if grid.size else []
+    )
+
+    metrics: dict = {
+        "n_cases": int(labels.size),
+        "n_labelled": int(known.sum()),
+        "classes": classes,
+        "diagnosis": fused["diagnosis"],
+        "conformal": conf,
+        "progression": fused["progression"],
+        "baselines": {},
+    }
+    for name, out in (baselines or {}).items():
+        if isinstance(out, ModelOutputs):
+            metrics["baselines"][name] = _model_block(out, labels, times, events, classes, grid)
+        else:
+            metrics["baselines"][name] = dict(out)
+    metrics["comparison"] = _comparison(metrics)
+    surv = survival_curves(risk, baseline_hazard, grid) if grid.size else np.zeros((risk.size, 0))
+    return metrics, {"sets": sets, "groups": groups, "grid": grid, "surv": surv}
+
+
+def _comparison(metrics: dict) -> dict:
+    """Fused vs the best single-modality baseline and vs the oracle (the issue's targets)."""
+
+    def get(block: dict, part: str, key: str) -> float:
+        v = block.get(part, {}).get(key, float("nan"))
+        return float(v) if v is not None else float("nan")
+
+    out: dict = {}
+    base = metrics["baselines"]
+    for part, key in (("diagnosis", "balanced_accuracy"), ("progression", "c_index")):
+        fused = get(metrics, part, key)
+        singles = {n: get(base[n], part, key) for n in SINGLE_MODALITY if n in base}
+        singles = {n: v for n, v in singles.items() if math.isfinite(v)}
+        if singles:
+            best = max(singles, key=singles.get)
+            out[f"best_single_modality_{key}"] = {"baseline": best, "value": singles[best]}
+            out[f"fused_minus_best_single_{key}"] = fused - singles[best]
+        if "oracle" in base:
+            oracle = get(base["oracle"], part, key)
+            if math.isfinite(oracle) and oracle > 0:
+                out[f"fraction_of_oracle_{key}"] = fused / oracle
+    return out
+
+
+def _json_safe(obj: object) -> object:
+    """NaN/inf -> None and NumPy scalars -> Python, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+def predictions_table(
+    case_ids: list[str],
+    classes: list[str],
+    probs: np.ndarray,
+    sets: np.ndarray,
+    risk: np.ndarray,
+    groups: np.ndarray,
+) -> str:
+    """``predictions.csv`` text: case_id, p_<class>..., predicted, prediction_set, risk_score,
+    risk_group."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        ["case_id", *[f"p_{c}" for c in classes], "predicted", "prediction_set", "risk_score"]
+        + ["risk_group"]
+    )
+    for i, cid in enumerate(case_ids):
+        r = float(risk[i])
+        writer.writerow(
+            [
+                cid,
+                *[f"{float(p):.6f}" for p in probs[i]],
+                classes[int(np.argmax(probs[i]))],
+                "|".join(c for c, keep in zip(classes, sets[i]) if keep),
+                f"{r:.6f}" if math.isfinite(r) else "",
+                groups[i],
+            ]
+        )
+    return buf.getvalue()
+
+
+def write_figures(
+    out_dir: Path,
+    classes: list[str],
+    logits: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    times: np.ndarray,
+    events: np.ndarray,
+    sets: np.ndarray,
+    groups: np.ndarray,
+) -> dict[str, str]:
+    """The evaluation figures under ``out_dir/figures``; returns name -> relative path."""
+    fig_dir = out_dir / "figures"
+    paths = {
+        "roc": "figures/roc_curves.png",
+        "reliability": "figures/reliability.png",
+        "confusion": "figures/confusion_matrix.png",
+        "km_risk_groups": "figures/km_by_risk_group.png",
+        "conformal_set_sizes": "figures/conformal_set_sizes.png",
+    }
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figures.roc_curves(probs, labels, classes, out_dir / paths["roc"])
+    figures.reliability_diagram(softmax(logits), probs, labels, out_dir / paths["reliability"])
+    figures.confusion_matrix_plot(
+        labels, probs.argmax(axis=1), classes, out_dir / paths["confusion"]
+    )
+    figures.km_by_risk_group(times, events, groups, out_dir / paths["km_risk_groups"])
+    figures.conformal_set_sizes(sets, out_dir / paths["conformal_set_sizes"])
+    return paths
+
+
+def _as_conformal(obj: object) -> ConformalPredictor:
+    if isinstance(obj, ConformalPredictor):
+        return obj
+    if isinstance(obj, dict):
+        return ConformalPredictor.from_dict(obj)
+    raise InputError("bundle holds no conformal threshold")
+
+
+def _stored(stored: dict, name: str, kind: type) -> object:
+    obj = baseline_from_dict(stored[name])
+    if not isinstance(obj, kind):
+        raise BundleError(f"baseline {name!r} in the bundle is a {type(obj).__name__}")
+    return obj
+
+
+def _baseline_outputs(
+    bundle: Bundle, cohort: Cohort, run_network: Callable[[str], Outputs]
+) -> dict:
+    """Outputs (or a reason) of every baseline the bundle stores, on the cohort's cases.
+
+    ``run_network(which)`` runs one of the bundle's networks on the same cases.
+    """
+    values, missing = cohort.lab_matrix()
+    encoded = bundle.encoder.transform(values, missing)
+    stored = dict(getattr(bundle, "baselines", None) or {})
+    out: dict = {}
+
+    try:
+        res = run_network("image_only")
+        out["image_only"] = ModelOutputs(
+            np.asarray(res.probs_calibrated, dtype=np.float64),
+            np.asarray(res.risk, dtype=np.float64),
+            getattr(bundle, "image_only_baseline_hazard", None),
+        )
+    except (KeyError, AttributeError, ValueError, InputError) as exc:
+        out["image_only"] = {"available": False, "reason": f"image-only model: {exc}"}
+
+    if "serology_only" in stored:
+        sero = _stored(stored, "serology_only", SerologyBaseline)
+        out["serology_only"] = ModelOutputs(
+            sero.predict_proba(encoded), sero.predict_risk(encoded), sero.baseline_hazard
+        )
+    else:
+        out["serology_only"] = {"available": False, "reason": "not stored in the bundle"}
+
+    crit = (
+        _stored(stored, "criteria", CriteriaBaseline)
+        if "criteria" in stored
+        else CriteriaBaseline.for_panel(bundle.panel)
+    )
+    if crit.applicable:
+        out["criteria"] = ModelOutputs(
+            crit.predict_proba(values),
+            crit.predict_risk(values),
+            None,
+            ["rule baseline: risk is a count of adverse markers (c-index only)"],
+        )
+    else:
+        out["criteria"] = {"applicable": False, "reason": crit.reason}
+
+    truth = cohort.truth_table()
+    if "oracle" in stored and truth is not None:
+        oracle = _stored(stored, "oracle", OracleBaseline)
+        try:
+            out["oracle"] = ModelOutputs(
+                oracle.predict_proba(truth, encoded),
+                oracle.predict_risk(truth, encoded),
+                oracle.baseline_hazard,
+            )
+        except ValueError as exc:
+            out["oracle"] = {"available": False, "reason": str(exc)}
+    elif "oracle" in stored:
+        out["oracle"] = {"available": False, "reason": "no truth.csv beside the manifest"}
+    return out
+
+
+def evaluate_bundle(
+    bundle_path: str | Path,
+    cohort_path: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate the bundle's fused model and every baseline on a cohort; write the outputs.
+
+    ``split`` keeps only the cases whose manifest ``split`` equals it (e.g. ``test``).
+    Returns the metrics written to ``out_dir/metrics.json``.
+    """
+    from .bundle import load_bundle
+    from .cohort import load_cohort
+    from .dataset import build_arrays
+    from .inference import infer
+
+    out_dir = Path(out_dir)
+    steps = tqdm(total=6, desc="evaluate", unit="step", disable=not progress, leave=False)
+    bundle = load_bundle(bundle_path)
+    cohort = load_cohort(cohort_path, panel=bundle.panel)
+    if split is not None:
+        ids = [c.case_id for c in cohort.cases if (c.split or "") == split]
+        if not ids:
+            found = sorted({c.split or "(none)" for c in cohort.cases})
+            raise InputError(
+                f"no case has split {split!r} (splits present: {', '.join(found)})",
+                file=cohort_path,
+                field="split",
+            )
+        cohort = cohort.subset(ids)
+    classes = list(bundle.panel.classes)
+    steps.update()
+
+    steps.set_postfix_str("images")
+    arrays = build_arrays(cohort, bundle.grid, bundle.encoder, progress=progress)
+    if list(arrays.case_ids) != cohort.case_ids:
+        raise RuntimeError("model inputs are not in the cohort's case order")
+    steps.set_postfix_str("fused model")
+    res = infer(bundle, arrays, which="fused")
+    logits = np.asarray(res.logits, dtype=np.float64)
+    probs = np.asarray(res.probs_calibrated, dtype=np.float64)
+    risk = np.asarray(res.risk, dtype=np.float64)
+    labels = cohort.labels()
+    times, events = cohort.survival()
+    steps.update()
+
+    steps.set_postfix_str("baselines")
+    baselines = _baseline_outputs(bundle, cohort, lambda which: infer(bundle, arrays, which=which))
+    steps.update()
+
+    steps.set_postfix_str("metrics")
+    metrics, per_case = evaluate_predictions(
+        classes,
+        logits,
+        probs,
+        labels,
+        risk,
+        times,
+        events,
+        _as_conformal(bundle.conformal),
+        bundle.baseline_hazard,
+        tuple(bundle.risk_cutoffs),
+        baselines,
+    )
+    metrics.update(
+        bundle=str(bundle_path),
+        cohort=str(cohort_path),
+        split=split,
+        temperature=float(bundle.temperature),
+    )
+    steps.update()
+
+    steps.set_postfix_str("figures")
+    metrics["figures"] = write_figures(
+        out_dir,
+        classes,
+        logits,
+        probs,
+        labels,
+        times,
+        events,
+        per_case["sets"],
+        per_case["groups"],
+    )
+    steps.update()
+
+    write_text(
+        out_dir / "predictions.csv",
+        predictions_table(
+            cohort.case_ids, classes, probs, per_case["sets"], risk, per_case["groups"]
+        ),
+    )
+    metrics = _json_safe(metrics)
+    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    steps.update()
+    steps.close()
+    return metrics  # type: ignore[return-value]

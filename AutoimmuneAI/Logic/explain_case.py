@@ -1,0 +1,97 @@
+"""Explain one predicted case into its folder: attribution volume, evidence segments, scene, snapshot.
+
+Glue between the stages: ``explain`` (Captum, model grid) -> ``model_grid`` (back to the
+patient's own geometry) -> ``overlay`` (evidence regions) -> ``mrml`` (Slicer files) ->
+``snapshot`` (PNG). Returns the explanation part of ``prediction.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .imaging import Volume
+from .mrml import SegmentSpec, write_case_scene
+from .overlay import evidence_regions
+
+
+def explain_into(
+    predictor,
+    prepared,
+    prediction: dict,
+    case_dir: Path,
+    *,
+    method: str | None = None,
+    target: str | None = None,
+    snapshot: bool = True,
+) -> dict:
+    """Write the explanation files of one case and return their summary for prediction.json."""
+    from .explain import explain
+
+    bundle = predictor.bundle
+    classes = predictor.classes
+    target_name = target or prediction["predicted"]
+    method = method or bundle.metadata.get("explain", {}).get(
+        "default_method", "integrated_gradients"
+    )
+    explanation = explain(
+        predictor.model,
+        prepared.image,
+        prepared.serology,
+        encoder=bundle.encoder,
+        labs=prepared.labs,
+        target=classes.index(target_name),
+        method=method,
+    )
+    attribution = bundle.grid.to_input(explanation.image_map, prepared.sample, mode="linear")
+    attribution = np.asarray(attribution, dtype=np.float32)
+    volume = prepared.volume
+    labelmap, regions = evidence_regions(attribution, volume.affine, target_name)
+    segments = [SegmentSpec(r.label, r.name, tuple(r.color), r.band) for r in regions]
+    write_case_scene(
+        case_dir,
+        image=volume,
+        attribution=Volume(attribution, volume.affine),
+        labelmap=labelmap,
+        segments=segments,
+        lab_contributions=explanation.lab_contributions,
+        probabilities=prediction["probabilities"],
+        survival=(prediction["survival"]["times_months"], prediction["survival"]["probability"]),
+        class_name=target_name,
+    )
+    if snapshot:
+        from .snapshot import render_snapshot
+
+        center = regions[0].centroid_ras if regions else _center_ras(volume)
+        render_snapshot(volume, labelmap, segments, tuple(center), case_dir / "snapshot.png")
+    positive = attribution[attribution > 0]
+    return {
+        "explanation": {
+            "explained_class": target_name,
+            "method": method,
+            "convergence_delta": explanation.convergence_delta,
+            "seconds": round(explanation.seconds, 3),
+            "attribution": {
+                "positive_sum": float(positive.sum()),
+                "negative_sum": float(attribution[attribution < 0].sum()),
+                "max": float(attribution.max()) if attribution.size else 0.0,
+            },
+        },
+        "regions": [_region_json(r) for r in regions],
+        "lab_contributions": explanation.lab_contributions,
+        "modality_share": explanation.modality_share,
+    }
+
+
+def _region_json(region) -> dict:
+    d = asdict(region)
+    d["centroid_ras"] = [round(float(x), 2) for x in region.centroid_ras]
+    d["color"] = [round(float(x), 3) for x in region.color]
+    return d
+
+
+def _center_ras(volume: Volume) -> tuple[float, float, float]:
+    center = (np.array(volume.array.shape) - 1) / 2.0
+    return tuple(float(x) for x in (volume.affine @ np.append(center, 1.0))[:3])

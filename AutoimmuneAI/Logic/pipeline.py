@@ -1,0 +1,261 @@
+"""Batch prediction over a cohort that loses nothing.
+
+Every case gets its own folder; ``prediction.json`` is written last, so a folder without it
+is partial and is redone by ``--resume``. A failing case (unreadable image, bad lab value,
+wrong dimensions) goes to ``errors.csv`` with its reason and the run goes on. Every file is
+written atomically (temporary name + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .atomic import write_text
+from .cohort import Case, load_cohort
+from .errors import InputError
+from .imaging import Volume, load_volume
+
+log = logging.getLogger(__name__)
+
+CASE_FILES_EXPLAIN = ("attribution.nii.gz", "evidence.seg.nrrd", "scene.mrml")
+
+
+@dataclass
+class BatchResult:
+    """What a batch run did: predictions by case, failures by case."""
+
+    out_dir: Path
+    rows: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.errors)
+
+    def summary(self) -> str:
+        text = (
+            f"{len(self.rows)} case(s) predicted ({self.skipped} already complete), "
+            f"{self.n_failed} failed, {self.seconds:.1f} s -> {self.out_dir / 'predictions.csv'}"
+        )
+        if self.errors:
+            text += f"; failures in {self.out_dir / 'errors.csv'}"
+        return text
+
+
+def output_id(case_id: str, salt: str | None) -> str:
+    """The id used in outputs: the case_id, or a salted SHA-256 prefix when pseudonymising."""
+    if not salt:
+        return case_id
+    return "case-" + hashlib.sha256(f"{salt}:{case_id}".encode()).hexdigest()[:16]
+
+
+def case_complete(case_dir: Path, explain: bool, snapshot: bool) -> bool:
+    """A case folder is complete when prediction.json and every expected file exist."""
+    needed = ["prediction.json"]
+    if explain:
+        needed += list(CASE_FILES_EXPLAIN) + (["snapshot.png"] if snapshot else [])
+    return all((case_dir / name).is_file() for name in needed)
+
+
+def predict_cohort(
+    bundle_path: str | Path,
+    cohort_path: str | Path,
+    out_dir: str | Path,
+    *,
+    explain: bool = False,
+    method: str | None = None,
+    target: str | None = None,
+    resume: bool = False,
+    snapshot: bool = True,
+    hash_salt: str | None = None,
+    allow_outside_root: bool = False,
+    progress: bool = True,
+) -> BatchResult:
+    """Predict (and explain) every case of a manifest; see the module docstring."""
+    from .predict import Predictor
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_writable(out_dir)
+    predictor = Predictor(bundle_path)
+    if target is not None and target not in predictor.classes:
+        raise InputError(
+            f"unknown class {target!r} (one of {', '.join(predictor.classes)})", field="--target"
+        )
+    cohort = load_cohort(
+        cohort_path,
+        predictor.panel,
+        check_images=False,
+        allow_outside_root=allow_outside_root,
+        strict=False,
+    )
+    result = BatchResult(out_dir)
+    for case_id, problem in cohort.failed.items():
+        result.errors.append(_error_row(output_id(case_id, hash_salt), problem))
+
+    for case in tqdm(cohort.cases, desc="predict", unit="case", disable=not progress):
+        oid = output_id(case.case_id, hash_salt)
+        case_dir = out_dir / oid
+        if resume and case_complete(case_dir, explain, snapshot):
+            result.rows.append(_row_from_json(case_dir / "prediction.json", predictor.classes))
+            result.skipped += 1
+            continue
+        try:
+            prediction = run_case(
+                predictor,
+                case,
+                case_dir,
+                oid,
+                explain=explain,
+                method=method,
+                target=target,
+                snapshot=snapshot,
+            )
+        except InputError as exc:
+            log.warning("case %s failed: %s", oid, exc.reason)
+            result.errors.append(_error_row(oid, exc))
+            continue
+        except Exception as exc:  # a bug or an unforeseen file: record it, keep going
+            log.debug("case %s failed", oid, exc_info=True)
+            log.warning("case %s failed: %s: %s", oid, type(exc).__name__, exc)
+            result.errors.append(
+                {
+                    "case_id": oid,
+                    "row": case.row,
+                    "field": "",
+                    "reason": f"{type(exc).__name__}: {exc}",
+                }
+            )
+            continue
+        result.rows.append(_row(prediction))
+        _write_tables(
+            out_dir, result, predictor.classes
+        )  # after every case: nothing lost if killed
+    _write_tables(out_dir, result, predictor.classes)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_case(
+    predictor,
+    case: Case,
+    case_dir: Path,
+    oid: str,
+    *,
+    explain: bool,
+    method: str | None,
+    target: str | None,
+    snapshot: bool,
+) -> dict:
+    """Predict and explain one case into ``case_dir``; return the prediction.json content."""
+    volume = _load_case_image(case, predictor.panel.channels[0])
+    prepared = predictor.prepare(volume, case.labs)
+    prediction = predictor.predict_prepared(prepared, oid).to_json()
+    if explain:
+        from .explain_case import explain_into
+
+        prediction.update(
+            explain_into(
+                predictor,
+                prepared,
+                prediction,
+                case_dir,
+                method=method,
+                target=target,
+                snapshot=snapshot,
+            )
+        )
+    write_text(case_dir / "prediction.json", json.dumps(prediction, indent=2, allow_nan=False))
+    return prediction
+
+
+def _load_case_image(case: Case, channel: str) -> Volume:
+    path = case.images.get(channel)
+    if path is None:
+        raise InputError(
+            f"no image for channel {channel!r}", row=case.row, field=f"image_{channel}"
+        )
+    try:
+        return load_volume(path)
+    except InputError as exc:
+        raise InputError(
+            exc.reason, file=exc.file, row=case.row, field=f"image_{channel}"
+        ) from None
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"output folder is not writable ({exc.strerror})", file=out_dir) from None
+
+
+def _row(prediction: dict) -> dict:
+    row = {"case_id": prediction["case_id"]}
+    row.update({f"p_{c}": prediction["probabilities"][c] for c in prediction["classes"]})
+    row["predicted"] = prediction["predicted"]
+    row["prediction_set"] = "|".join(prediction["prediction_set"])
+    row["risk_score"] = prediction["risk_score"]
+    row["risk_group"] = prediction["risk_group"]
+    row["warnings"] = len(prediction.get("warnings", []))
+    return row
+
+
+def _row_from_json(path: Path, classes: list[str]) -> dict:
+    return _row(json.loads(path.read_text()))
+
+
+def _error_row(case_id: str, problem: InputError) -> dict:
+    return {
+        "case_id": case_id,
+        "row": problem.row if problem.row is not None else "",
+        "field": problem.field or "",
+        "reason": problem.reason,
+    }
+
+
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
+    return buf.getvalue()
+
+
+def _fmt(value: object) -> object:
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}"
+    return value
+
+
+def _write_tables(out_dir: Path, result: BatchResult, classes: list[str]) -> None:
+    columns = [
+        "case_id",
+        *[f"p_{c}" for c in classes],
+        "predicted",
+        "prediction_set",
+        "risk_score",
+        "risk_group",
+        "warnings",
+    ]
+    rows = sorted(result.rows, key=lambda r: r["case_id"])
+    write_text(out_dir / "predictions.csv", _csv_text(rows, columns))
+    write_text(
+        out_dir / "errors.csv", _csv_text(result.errors, ["case_id", "row", "field", "reason"])
+    )

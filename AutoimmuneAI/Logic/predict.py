@@ -1,0 +1,160 @@
+"""Predict one case: calibrated probabilities, a conformal differential, risk and survival.
+
+``Predictor`` wraps a loaded bundle. It takes a volume in any geometry and the patient's lab
+values (parsed ``LabValue`` or raw lab-sheet strings), brings the image to the model grid,
+and keeps what the explanation step needs (the grid sample to map attributions back).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import Bundle, load_bundle
+from .calibration import softmax
+from .errors import InputError
+from .imaging import Volume, describe_volume
+from .labvalues import LabValue, LabValueError, parse_lab_value
+from .model_grid import GridSample
+from .ood import out_of_distribution_warnings
+from .survival import risk_groups, survival_curves
+
+SURVIVAL_POINTS = 61
+
+
+@dataclass
+class PreparedCase:
+    """A case ready for the model: tensors plus what is needed to map results back."""
+
+    volume: Volume
+    sample: GridSample
+    image: torch.Tensor  # [1, 1, D, H, W]
+    serology: torch.Tensor  # [1, n_encoded]
+    values: np.ndarray  # [features], canonical units, NaN missing
+    missing: np.ndarray  # [features] bool
+    labs: dict[str, LabValue]
+
+
+@dataclass
+class CasePrediction:
+    """The clinician-facing answer for one case (``prediction.json``)."""
+
+    case_id: str
+    classes: list[str]
+    probabilities: dict[str, float]
+    predicted: str
+    prediction_set: list[str]
+    alpha: float
+    risk_score: float
+    risk_group: str
+    survival: dict[str, list[float]]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    """Load a bundle once, predict many cases.
+
+    >>> predictor = Predictor("bundle/")                       # doctest: +SKIP
+    >>> result = predictor.predict(load_volume("flair.nii.gz"), {"aqp4_igg": "1:160"})  # doctest: +SKIP
+    >>> result.prediction_set                                  # doctest: +SKIP
+    ['NMOSD']
+    """
+
+    def __init__(self, bundle: Bundle | str | Path) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.panel = self.bundle.panel
+        self.model = self.bundle.model.eval()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.panel.classes)
+
+    def parse_labs(self, raw: dict[str, object]) -> dict[str, LabValue]:
+        """Parse raw lab-sheet values by feature name; unknown names and bad values are refused."""
+        unknown = sorted(set(raw) - set(self.panel.feature_names))
+        if unknown:
+            raise InputError(
+                f"unknown lab feature(s) {', '.join(unknown)} for panel {self.panel.name}"
+            )
+        labs: dict[str, LabValue] = {}
+        for feature in self.panel.features:
+            value = raw.get(feature.name, "")
+            if isinstance(value, LabValue):
+                labs[feature.name] = value
+                continue
+            try:
+                labs[feature.name] = parse_lab_value(value, feature)
+            except LabValueError as exc:
+                raise InputError(str(exc), field=feature.name) from None
+        return labs
+
+    def prepare(self, volume: Volume, labs: dict[str, LabValue | object]) -> PreparedCase:
+        """Bring the image to the model grid and encode the labs."""
+        if not all(isinstance(v, LabValue) for v in labs.values()) or set(labs) != set(
+            self.panel.feature_names
+        ):
+            labs = self.parse_labs(dict(labs))
+        names = self.panel.feature_names
+        values = np.full(len(names), np.nan)
+        missing = np.ones(len(names), dtype=bool)
+        for j, name in enumerate(names):
+            lab = labs[name]
+            if not lab.missing:
+                values[j] = lab.value / 2.0 if lab.censor == "<" else lab.value
+                missing[j] = False
+        sample = self.bundle.grid.to_model(volume)
+        image = sample.tensor.unsqueeze(0).float()
+        serology = torch.from_numpy(self.bundle.encoder.transform(values[None], missing[None]))
+        return PreparedCase(volume, sample, image, serology, values, missing, labs)
+
+    def logits_and_risk(self, prepared: PreparedCase) -> tuple[np.ndarray, float]:
+        with torch.no_grad():
+            logits, log_hazard = self.model.forward_all(prepared.image, prepared.serology)
+        return logits[0].double().numpy(), float(log_hazard[0])
+
+    def predict_prepared(self, prepared: PreparedCase, case_id: str = "case") -> CasePrediction:
+        """Probabilities (temperature-calibrated), conformal set, risk group, survival curve."""
+        logits, risk = self.logits_and_risk(prepared)
+        probs = softmax(logits[None], self.bundle.temperature)[0]
+        in_set = self.bundle.conformal.predict_sets(probs[None], rng=np.random.default_rng(0))[0]
+        classes = self.classes
+        times, surv = self.survival_curve(risk)
+        warnings = out_of_distribution_warnings(
+            describe_volume(prepared.volume),
+            prepared.values,
+            prepared.missing,
+            self.bundle.metadata.get("training_distribution", {}),
+            self.panel,
+        )
+        return CasePrediction(
+            case_id=case_id,
+            classes=classes,
+            probabilities={c: round(float(p), 6) for c, p in zip(classes, probs)},
+            predicted=classes[int(np.argmax(probs))],
+            prediction_set=[c for c, keep in zip(classes, in_set) if keep],
+            alpha=float(self.bundle.conformal.alpha),
+            risk_score=round(risk, 6),
+            risk_group=str(risk_groups(np.array([risk]), self.bundle.risk_cutoffs)[0]),
+            survival={"times_months": times, "probability": surv},
+            warnings=warnings,
+        )
+
+    def predict(
+        self, volume: Volume, labs: dict[str, object], case_id: str = "case"
+    ) -> CasePrediction:
+        return self.predict_prepared(self.prepare(volume, labs), case_id)
+
+    def survival_curve(self, risk: float) -> tuple[list[float], list[float]]:
+        """S(t) on a grid up to the last event time seen in training (months)."""
+        event_times, _ = self.bundle.baseline_hazard
+        horizon = float(np.max(event_times)) if len(event_times) else 60.0
+        grid = np.linspace(0.0, horizon if math.isfinite(horizon) else 60.0, SURVIVAL_POINTS)
+        surv = survival_curves(np.array([risk]), self.bundle.baseline_hazard, grid)[0]
+        return [round(float(t), 3) for t in grid], [round(float(s), 5) for s in surv]

@@ -1,0 +1,233 @@
+"""Baselines: equal to scikit-learn / lifelines fits, JSON round trip, criteria rules by hand."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from autoimmuneai.baselines import (
+    CriteriaBaseline,
+    OracleBaseline,
+    SerologyBaseline,
+    baseline_from_dict,
+    fit_baselines,
+    truth_feature_columns,
+)
+from autoimmuneai.panel import load_panel, panel_from_dict
+from autoimmuneai.survival import survival_curves
+
+
+def _problem(n: int = 300, d: int = 6, c: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    p = np.array([0.4, 0.3, 0.2, 0.1, 0.1])[:c]
+    labels = rng.choice(c, size=n, p=p / p.sum())
+    centres = rng.normal(0, 1.0, (c, d))
+    x = centres[labels] + rng.normal(0, 1.0, (n, d))
+    x[:, -1] = (rng.uniform(size=n) < 0.3).astype(float)  # a missing-indicator-like column
+    log_h = 0.7 * x[:, 0] - 0.4 * x[:, 1]
+    t = rng.exponential(40 / np.exp(log_h))
+    cens = rng.uniform(10, 100, n)
+    times, events = np.minimum(t, cens), (t <= cens).astype(float)
+    times[:25] = np.nan  # no follow-up recorded
+    events[:25] = np.nan
+    return x, labels, times, events
+
+
+def test_serology_baseline_equals_sklearn_and_lifelines():
+    x, labels, times, events = _problem()
+    b = SerologyBaseline(n_classes=4).fit(x, labels, times, events)
+    ref = make_pipeline(
+        StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000)
+    ).fit(x, labels)
+    np.testing.assert_allclose(b.predict_proba(x), ref.predict_proba(x), atol=1e-6)
+
+    follow = np.isfinite(times)
+    z = StandardScaler().fit(x).transform(x)
+    df = pd.DataFrame(z[follow], columns=[f"x{j}" for j in range(6)])
+    df["T"], df["E"] = times[follow], events[follow].astype(int)
+    cph = CoxPHFitter(penalizer=0.1).fit(df, duration_col="T", event_col="E")
+    ours = b.predict_risk(x[follow])
+    theirs = cph.predict_log_partial_hazard(df).to_numpy()
+    np.testing.assert_allclose(ours - ours.mean(), theirs - theirs.mean(), atol=1e-5)
+    # survival curves from the stored Breslow baseline equal lifelines' at event times
+    grid = np.sort(times[follow][events[follow] == 1])[[3, 30, 60]]
+    np.testing.assert_allclose(
+        survival_curves(ours[:10], b.baseline_hazard, grid),
+        cph.predict_survival_function(df.iloc[:10], times=grid).to_numpy().T,
+        rtol=1e-4,
+    )
+
+
+def test_serology_baseline_json_round_trip_and_absent_class():
+    x, labels, times, events = _problem(seed=1)
+    labels = labels.copy()
+    labels[labels == 3] = 2  # class 3 never seen in training
+    labels[:5] = -1  # unknown diagnosis: skipped
+    b = SerologyBaseline(n_classes=5).fit(x, labels, times, events)
+    d = json.loads(json.dumps(b.to_dict(), allow_nan=False))
+    back = baseline_from_dict(d)
+    assert isinstance(back, SerologyBaseline)
+    np.testing.assert_array_equal(back.predict_proba(x), b.predict_proba(x))
+    np.testing.assert_array_equal(back.predict_risk(x), b.predict_risk(x))
+    p = b.predict_proba(x)
+    assert p.shape == (300, 5)
+    assert (p[:, 3] == 0).all() and (p[:, 4] == 0).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+
+
+def test_serology_baseline_beats_chance_on_held_out_data_and_handles_no_events():
+    x, labels, times, events = _problem(600, seed=2)
+    b = SerologyBaseline(n_classes=4).fit(x[:400], labels[:400], times[:400], events[:400])
+    bacc = balanced_accuracy_score(labels[400:], b.predict_proba(x[400:]).argmax(1))
+    assert bacc > 0.5  # chance is 0.25
+    no_fu = SerologyBaseline(n_classes=4).fit(x, labels, np.full(600, np.nan), np.full(600, np.nan))
+    assert np.isnan(no_fu.predict_risk(x[:3])).all() and no_fu.baseline_hazard is None
+    assert baseline_from_dict(no_fu.to_dict()).predict_proba(x[:3]).shape == (3, 4)
+    with pytest.raises(ValueError):
+        b.predict_proba(x[:, :3])
+    with pytest.raises(ValueError):
+        SerologyBaseline(4).fit(x, np.zeros(600, int), times, events)
+
+
+# -- criteria -----------------------------------------------------------------------------
+
+PANEL = load_panel("cns_autoimmune")
+
+
+def _rows(*cases: dict) -> np.ndarray:
+    v = np.full((len(cases), len(PANEL.feature_names)), np.nan)
+    for i, case in enumerate(cases):
+        for name, value in case.items():
+            v[i, PANEL.feature_names.index(name)] = value
+    return v
+
+
+def test_criteria_rules_on_hand_made_rows():
+    crit = CriteriaBaseline.for_panel(PANEL)
+    assert crit.applicable and crit.thresholds["mog_positive"] == 100.0
+    rows = _rows(
+        {"aqp4_igg": 160, "mog_igg": 0, "ocb": 1},  # AQP4 positive wins over OCB
+        {"aqp4_igg": 160, "mog_igg": 400},  # rule order: NMOSD before MOGAD
+        {"aqp4_igg": 0, "mog_igg": 200},  # clear MOG positive
+        {"mog_igg": 40, "ocb": 1},  # low MOG titre is not enough; OCB -> MS
+        {"ana": 320, "anti_dsdna": 120},  # 6 points
+        {"ana": 320, "c3": 0.5, "antiphospholipid": 1},  # 3 + 2 = 5 < 6
+        {"ana": 320, "c3": 0.5, "c4": 0.05, "antiphospholipid": 1},  # 4 + 2 = 6
+        {"ana": 40, "anti_dsdna": 200, "anti_sm": 1},  # ANA below the entry criterion
+        {"ana": 640, "anti_sm": 1, "ocb": 1},  # anti-Sm 6 points -> NPSLE before MS
+        {},  # nothing tested
+        {"ocb": 0, "igg_index": 1.2},
+    )
+    assert crit.predict(rows).tolist() == [
+        "NMOSD",
+        "NMOSD",
+        "MOGAD",
+        "MS",
+        "NPSLE",
+        "SVD",
+        "NPSLE",
+        "SVD",
+        "NPSLE",
+        "SVD",
+        "SVD",
+    ]
+    assert crit.sle_points(rows).tolist() == [0, 0, 0, 0, 6, 5, 6, 6, 6, 0, 0]
+    p = crit.predict_proba(rows)
+    assert p.shape == (11, 5)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert p[0, PANEL.class_index("NMOSD")] == pytest.approx(0.95)
+    risk = crit.predict_risk(
+        _rows(
+            {},
+            {"ocb": 1, "csf_wbc": 12},
+            {"aqp4_igg": 640, "ana": 160, "c4": 0.05, "c3": 0.5},
+        )
+    )
+    assert risk.tolist() == [0.0, 2.0, 3.0]  # low C3 and C4 count as one marker
+
+
+def test_criteria_round_trip_and_not_applicable_panel():
+    crit = CriteriaBaseline.for_panel(PANEL)
+    back = baseline_from_dict(json.loads(json.dumps(crit.to_dict())))
+    rows = _rows({"aqp4_igg": 20}, {"mog_igg": 100}, {"ocb": 1})
+    assert back.predict(rows).tolist() == ["NMOSD", "MOGAD", "MS"]
+    ra = panel_from_dict(
+        {
+            "name": "ra",
+            "channels": ["t1"],
+            "classes": [{"name": "RA"}, {"name": "other"}],
+            "features": [
+                {"name": "rf", "kind": "continuous"},
+                {"name": "anti_ccp", "kind": "continuous"},
+            ],
+        }
+    )
+    na = CriteriaBaseline.for_panel(ra)
+    assert not na.applicable and "not applicable" in na.reason and "aqp4_igg" in na.reason
+    with pytest.raises(ValueError, match="not applicable"):
+        na.predict_proba(np.zeros((2, 2)))
+
+
+# -- oracle -------------------------------------------------------------------------------
+
+
+def test_oracle_uses_truth_columns_and_beats_serology():
+    rng = np.random.default_rng(3)
+    n = 500
+    labels = rng.integers(0, 4, n)
+    lesions = rng.poisson(np.array([30, 4, 8, 15])[labels])  # latent lesion counts per class
+    volume = rng.gamma(2.0, np.array([2000, 500, 4000, 800])[labels])
+    serology = rng.normal(0, 1, (n, 3)) + 0.3 * labels[:, None]
+    log_h = 0.05 * lesions
+    t = rng.exponential(60 / np.exp(log_h - log_h.mean()))
+    times, events = np.minimum(t, 100.0), (t <= 100.0).astype(float)
+    truth = pd.DataFrame(
+        {
+            "case_id": [f"c{i}" for i in range(n)],
+            "diagnosis": np.array(["MS", "NMOSD", "MOGAD", "NPSLE"])[labels],
+            "class_index": labels,  # would leak the label
+            "event_time": times,
+            "true_event_time": t,  # an outcome, not a latent cause
+            "censor_time": np.full(n, 100.0),
+            "true_log_hazard": log_h,  # latent outcome
+            "true_aqp4_igg": labels == 1,  # noise-free serology
+            "lesion_count_total": lesions,
+            "lesion_volume_mm3": volume,
+        }
+    ).set_index("case_id")
+    assert truth_feature_columns(truth) == ["lesion_count_total", "lesion_volume_mm3"]
+    tr, te = slice(0, 350), slice(350, n)
+    oracle = OracleBaseline(4).fit(truth.iloc[tr], serology[tr], labels[tr], times[tr], events[tr])
+    sero = SerologyBaseline(4).fit(serology[tr], labels[tr], times[tr], events[tr])
+    assert set(oracle.log_columns) == {"lesion_count_total", "lesion_volume_mm3"}
+    b_oracle = balanced_accuracy_score(
+        labels[te], oracle.predict_proba(truth.iloc[te], serology[te]).argmax(1)
+    )
+    b_sero = balanced_accuracy_score(labels[te], sero.predict_proba(serology[te]).argmax(1))
+    assert b_oracle > b_sero + 0.1
+    back = baseline_from_dict(json.loads(json.dumps(oracle.to_dict())))
+    np.testing.assert_allclose(
+        back.predict_risk(truth.iloc[te], serology[te]),
+        oracle.predict_risk(truth.iloc[te], serology[te]),
+    )
+    with pytest.raises(ValueError, match="lacks"):
+        oracle.predict_proba(truth.drop(columns=["lesion_volume_mm3"]), serology)
+
+
+def test_fit_baselines_gives_json_dicts_for_the_bundle():
+    x, labels, times, events = _problem(200, d=5, c=5, seed=4)
+    truth = pd.DataFrame({"n_total": np.arange(200) % 7, "diagnosis": "MS"})
+    enc = np.hstack([x, np.zeros((200, 1))])
+    stored = json.loads(json.dumps(fit_baselines(PANEL, enc, labels, times, events, truth)))
+    assert set(stored) == {"serology_only", "criteria", "oracle"}
+    assert stored["oracle"]["truth_columns"] == ["n_total"]
+    assert baseline_from_dict(stored["serology_only"]).predict_proba(enc).shape == (200, 5)
+    assert set(fit_baselines(PANEL, enc, labels, times, events)) == {"serology_only", "criteria"}

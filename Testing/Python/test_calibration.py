@@ -1,0 +1,94 @@
+"""Temperature scaling and calibration error on deliberately over-confident logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autoimmuneai.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    reliability_curve,
+    softmax,
+)
+
+
+def _overconfident(n: int, c: int = 5, scale: float = 3.0, seed: int = 0):
+    """Calibrated logits (labels drawn from their softmax) multiplied by ``scale``."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.5, size=(n, c))
+    p = softmax(logits)
+    labels = np.array([rng.choice(c, p=row) for row in p])
+    return logits * scale, labels
+
+
+def test_softmax_matches_torch_and_is_stable():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(20, 4)) * 10
+    for t in (0.5, 1.0, 2.5):
+        ref = torch.softmax(torch.as_tensor(z) / t, dim=1).numpy()
+        np.testing.assert_allclose(softmax(z, t), ref, rtol=1e-12, atol=1e-14)
+    big = softmax(np.array([[1000.0, 0.0, -1000.0]]))
+    assert np.isfinite(big).all() and big[0, 0] == pytest.approx(1.0)
+
+
+def test_temperature_recovers_scale_and_reduces_ece():
+    logits, labels = _overconfident(3000, scale=3.0)
+    t = fit_temperature(logits, labels)
+    assert 2.5 < t < 3.6  # the true over-confidence factor is 3
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits, t), labels)
+    assert before > 0.1
+    assert after < 0.04
+    assert after < before / 3
+
+
+def test_temperature_is_nll_minimum():
+    logits, labels = _overconfident(800, scale=2.0, seed=3)
+    t = fit_temperature(logits, labels)
+
+    def nll(temp: float) -> float:
+        p = softmax(logits, temp)
+        return float(-np.log(p[np.arange(len(labels)), labels]).mean())
+
+    assert nll(t) <= nll(t * 1.05) + 1e-9
+    assert nll(t) <= nll(t / 1.05) + 1e-9
+
+
+def test_unknown_labels_ignored_and_no_labels_gives_identity():
+    logits, labels = _overconfident(600, scale=2.0, seed=4)
+    t_all = fit_temperature(logits, labels)
+    labels_masked = labels.copy()
+    extra = np.random.default_rng(0).normal(size=(50, 5)) * 50
+    t_mixed = fit_temperature(
+        np.vstack([logits, extra]), np.concatenate([labels_masked, -np.ones(50, int)])
+    )
+    assert t_mixed == pytest.approx(t_all, rel=1e-4)
+    assert fit_temperature(logits[:3], -np.ones(3, int)) == 1.0
+
+
+def test_ece_by_hand():
+    # two bins hit with 15 equal-width bins: conf 0.9 (bin 13) and conf 0.6 (bin 8)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 0])
+    # bin 0.9: acc 0.5, conf 0.9 -> 0.4 * 2/4; bin 0.6: acc 0.5, conf 0.6 -> 0.1 * 2/4
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.25)
+    assert expected_calibration_error(np.eye(3), np.arange(3)) == pytest.approx(0.0)
+
+
+def test_reliability_curve_counts_and_values():
+    logits, labels = _overconfident(1000, scale=1.0, seed=5)
+    probs = softmax(logits)
+    curve = reliability_curve(probs, labels, n_bins=10)
+    assert len(curve["edges"]) == 11 and len(curve["counts"]) == 10
+    assert sum(curve["counts"]) == 1000
+    conf = np.array(curve["confidence"])
+    filled = np.array(curve["counts"]) > 0
+    lo, hi = np.array(curve["edges"][:-1]), np.array(curve["edges"][1:])
+    assert ((conf[filled] > lo[filled]) & (conf[filled] <= hi[filled])).all()
+    assert np.isnan(conf[~filled]).all()
+    # calibrated by construction: per-bin accuracy near confidence where bins are well filled
+    acc = np.array(curve["accuracy"])
+    big = np.array(curve["counts"]) >= 100
+    assert np.abs(acc[big] - conf[big]).max() < 0.1

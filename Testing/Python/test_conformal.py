@@ -1,0 +1,162 @@
+"""Split-conformal prediction sets: coverage on a generated problem, thresholds, round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from autoimmuneai.calibration import softmax
+from autoimmuneai.conformal import (
+    ConformalPredictor,
+    coverage,
+    fit_conformal,
+    mean_set_size,
+)
+
+C = 5
+
+
+def _problem(n: int, seed: int):
+    """True class probabilities from a Dirichlet, labels drawn from them, and a model that sees
+    the truth through noise and over-confidence (so coverage does not rely on calibration)."""
+    rng = np.random.default_rng(seed)
+    true_p = rng.dirichlet(np.full(C, 0.4), size=n)
+    labels = (rng.uniform(size=(n, 1)) > np.cumsum(true_p, axis=1)).sum(axis=1)
+    labels = np.minimum(labels, C - 1)
+    logits = 2.0 * np.log(true_p + 1e-3) + rng.normal(0, 0.7, size=(n, C))
+    return softmax(logits), labels
+
+
+@pytest.mark.parametrize(
+    "method,class_conditional,randomized",
+    [
+        ("aps", False, True),
+        ("aps", False, False),
+        ("raps", False, True),
+        ("aps", True, True),
+        ("raps", True, False),
+    ],
+)
+def test_coverage_holds_over_random_splits(method, class_conditional, randomized):
+    alpha = 0.1
+    probs, labels = _problem(3000, seed=11)
+    rng = np.random.default_rng(0)
+    covs, sizes, per_class = [], [], []
+    for s in range(30):
+        perm = rng.permutation(len(labels))
+        cal, test = perm[:1500], perm[1500:]
+        cp = fit_conformal(
+            probs[cal],
+            labels[cal],
+            alpha=alpha,
+            method=method,
+            class_conditional=class_conditional,
+            lam=0.05,
+            k_reg=2,
+            randomized=randomized,
+            seed=s,
+        )
+        sets = cp.predict_sets(probs[test], rng=np.random.default_rng(100 + s))
+        assert sets.any(axis=1).all()
+        covs.append(coverage(sets, labels[test]))
+        sizes.append(mean_set_size(sets))
+        per_class.append(
+            [coverage(sets[labels[test] == k], labels[test][labels[test] == k]) for k in range(C)]
+        )
+    mean_cov = float(np.mean(covs))
+    assert mean_cov >= 1 - alpha - 0.01
+    assert mean_cov <= 1 - alpha + 0.05  # not trivially covering with every class
+    assert np.mean(sizes) < C - 0.5
+    if class_conditional:
+        assert (np.mean(per_class, axis=0) >= 1 - alpha - 0.02).all()
+
+
+def test_class_conditional_fixes_undercovered_class():
+    probs, labels = _problem(4000, seed=5)
+    # a model that under-rates class 4 badly: marginal sets miss it, per-class sets do not
+    probs = probs.copy()
+    probs[:, 4] *= 0.05
+    probs /= probs.sum(axis=1, keepdims=True)
+    cal, test = np.arange(2000), np.arange(2000, 4000)
+    marg = fit_conformal(probs[cal], labels[cal], alpha=0.1, seed=1)
+    cc = fit_conformal(probs[cal], labels[cal], alpha=0.1, class_conditional=True, seed=1)
+    is4 = labels[test] == 4
+    cov_m = coverage(marg.predict_sets(probs[test])[is4], labels[test][is4])
+    cov_c = coverage(cc.predict_sets(probs[test])[is4], labels[test][is4])
+    assert cov_c >= 0.86
+    assert cov_c > cov_m + 0.02
+
+
+def test_threshold_is_finite_sample_quantile():
+    # deterministic APS on one-hot-ish probs: score of the true class = mass above + own mass
+    probs = np.tile(np.array([[0.7, 0.2, 0.1]]), (9, 1))
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2])  # scores 0.7 x5, 0.9 x3, 1.0 x1
+    cp = fit_conformal(probs, labels, alpha=0.2, randomized=False)
+    # k = ceil(10 * 0.8) = 8 -> 8th smallest = 0.9
+    assert cp.qhat == pytest.approx(0.9)
+    sets = cp.predict_sets(probs[:1])
+    assert sets.tolist() == [[True, True, False]]
+    # too few cases for the coverage asked: every class included
+    cp_inf = fit_conformal(probs[:5], labels[:5], alpha=0.1, randomized=False)
+    assert math.isinf(cp_inf.qhat)
+    assert cp_inf.predict_sets(probs[:2]).all()
+
+
+def test_raps_penalty_shrinks_sets():
+    probs, labels = _problem(3000, seed=2)
+    cal, test = np.arange(1500), np.arange(1500, 3000)
+    aps = fit_conformal(probs[cal], labels[cal], alpha=0.1, method="aps", seed=0)
+    raps = fit_conformal(
+        probs[cal], labels[cal], alpha=0.1, method="raps", lam=0.5, k_reg=1, seed=0
+    )
+    s_aps = aps.predict_sets(probs[test])
+    s_raps = raps.predict_sets(probs[test])
+    assert mean_set_size(s_raps) <= mean_set_size(s_aps) + 1e-9
+    assert coverage(s_raps, labels[test]) >= 0.87
+
+
+def test_sets_never_empty_and_nested_in_alpha():
+    probs, labels = _problem(1000, seed=9)
+    small = fit_conformal(probs[:500], labels[:500], alpha=0.3, randomized=False)
+    large = fit_conformal(probs[:500], labels[:500], alpha=0.05, randomized=False)
+    s_small, s_large = small.predict_sets(probs[500:]), large.predict_sets(probs[500:])
+    assert s_small.sum(axis=1).min() >= 1
+    assert (s_small <= s_large).all()  # a lower error rate never removes a class
+    top = probs[500:].argmax(axis=1)
+    assert s_small[np.arange(500), top].all()
+
+
+@pytest.mark.parametrize("class_conditional", [False, True])
+def test_dict_round_trip_is_json(class_conditional):
+    probs, labels = _problem(400, seed=3)
+    # class 4 kept rare in calibration to force an infinite per-class threshold
+    keep = (labels != 4) | (np.arange(400) < 60)
+    cp = fit_conformal(
+        probs[keep], labels[keep], alpha=0.1, method="raps", class_conditional=class_conditional
+    )
+    d = json.loads(json.dumps(cp.to_dict(), allow_nan=False))
+    back = ConformalPredictor.from_dict(d)
+    assert back.method == "raps" and back.alpha == 0.1 and back.n_calibration == int(keep.sum())
+    np.testing.assert_array_equal(back.predict_sets(probs), cp.predict_sets(probs))
+    # same rng, same sets (randomised sets are reproducible)
+    a = cp.predict_sets(probs, rng=np.random.default_rng(7))
+    b = cp.predict_sets(probs, rng=np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_labels_skipped_and_bad_arguments():
+    probs, labels = _problem(300, seed=4)
+    lab = labels.copy()
+    lab[:100] = -1
+    cp = fit_conformal(probs, lab, alpha=0.1)
+    assert cp.n_calibration == 200
+    assert coverage(np.ones((3, C), bool), np.array([-1, -1, -1])) != coverage(
+        np.ones((3, C), bool), np.array([0, 1, 2])
+    )
+    with pytest.raises(ValueError):
+        fit_conformal(probs, labels, method="lac")
+    with pytest.raises(ValueError):
+        fit_conformal(probs, labels, alpha=1.5)
