@@ -1,0 +1,588 @@
+"""AutoimmuneAILogic: one case or a whole cohort through the ``autoimmuneai`` command line.
+
+The Logic works without any GUI (Slicer's Python console, ``Slicer --no-main-window
+--python-script``, or plain Python on the ``slicer-core`` wheel) and without Qt. The model runs
+in a background process (``<python> -m autoimmuneai predict``), the same code a researcher
+runs on the command line, so the results are identical and the GUI never freezes; the
+results are then imported into the MRML scene.
+
+Usage (Slicer Python console)::
+
+    from AutoimmuneAILib.logic import AutoimmuneAILogic
+    logic = AutoimmuneAILogic()
+    result = logic.process(getNode("FLAIR"), {"aqp4_igg": "1:640", "ocb": "neg"},
+                           "/data/bundle", explain=True)
+    result.predicted, result.predictionSet, result.nodes["segmentation"]
+    summary = logic.processCohort("/data/cohort.csv", "/data/bundle", "/data/out")
+    summary.nOk, summary.nFailed, summary.errorsPath
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import PACKAGE_NAME, registerPackage
+from .labform import requireValid
+from .process import CANCELLED, BackgroundProcess, Progress
+from .resultnodes import addDifferentialNodes, addLabContributionNodes, addSurvivalNodes
+
+registerPackage()
+
+from autoimmuneai.errors import BundleError, InputError  # noqa: E402
+from autoimmuneai.panel import Panel, load_panel, panel_from_dict  # noqa: E402
+
+log = logging.getLogger("AutoimmuneAI")
+
+EXIT_PARTIAL = 3  # the command line's status when some cases failed
+METHODS = ("integrated_gradients", "gradient_shap", "occlusion", "layer_gradcam")
+
+try:  # Inside Slicer: the conventional base class (parameter node, module name).
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
+except ImportError:  # slicer-core wheel: no Qt, no scripted-module framework
+    _LogicBase = object
+
+
+class ProcessingCancelled(RuntimeError):
+    """The user pressed Cancel; nothing was imported."""
+
+
+@dataclass
+class PredictionResult:
+    """One case's prediction (``prediction.json`` as written) and the nodes made from it."""
+
+    caseId: str
+    caseDir: Path
+    prediction: dict
+    nodes: dict = field(default_factory=dict)  # role -> vtkMRMLNode
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.prediction.get("classes") or self.prediction["probabilities"])
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return {c: float(p) for c, p in self.prediction["probabilities"].items()}
+
+    @property
+    def predicted(self) -> str:
+        return str(self.prediction["predicted"])
+
+    @property
+    def predictionSet(self) -> list[str]:
+        return list(self.prediction.get("prediction_set", []))
+
+    @property
+    def riskScore(self) -> float | None:
+        value = self.prediction.get("risk_score")
+        return None if value is None else float(value)
+
+    @property
+    def riskGroup(self) -> str:
+        return str(self.prediction.get("risk_group", ""))
+
+    @property
+    def modalityShare(self) -> dict[str, float]:
+        return {k: float(v) for k, v in (self.prediction.get("modality_share") or {}).items()}
+
+    @property
+    def warnings(self) -> list[str]:
+        return [str(w) for w in self.prediction.get("warnings", [])]
+
+
+@dataclass
+class CohortSummary:
+    """What a cohort run produced: counts, the output files and the failed cases."""
+
+    outputDir: Path
+    nOk: int
+    nFailed: int
+    predictionsPath: Path
+    errorsPath: Path
+    errors: list[dict] = field(default_factory=list)  # rows of errors.csv
+    returncode: int = 0
+
+
+class Job:
+    """A running background command and what to do with its outcome.
+
+    ``poll()`` (GUI timer) or ``wait()`` (scripts) drive it; ``result`` holds what ``finish``
+    returned, ``error`` the exception it raised. ``cancel()`` kills the process tree.
+    """
+
+    def __init__(
+        self,
+        process: BackgroundProcess,
+        finish: Callable[[int], object],
+        onFinished: Callable[[Job], None] | None = None,
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
+        self.process = process
+        self._finish = finish
+        self._cleanup = cleanup
+        self.onFinished = onFinished
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def start(self) -> Job:
+        self.process.start()
+        return self
+
+    def poll(self) -> bool:
+        """Deliver output, and once the process ended import its results; True when done."""
+        if self.done:
+            return True
+        if not self.process.poll():
+            return False
+        try:
+            if self.process.returncode == CANCELLED:
+                raise ProcessingCancelled("cancelled by the user")
+            self.result = self._finish(int(self.process.returncode))
+        except BaseException as exc:  # handed to the caller through .error / wait()
+            self.error = exc
+        finally:
+            self.done = True
+            if self._cleanup:
+                self._cleanup()
+        if self.onFinished:
+            self.onFinished(self)
+        return True
+
+    def wait(self, timeout: float | None = None):
+        """Block until done; return the result or raise the error."""
+        self.process.wait(timeout=timeout)
+        self.poll()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def cancel(self) -> None:
+        self.process.cancel()
+
+
+class AutoimmuneAILogic(_LogicBase):
+    """Predict, explain and import results for one case; batch a whole cohort."""
+
+    def __init__(
+        self,
+        scene=None,
+        python: str | None = None,
+        scheduler: Callable[[int, Callable[[], None]], None] | None = None,
+    ) -> None:
+        if _LogicBase is not object:
+            _LogicBase.__init__(self)
+        if scene is None:
+            import slicer
+
+            scene = getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
+        self.scene = scene
+        self.python = python or pythonExecutable()
+        self.scheduler = scheduler  # e.g. qt.QTimer.singleShot: polls jobs started with wait=False
+        self.pollIntervalMs = 200
+        self.keepOutputs = True
+
+    # -- one case ------------------------------------------------------------------------
+    def process(
+        self,
+        volumeNode,
+        serology: dict,
+        bundlePath: str | Path,
+        explain: bool = True,
+        waitForCompletion: bool = True,
+        caseId: str = "case",
+        targetClass: str | None = None,
+        method: str | None = None,
+        alpha: float | None = None,
+        bands: str | None = None,
+        outputDir: str | Path | None = None,
+        importNodes: bool = True,
+        onProgress: Callable[[Progress], None] | None = None,
+        onLine: Callable[[str], None] | None = None,
+        onFinished: Callable[[Job], None] | None = None,
+    ):
+        """Predict (and explain) one case: a volume node plus serology strings by feature name.
+
+        Returns a PredictionResult when ``waitForCompletion`` (scripts), else a started Job
+        whose ``result`` is the PredictionResult once ``poll()`` returns True (GUI). Inputs are
+        checked here first, so a typo in a lab value is reported before anything runs.
+        """
+        bundle = checkBundle(bundlePath)
+        panel = panelForBundle(bundle)
+        serology = {str(k): ("" if v is None else str(v)) for k, v in (serology or {}).items()}
+        requireValid(serology, panel)
+        if targetClass and targetClass not in panel.classes:
+            raise InputError(
+                f"{targetClass!r} is not a class of the bundle ({', '.join(panel.classes)})"
+            )
+        safeId = _safeCaseId(caseId)
+
+        work = Path(tempfile.mkdtemp(prefix="AutoimmuneAI-"))
+        out = Path(outputDir) if outputDir else work / "out"
+        manifest = writeCaseInputs(work, safeId, volumeNode, serology, panel)
+        command = self.cliCommand(
+            "predict",
+            "--bundle",
+            bundle,
+            "--cohort",
+            manifest,
+            "--out",
+            out,
+            *(["--explain"] if explain else []),
+            *(["--target", targetClass] if targetClass else []),
+            *(["--method", method] if method else []),
+            *self._optional("--alpha", alpha),
+            *self._optional("--bands", bands),
+        )
+
+        def finish(returncode: int) -> PredictionResult:
+            caseDir = out / safeId
+            if returncode not in (0, EXIT_PARTIAL) or not (caseDir / "prediction.json").is_file():
+                raise InputError(_failureReason(out, safeId, proc, returncode))
+            prediction = json.loads((caseDir / "prediction.json").read_text(encoding="utf-8"))
+            nodes = self.importCase(caseDir, prediction, volumeNode) if importNodes else {}
+            return PredictionResult(safeId, caseDir, prediction, nodes)
+
+        def cleanup() -> None:
+            for path in (manifest, work / "images"):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                    missing_ok=True
+                )
+
+        proc = BackgroundProcess(
+            command, onLine=onLine or _logLine, onProgress=onProgress, env=self.childEnvironment()
+        )
+        return self._run(Job(proc, finish, onFinished, cleanup), waitForCompletion)
+
+    def whatIf(
+        self,
+        volumeNode,
+        serology: dict,
+        bundlePath: str | Path,
+        feature: str,
+        newValue: str,
+        waitForCompletion: bool = True,
+        onFinished: Callable[[Job], None] | None = None,
+    ):
+        """Re-predict with one lab value changed (no explanation, no nodes): the new probabilities."""
+        changed = dict(serology)
+        changed[feature] = newValue
+        return self.process(
+            volumeNode,
+            changed,
+            bundlePath,
+            explain=False,
+            importNodes=False,
+            waitForCompletion=waitForCompletion,
+            caseId="whatif",
+            onFinished=onFinished,
+        )
+
+    def importCase(self, caseDir: Path, prediction: dict, inputVolumeNode=None) -> dict:
+        """Load a case's output files into the scene; return the nodes by role.
+
+        With an explanation (``scene.mrml`` present) ``autoimmuneai.mrml.import_case_outputs``
+        loads image, attribution, evidence segmentation, tables and charts; without one, the
+        differential and survival charts are built from ``prediction.json``. When the input
+        was already a node of this scene, the reloaded copy of it is dropped and the evidence
+        segmentation refers to the user's own volume (same physical space).
+        """
+        caseDir = Path(caseDir)
+        prefix = str(prediction.get("case_id", caseDir.name))
+        nodes: dict = {}
+        if (caseDir / "scene.mrml").is_file():
+            from autoimmuneai.mrml import import_case_outputs
+
+            nodes.update(import_case_outputs(self.scene, caseDir))
+        for role, build in (
+            ("probability_chart", addDifferentialNodes),
+            ("survival_chart", addSurvivalNodes),
+            ("lab_chart", addLabContributionNodes),
+        ):
+            if role not in nodes:
+                nodes.update(build(self.scene, prediction, prefix))
+        copy = nodes.get("image")
+        if (
+            copy is not None
+            and inputVolumeNode is not None
+            and inputVolumeNode.GetScene() is self.scene
+            and copy is not inputVolumeNode
+        ):
+            segmentation = nodes.get("segmentation")
+            if segmentation is not None:
+                segmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
+                segmentation.SetNodeReferenceID(
+                    segmentation.GetReferenceImageGeometryReferenceRole(), inputVolumeNode.GetID()
+                )
+            self.scene.RemoveNode(copy)
+            nodes["image"] = inputVolumeNode
+        return nodes
+
+    # -- a cohort ------------------------------------------------------------------------
+    def processCohort(
+        self,
+        manifestPath: str | Path,
+        bundlePath: str | Path,
+        outputDir: str | Path,
+        explain: bool = True,
+        resume: bool = True,
+        waitForCompletion: bool = True,
+        onProgress: Callable[[Progress], None] | None = None,
+        onLine: Callable[[str], None] | None = None,
+        onFinished: Callable[[Job], None] | None = None,
+    ):
+        """Predict every case of a manifest; failing cases go to ``errors.csv``, the run goes on.
+
+        With ``resume`` an interrupted run continues where it stopped. Returns a CohortSummary
+        (or a started Job when ``waitForCompletion`` is False).
+        """
+        manifest = Path(manifestPath)
+        if not manifest.is_file():
+            raise InputError("manifest not found", file=manifest)
+        bundle = checkBundle(bundlePath)
+        out = Path(outputDir)
+        command = self.cliCommand(
+            "predict",
+            "--bundle",
+            bundle,
+            "--cohort",
+            manifest,
+            "--out",
+            out,
+            *(["--explain"] if explain else []),
+            *(["--resume"] if resume else []),
+        )
+
+        def finish(returncode: int) -> CohortSummary:
+            predictions, errors = out / "predictions.csv", out / "errors.csv"
+            if returncode not in (0, EXIT_PARTIAL) and not predictions.is_file():
+                raise InputError(_lastLines(proc) or f"predict failed with status {returncode}")
+            okRows, errorRows = _readCsv(predictions), _readCsv(errors)
+            return CohortSummary(
+                out, len(okRows), len(errorRows), predictions, errors, errorRows, returncode
+            )
+
+        proc = BackgroundProcess(
+            command, onLine=onLine or _logLine, onProgress=onProgress, env=self.childEnvironment()
+        )
+        return self._run(Job(proc, finish, onFinished), waitForCompletion)
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _optional(self, option: str, value) -> list[str]:
+        """``[option, value]`` when set and this version of ``predict`` accepts the option."""
+        if value is None or value == "":
+            return []
+        if option not in predictOptions():
+            log.warning(
+                "autoimmuneai predict has no %s option: the bundle's default is used", option
+            )
+            return []
+        return [option, str(value)]
+
+    def _run(self, job: Job, waitForCompletion: bool):
+        job.start()
+        if waitForCompletion:
+            return job.wait()
+        if self.scheduler is not None:
+
+            def tick() -> None:
+                if not job.poll():
+                    self.scheduler(self.pollIntervalMs, tick)
+
+            self.scheduler(self.pollIntervalMs, tick)
+        return job
+
+    def cliCommand(self, *args) -> list[str]:
+        """``<python> -m autoimmuneai ARGS`` (through the module's runner inside Slicer)."""
+        module = sys.modules.get(PACKAGE_NAME)
+        entry = (
+            "AutoimmuneAILib.cli" if getattr(module, "__registeredFrom__", None) else PACKAGE_NAME
+        )
+        return [self.python, "-m", entry, *[str(a) for a in args]]
+
+    def childEnvironment(self) -> dict[str, str]:
+        """The environment of the child: this one, plus the module folder on PYTHONPATH."""
+        env = dict(os.environ)
+        try:  # inside Slicer: the environment Slicer started with, as launchConsoleProcess does
+            import slicer
+
+            if hasattr(slicer, "app"):
+                env = dict(slicer.util.startupEnvironment())
+        except ImportError:
+            pass
+        moduleDir = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (moduleDir, env.get("PYTHONPATH", "")) if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+
+# -- helpers (plain functions, used by the widget and the tests) ------------------------------
+def pythonExecutable() -> str:
+    """The interpreter for the child: Slicer's ``PythonSlicer`` inside Slicer, else this one."""
+    try:
+        import slicer
+
+        if hasattr(slicer, "app"):
+            found = shutil.which("PythonSlicer")
+            if found:
+                return found
+    except ImportError:
+        pass
+    return sys.executable
+
+
+def predictOptions() -> set[str]:
+    """The option strings the installed ``autoimmuneai predict`` accepts (read from its parser)."""
+    import argparse
+
+    from autoimmuneai.cli import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction) and "predict" in action.choices:
+            return {s for a in action.choices["predict"]._actions for s in a.option_strings}
+    return set()
+
+
+def checkBundle(bundlePath: str | Path) -> Path:
+    """The bundle folder, refused early with a clear reason when it is not one."""
+    if not bundlePath or not str(bundlePath).strip():
+        raise BundleError("no model bundle selected")
+    path = Path(bundlePath)
+    if path.is_file() and path.name == "metadata.json":
+        path = path.parent.parent
+    if not (path / "configs" / "metadata.json").is_file():
+        raise BundleError("not a model bundle (no configs/metadata.json)", file=path)
+    return path
+
+
+def bundleMetadata(bundlePath: str | Path) -> dict:
+    path = checkBundle(bundlePath) / "configs" / "metadata.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"metadata is not valid JSON ({exc})", file=path) from None
+
+
+def panelForBundle(bundlePath: str | Path) -> Panel:
+    """The panel a bundle was trained on (stored in its metadata, or named there)."""
+    meta = bundleMetadata(bundlePath)
+    panel = meta.get("panel")
+    if isinstance(panel, dict):
+        return panel_from_dict(panel, source=f"{bundlePath} (panel)")
+    if isinstance(panel, str) and panel:
+        return load_panel(panel)
+    raise BundleError(
+        "metadata names no panel", file=Path(bundlePath) / "configs" / "metadata.json"
+    )
+
+
+def writeCaseInputs(workDir: Path, caseId: str, volumeNode, serology: dict, panel: Panel) -> Path:
+    """Write the volume(s) as NIfTI and a one-row manifest in the cohort contract; return it.
+
+    ``volumeNode`` is a volume node for a one-channel panel, or a dict channel -> node.
+    """
+    from autoimmuneai.imaging import save_volume
+    from autoimmuneai.mrml import node_to_volume
+
+    nodes = volumeNode if isinstance(volumeNode, dict) else {panel.channels[0]: volumeNode}
+    missing = [c for c in panel.channels if nodes.get(c) is None]
+    if missing:
+        raise InputError(f"no input volume for channel(s) {', '.join(missing)}")
+    row = {"case_id": caseId}
+    for channel in panel.channels:
+        node = nodes[channel]
+        if node.GetImageData() is None:
+            raise InputError(
+                f"volume {node.GetName()!r} has no image data", field=f"image_{channel}"
+            )
+        path = workDir / "images" / f"{caseId}_{channel}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_volume(node_to_volume(node), path)
+        row[f"image_{channel}"] = os.path.relpath(path, workDir)
+    for feature in panel.features:
+        row[feature.name] = serology.get(feature.name, "")
+    manifest = workDir / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    return manifest
+
+
+def saveScene(scene, directory: str | Path, name: str = "scene.mrml") -> Path:
+    """Write every storable node next to a ``.mrml`` scene file (works without slicer.app)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
+        if node.GetHideFromEditors() and not node.IsA("vtkMRMLTableNode"):
+            continue
+        storage = node.GetStorageNode()
+        if storage is None:
+            storage = node.CreateDefaultStorageNode()
+            if storage is None:
+                continue
+            scene.AddNode(storage)
+            node.SetAndObserveStorageNodeID(storage.GetID())
+        extension = storage.GetDefaultWriteFileExtension()
+        stem = _safeCaseId(node.GetName() or node.GetID())
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        storage.SetFileName(str(directory / f"{stem}.{extension}"))
+        if not storage.WriteData(node):
+            raise OSError(f"could not write {node.GetName()} to {storage.GetFileName()}")
+    path = directory / name
+    scene.SetRootDirectory(str(directory))
+    scene.SetURL(str(path))
+    if not scene.Commit():
+        raise OSError(f"could not write the scene {path}")
+    return path
+
+
+def loadScene(path: str | Path):
+    """A new MRML scene read from ``path`` (with the data files it references)."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    scene.SetURL(str(path))
+    if not scene.Connect():
+        raise OSError(f"could not read the scene {path}")
+    return scene
+
+
+def _safeCaseId(caseId: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(caseId)).strip("._")
+    return cleaned or "case"
+
+
+def _readCsv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f))
+
+
+def _lastLines(proc: BackgroundProcess, n: int = 3) -> str:
+    return " | ".join(line.strip() for line in proc.lines[-n:] if line.strip())
+
+
+def _failureReason(out: Path, caseId: str, proc: BackgroundProcess, returncode: int) -> str:
+    """The reason a case failed: its errors.csv row, else the end of the command's output."""
+    for row in _readCsv(out / "errors.csv"):
+        if row.get("case_id") in (caseId, None) and (row.get("reason") or row.get("error")):
+            return str(row.get("reason") or row.get("error"))
+    return _lastLines(proc) or f"predict failed with status {returncode}"
+
+
+def _logLine(line: str) -> None:
+    log.info(line)

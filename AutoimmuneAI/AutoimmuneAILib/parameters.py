@@ -1,0 +1,41 @@
+"""GUI state of the module: a parameter node wrapper, saved with the scene.
+
+Each field is bound to a widget of ``Resources/UI/AutoimmuneAI.ui`` through that widget's
+``SlicerParameterName`` property (the test suite checks every field has one). Needs Slicer's
+``slicer.parameterNodeWrapper`` (not in the ``slicer-core`` wheel).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from .logic import METHODS
+
+BANDS = ("1", "5", "1,5", "1,5,10")
+
+
+@parameterNodeWrapper
+class AutoimmuneAIParameterNode:
+    """
+    inputVolume - the patient's FLAIR volume.
+    bundlePath - the model bundle folder (MONAI bundle layout).
+    serologyTable - the patient's lab values (one row per panel feature), saved with the scene.
+    caseId - the identifier written to outputs (never a patient name).
+    targetClass - the class to explain ("" = the predicted class).
+    attributionMethod - the image attribution method.
+    evidenceBands - top-percentile bands of the evidence segmentation, e.g. "1,5".
+    conformalAlpha - error rate of the conformal prediction set (0.1 = 90 % coverage).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    bundlePath: Path
+    serologyTable: vtkMRMLTableNode
+    caseId: str = "case"
+    targetClass: str = ""
+    attributionMethod: Annotated[str, Choice(list(METHODS))] = METHODS[0]
+    evidenceBands: Annotated[str, Choice(list(BANDS))] = "1,5"
+    conformalAlpha: Annotated[float, WithinRange(0.01, 0.5)] = 0.1
