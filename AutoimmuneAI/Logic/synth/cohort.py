@@ -1,0 +1,295 @@
+"""Generate the demo cohort: assign classes and splits, sample and render cases in parallel,
+write NIfTI volumes, ``manifest.csv``, ``truth.csv`` and ``cohort.json``.
+
+Determinism: the cohort seed is split with ``SeedSequence.spawn`` into one stream for class
+and split assignment and one per case, so every file is the same for the same seed whatever
+the number of workers (tables are written with fixed formatting: byte-identical).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_text, write_with
+from ..errors import InputError
+from .anatomy import LABELS, load_anatomy
+from .config import SynthConfig
+from .latent import CaseLatent, sample_case
+from .render import OutputGrid, output_grid, render_case
+from .serology import FEATURES
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "case_id", "image_flair", "mask_lesions", *FEATURES, "age", "sex", "diagnosis",
+    "event_time", "event", "split",
+)  # fmt: skip
+TRUTH_COLUMNS: tuple[str, ...] = (
+    "case_id", "diagnosis",
+    *(f"{p}_{r}" if p == "n" else f"vol_{r}_ml" for r in LABELS.values() for p in ("n", "vol")),
+    "n_total", "vol_total_ml", "age", "sex", "atrophy", "autoimmune", "complement_low",
+    *(f"true_{f}" for f in FEATURES),
+    "true_log_hazard", "true_event_time", "censor_time",
+)  # fmt: skip
+
+
+def template_resolution(voxel_size: float) -> int:
+    """Template grid used for a requested output voxel size (1 mm template below 1.5 mm)."""
+    return 1 if voxel_size < 1.5 else 2
+
+
+def assign_classes(
+    rng: np.random.Generator, n_cases: int, cfg: SynthConfig
+) -> tuple[list[str], list[str]]:
+    """Class of every case (largest-remainder allocation of the class fractions, shuffled)
+    and a split stratified by class (about train/val/test = 60/20/20)."""
+    classes = cfg.classes
+    frac = np.array([cfg.class_fractions[c] for c in classes], float)
+    frac /= frac.sum()
+    exact = frac * n_cases
+    counts = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - counts), kind="stable")[: n_cases - counts.sum()]:
+        counts[k] += 1
+    labels = np.repeat(np.arange(len(classes)), counts)
+    labels = labels[rng.permutation(n_cases)]
+    split = np.empty(n_cases, dtype=object)
+    names = list(cfg.split_fractions)
+    sfrac = np.array([cfg.split_fractions[s] for s in names], float)
+    sfrac /= sfrac.sum()
+    for k in range(len(classes)):
+        members = np.flatnonzero(labels == k)
+        members = members[rng.permutation(members.size)]
+        bounds = np.round(np.cumsum(sfrac) * members.size).astype(int)
+        start = 0
+        for name, stop in zip(names, bounds):
+            split[members[start:stop]] = name
+            start = stop
+    return [classes[k] for k in labels], [str(s) for s in split]
+
+
+def case_ids(n_cases: int) -> list[str]:
+    width = max(4, len(str(n_cases)))
+    return [f"syn{i + 1:0{width}d}" for i in range(n_cases)]
+
+
+def _plan(n_cases: int, seed: int, cfg: SynthConfig) -> list[tuple[str, str, str, Any]]:
+    root = np.random.SeedSequence(seed)
+    assign_seed, *case_seeds = root.spawn(n_cases + 1)
+    diagnoses, splits = assign_classes(np.random.default_rng(assign_seed), n_cases, cfg)
+    return list(zip(case_ids(n_cases), diagnoses, splits, case_seeds))
+
+
+def sample_latent_cohort(
+    n_cases: int,
+    seed: int = 0,
+    config: SynthConfig | None = None,
+    resolution: int = 2,
+    *,
+    keep_maps: bool = False,
+) -> list[tuple[CaseLatent, str]]:
+    """The latent cases (no images) of the cohort ``generate_cohort`` would write, with splits.
+
+    Same seed and config give the same latents as ``generate_cohort`` at this template
+    resolution (tests and the difficulty benchmark use it to sample many cases quickly).
+    The template-space lesion drawings are dropped unless ``keep_maps`` (5 MB per case).
+    """
+    cfg = config or SynthConfig()
+    anat = load_anatomy(resolution)
+    out = []
+    for cid, dx, split, s in _plan(n_cases, seed, cfg):
+        latent = sample_case(s, cid, dx, anat, cfg)
+        if not keep_maps:
+            latent.maps = None
+        out.append((latent, split))
+    return out
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _csv(rows: Iterable[dict[str, object]], columns: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow([_fmt(row[c]) for c in columns])
+    return buf.getvalue()
+
+
+def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    write_with(path, lambda tmp: nib.save(img, tmp))
+    _readable(path)
+
+
+def _readable(path: Path) -> None:
+    """Atomic writes create 0600 temporaries; outputs are ordinary shared files."""
+    os.chmod(path, 0o644)
+
+
+# Work shared with worker processes (set before the pool starts; forked workers inherit it).
+_JOB: dict[str, Any] = {}
+
+
+def _init_worker(job: dict[str, Any]) -> None:
+    _JOB.update(job)
+    load_anatomy(job["resolution"])
+
+
+def _make_case(task: tuple[str, str, str, Any]) -> tuple[dict[str, object], dict[str, object]]:
+    case_id, diagnosis, split, seed = task
+    cfg: SynthConfig = _JOB["config"]
+    grid: OutputGrid = _JOB["grid"]
+    out: Path = _JOB["out_dir"]
+    anat = load_anatomy(_JOB["resolution"])
+    latent = sample_case(seed, case_id, diagnosis, anat, cfg)
+    image, mask = render_case(latent, anat, grid, cfg)
+    image_rel = f"images/{case_id}_flair.nii.gz"
+    mask_rel = f"masks/{case_id}_lesions.nii.gz"
+    _save_nifti(out / image_rel, image, grid.affine)
+    _save_nifti(out / mask_rel, mask, grid.affine)
+    row: dict[str, object] = {
+        "case_id": case_id,
+        "image_flair": image_rel,
+        "mask_lesions": mask_rel,
+    }
+    row.update(latent.labs)
+    row.update(
+        age=int(math.floor(latent.age)),
+        sex=latent.sex,
+        diagnosis=diagnosis,
+        event_time=f"{latent.survival.event_time:.2f}",
+        event=latent.survival.event,
+        split=split,
+    )
+    truth = latent.truth_row()
+    return row, truth
+
+
+def _versions() -> dict[str, str]:
+    import nibabel
+    import nilearn
+    import scipy
+
+    from .. import __version__
+
+    return {
+        "autoimmuneai": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "nibabel": nibabel.__version__,
+        "nilearn": nilearn.__version__,
+    }
+
+
+def _run(tasks: list, workers: int, job: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
+    if workers <= 1:
+        _init_worker(job)
+        yield from map(_make_case, tasks)
+        return
+    import multiprocessing as mp
+
+    method = (
+        "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
+    )
+    load_anatomy(job["resolution"])  # forked workers inherit the cached anatomy
+    chunk = max(1, min(8, len(tasks) // (4 * workers)))
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context(method),
+        initializer=_init_worker,
+        initargs=(job,),
+    ) as pool:
+        yield from pool.map(_make_case, tasks, chunksize=chunk)
+
+
+def generate_cohort(
+    out_dir: Path,
+    n_cases: int = 400,
+    seed: int = 0,
+    *,
+    voxel_size: float = 2.0,
+    oblique_deg: float = 0.0,
+    anisotropic: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    config: SynthConfig | None = None,
+) -> Path:
+    """Write the synthetic demo cohort to ``out_dir`` and return the manifest's path.
+
+    ``images/<case>_flair.nii.gz`` (int16 FLAIR-like), ``masks/<case>_lesions.nii.gz``
+    (labels: 1 periventricular, 2 juxtacortical, 3 infratentorial, 4 deep grey, 5 other),
+    ``manifest.csv`` (lab-sheet strings), ``truth.csv`` (latent variables), ``cohort.json``.
+    """
+    if not isinstance(n_cases, int) or n_cases < 1:
+        raise InputError(f"--cases must be a positive whole number, not {n_cases!r}")
+    if not (0.5 <= float(voxel_size) <= 6.0):
+        raise InputError(f"--voxel-size must be between 0.5 and 6 mm, not {voxel_size!r}")
+    if not (-60.0 <= float(oblique_deg) <= 60.0):
+        raise InputError(f"--oblique must be between -60 and 60 degrees, not {oblique_deg!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise InputError(f"--seed must be a non-negative whole number, not {seed!r}")
+    cfg = config or SynthConfig()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("output path exists and is not a folder", file=out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    resolution = template_resolution(float(voxel_size))
+    anat = load_anatomy(resolution)
+    grid = output_grid(anat, float(voxel_size), float(oblique_deg), bool(anisotropic), cfg)
+    tasks = _plan(n_cases, seed, cfg)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    workers = max(1, min(int(workers), n_cases))
+    job = {"config": cfg, "grid": grid, "out_dir": out, "resolution": resolution}
+    results = _run(tasks, workers, job)
+    if progress:
+        from tqdm import tqdm
+
+        results = tqdm(results, total=n_cases, desc="synth", unit="case", file=sys.stderr)
+    rows, truths = [], []
+    for row, truth in results:
+        rows.append(row)
+        truths.append(truth)
+    manifest = out / "manifest.csv"
+    write_text(out / "truth.csv", _csv(truths, TRUTH_COLUMNS))
+    _readable(out / "truth.csv")
+    meta = {
+        "generator": "autoimmuneai synth",
+        "seed": seed,
+        "n_cases": n_cases,
+        "voxel_size": float(voxel_size),
+        "oblique_deg": float(oblique_deg),
+        "anisotropic": bool(anisotropic),
+        "template": f"MNI152 (nilearn), {resolution} mm",
+        "grid": {"shape": list(grid.shape), "affine": grid.affine.round(6).tolist()},
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "classes": {c: sum(r["diagnosis"] == c for r in rows) for c in cfg.classes},
+        "splits": {s: sum(r["split"] == s for r in rows) for s in cfg.split_fractions},
+        "versions": _versions(),
+        "config": cfg.to_dict(),
+    }
+    write_text(out / "cohort.json", json.dumps(meta, indent=1) + "\n")
+    write_text(manifest, _csv(rows, MANIFEST_COLUMNS))
+    for path in (out / "cohort.json", manifest):
+        _readable(path)
+    return manifest
