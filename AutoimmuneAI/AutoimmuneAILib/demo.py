@@ -80,7 +80,13 @@ def prepareDemo(
 
 def _run(command: list[str], logic: AutoimmuneAILogic) -> None:
     done = subprocess.run(
-        command, env=logic.childEnvironment(), capture_output=True, text=True, check=False
+        command,
+        env=logic.childEnvironment(),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=False,
     )
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]

@@ -29,6 +29,8 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
         [sys.executable, "-m", "autoimmuneai", "validate", "--cohort", str(missing)],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         check=False,
     )
     assert proc.returncode == 2
@@ -49,6 +51,8 @@ def test_debug_shows_the_traceback(tmp_path):
         ],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         check=False,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr

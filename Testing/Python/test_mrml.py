@@ -284,6 +284,12 @@ def test_module_imports_without_slicer() -> None:
         "import autoimmuneai.mrml, autoimmuneai.snapshot\n"
         "print(autoimmuneai.mrml.SegmentSpec(1, 'a', (1, 0, 0)).name)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "a"

@@ -286,7 +286,14 @@ def test_gui_free_library_imports_without_qt():
         print(bad)
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -614,7 +621,13 @@ def test_the_command_runs_the_same_package_code():
         "--resume",
     } <= predictOptions()
     done = subprocess.run(
-        command, env=logic.childEnvironment(), capture_output=True, text=True, timeout=60
+        command,
+        env=logic.childEnvironment(),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=60,
     )
     assert done.returncode == 0 and "--explain" in done.stdout
 

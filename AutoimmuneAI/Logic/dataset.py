@@ -1,0 +1,183 @@
+"""Cohort -> tensors the network trains on: model-grid images, encoded serology, labels, follow-up.
+
+Resampling hundreds of MRI volumes to the model grid is the slow part of training, so each
+case's model-grid image is cached (float16 ``.npy``, keyed by the image files' path, size and
+modification time and by the grid) and reused by later epochs, ``--resume`` and
+cross-validation folds. Images are kept in float16 in memory (half the RAM; batches are cast
+to float32 on the way into the network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_path
+from .errors import ImageError
+
+
+@dataclass
+class CaseArrays:
+    """Model inputs and targets of n cases (row i of every field is case ``case_ids[i]``)."""
+
+    images: torch.Tensor  # [n, C, D, H, W] float16 or float32
+    serology: torch.Tensor  # [n, d] float32
+    labels: torch.Tensor  # [n] int64, -1 unknown
+    times: torch.Tensor  # [n] float32, NaN missing
+    events: torch.Tensor  # [n] float32, NaN missing
+    case_ids: list[str]
+    descriptions: list[dict] | None = None  # imaging.describe_volume of each first channel
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> CaseArrays:
+        """The cases at positions ``index`` (in that order)."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return CaseArrays(
+            images=self.images[idx],
+            serology=self.serology[idx],
+            labels=self.labels[idx],
+            times=self.times[idx],
+            events=self.events[idx],
+            case_ids=[self.case_ids[i] for i in idx.tolist()],
+            descriptions=(
+                [self.descriptions[i] for i in idx.tolist()] if self.descriptions else None
+            ),
+        )
+
+    @classmethod
+    def from_numpy(
+        cls,
+        images: np.ndarray,
+        serology: np.ndarray,
+        labels: np.ndarray | None = None,
+        times: np.ndarray | None = None,
+        events: np.ndarray | None = None,
+        case_ids: Sequence[str] | None = None,
+    ) -> CaseArrays:
+        """Wrap arrays (missing targets become -1 / NaN; ids default to ``case0000``...)."""
+        n = len(images)
+        nan = np.full(n, np.nan)
+        return cls(
+            images=torch.as_tensor(np.asarray(images)),
+            serology=torch.as_tensor(np.asarray(serology, dtype=np.float32)),
+            labels=torch.as_tensor(
+                np.full(n, -1) if labels is None else np.asarray(labels), dtype=torch.int64
+            ),
+            times=torch.as_tensor(nan if times is None else np.asarray(times), dtype=torch.float32),
+            events=torch.as_tensor(
+                nan if events is None else np.asarray(events), dtype=torch.float32
+            ),
+            case_ids=list(case_ids) if case_ids is not None else [f"case{i:04d}" for i in range(n)],
+        )
+
+
+def _cache_key(paths: Sequence[Path], grid_dict: dict) -> str:
+    h = hashlib.sha256(json.dumps(grid_dict, sort_keys=True).encode())
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def case_image(
+    case, channels: Sequence[str], grid, cache_dir: Path | None = None
+) -> tuple[np.ndarray, dict]:
+    """One case's image on the model grid, float16 [C, *grid.shape], and a description of
+    its first channel (``imaging.describe_volume``, for out-of-distribution checks).
+
+    Both are cached in ``cache_dir`` when given.
+    """
+    from .imaging import describe_volume, load_volume
+
+    paths = []
+    for ch in channels:
+        if ch not in case.images:
+            raise ImageError(f"case {case.case_id} has no image for channel {ch!r}")
+        paths.append(Path(case.images[ch]))
+    cache_file = desc_file = None
+    if cache_dir is not None:
+        key = _cache_key(paths, grid.to_dict())
+        cache_file, desc_file = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
+        if cache_file.is_file() and desc_file.is_file():
+            try:
+                arr = np.load(cache_file, allow_pickle=False)
+                desc = json.loads(desc_file.read_text())
+                if arr.shape == (len(channels), *grid.shape):
+                    return arr, desc
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is rebuilt below
+    planes, desc = [], {}
+    for k, p in enumerate(paths):
+        volume = load_volume(p)
+        if k == 0:
+            desc = describe_volume(volume)
+        t = grid.to_model(volume).tensor
+        arr = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        planes.append(arr.reshape(grid.shape))
+    out = np.stack(planes).astype(np.float16)
+    if cache_file is not None and desc_file is not None:
+        with atomic_path(cache_file) as tmp:
+            np.save(tmp, out, allow_pickle=False)
+        with atomic_path(desc_file) as tmp:
+            tmp.write_text(json.dumps(desc))
+    return out, desc
+
+
+def build_arrays(
+    cohort,
+    grid,
+    encoder,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    workers: int = 2,
+) -> CaseArrays:
+    """All cases of ``cohort`` as :class:`CaseArrays` (images in float16).
+
+    ``encoder`` is a fitted ``SerologyEncoder``; images are resampled by ``grid``
+    (``ModelGrid``) in the panel's channel order, ``workers`` cases at a time.
+    """
+    channels = list(cohort.panel.channels)
+    cases = list(cohort.cases)
+    cdir = Path(cache_dir) if cache_dir is not None else None
+    if cdir is not None:
+        cdir.mkdir(parents=True, exist_ok=True)
+    n = len(cases)
+    images = np.zeros((n, len(channels), *grid.shape), dtype=np.float16)
+    descriptions: list[dict] = [{} for _ in range(n)]
+
+    def one(i: int) -> None:
+        images[i], descriptions[i] = case_image(cases[i], channels, grid, cdir)
+
+    bar = tqdm(total=n, desc="images -> model grid", unit="case", disable=not progress)
+    if workers > 1 and n > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(one, range(n)):
+                bar.update(1)
+    else:
+        for i in range(n):
+            one(i)
+            bar.update(1)
+    bar.close()
+    values, missing = cohort.lab_matrix()
+    times, events = cohort.survival()
+    arrays = CaseArrays.from_numpy(
+        images=images,
+        serology=encoder.transform(values, missing),
+        labels=cohort.labels(),
+        times=times,
+        events=events,
+        case_ids=cohort.case_ids,
+    )
+    arrays.descriptions = descriptions
+    return arrays

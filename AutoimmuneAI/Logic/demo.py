@@ -1,0 +1,502 @@
+"""``autoimmuneai demo``: the whole product in one command, resumable stage by stage.
+
+Stages (each writes into its own folder under ``--out``)::
+
+    cohort    synthetic cohort on the MNI152 brain           -> cohort/manifest.csv
+    train     fused model + baselines as a model bundle       -> bundle/
+    evaluate  held-out test split, all baselines, figures     -> evaluation/metrics.json
+    quality   explanation quality (localisation, sanity, ...) -> evaluation/explain_quality.json
+    explain   a handful of test cases, at least one per class -> cases/<case_id>/...
+    report    self-contained HTML + every number as JSON      -> report.html, metrics.json
+
+A stage is finished when ``stages.json`` (written atomically after the stage's outputs)
+says so and its outputs exist; ``--resume`` skips finished stages and lets the unfinished
+one continue from its own checkpoints (training epochs, completed case folders). Wall time
+and peak memory of every stage are recorded in ``stages.json`` (the demo benchmark reads them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import write_text
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+STAGES_FILE = "stages.json"
+DEFAULT_CASES = 240
+FULL_CASES = 400
+EXPLAIN_MANIFEST = "explain_cases.csv"  # inside cohort/, so relative image paths still resolve
+OWNED = ("cohort", "bundle", "evaluation", "cases", "figures")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo was asked to do; a resumed run must ask for the same."""
+
+    cases: int
+    seed: int
+    full: bool
+    epochs: int | None
+    quality_cases: int
+    panel: str = "cns_autoimmune"
+    quality_methods: tuple[str, ...] | None = None  # default: every method
+    synth_options: dict = field(default_factory=dict)  # extra generate_cohort arguments
+    train_options: dict = field(default_factory=dict)  # TrainConfig fields (smaller models)
+
+    def to_dict(self) -> dict:
+        return {
+            "cases": self.cases,
+            "seed": self.seed,
+            "full": self.full,
+            "epochs": self.epochs,
+            "quality_cases": self.quality_cases,
+            "quality_methods": list(self.quality_methods) if self.quality_methods else None,
+            "panel": self.panel,
+            "synth_options": _jsonable(self.synth_options),
+            "train_options": _jsonable(self.train_options),
+        }
+
+
+def _jsonable(options: dict) -> dict:
+    return json.loads(json.dumps(options, default=list))
+
+
+def demo_config(
+    cases: int | None,
+    seed: int,
+    full: bool,
+    epochs: int | None,
+    *,
+    quality_cases: int | None = None,
+    quality_methods: Sequence[str] | None = None,
+    synth_options: dict | None = None,
+    train_options: dict | None = None,
+) -> DemoConfig:
+    """Resolve the defaults: 240 cases for a first look, 400 with ``--full``."""
+    n = cases if cases is not None else (FULL_CASES if full else DEFAULT_CASES)
+    if full and n < FULL_CASES:
+        raise InputError(f"--full needs at least {FULL_CASES} cases, got {n}", field="--cases")
+    if n < 20:
+        raise InputError(
+            f"the demo needs at least 20 cases (train, calibration and test splits), got {n}",
+            field="--cases",
+        )
+    if epochs is not None and epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {epochs}", field="--epochs")
+    return DemoConfig(
+        n,
+        int(seed),
+        bool(full),
+        epochs,
+        quality_cases=quality_cases or (10 if full else 3),
+        quality_methods=tuple(quality_methods) if quality_methods else None,
+        synth_options=dict(synth_options or {}),
+        train_options=dict(train_options or {}),
+    )
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+class StageLog:
+    """``stages.json``: which stages finished, how long they took, how much memory they used."""
+
+    def __init__(self, out: Path, config: DemoConfig, resume: bool) -> None:
+        self.path = out / STAGES_FILE
+        self.config = config
+        old = _read_json(self.path) if self.path.is_file() else None
+        if resume and old is not None and old.get("config") != config.to_dict():
+            raise InputError(
+                f"holds a demo run with other settings ({_settings(old.get('config', {}))}); "
+                "rerun with the same settings, or without --resume to start again",
+                file=self.path,
+            )
+        self.data = (
+            old
+            if resume and old is not None
+            else {"config": config.to_dict(), "stages": {}, "python": sys.version.split()[0]}
+        )
+
+    def done(self, name: str, outputs: list[Path]) -> bool:
+        entry = self.data["stages"].get(name)
+        return bool(entry and entry.get("done")) and all(p.exists() for p in outputs)
+
+    def record(self, name: str, seconds: float, peak_mb: float, info: dict | None = None) -> None:
+        self.data["stages"][name] = {
+            "done": True,
+            "seconds": round(seconds, 2),
+            "peak_rss_mb": round(peak_mb, 1),
+            **(info or {}),
+        }
+        self.save()
+
+    def save(self) -> None:
+        write_text(self.path, json.dumps(self.data, indent=2, allow_nan=False))
+
+
+def _settings(config: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of this process and its children while the block runs.
+
+    Sampled from ``/proc`` every 50 ms (Linux); elsewhere falls back to ``getrusage``'s
+    lifetime maximum, which is an upper bound.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_mb = current_rss_mb()
+        if Path("/proc/self/status").exists():
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, current_rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, current_rss_mb())
+        else:
+            self.peak_mb = max(self.peak_mb, lifetime_peak_mb())
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process plus its live child processes (Linux), in MB."""
+    total = _rss_kb(os.getpid())
+    for child in _children(os.getpid()):
+        total += _rss_kb(child)
+    return total / 1024.0 if total else lifetime_peak_mb()
+
+
+def lifetime_peak_mb() -> float:
+    """Peak RSS of this process over its whole life (``getrusage``), in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    pids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                pids += [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+class Eta:
+    """Time left for the demo: the expected durations of the stages still to run, scaled by
+    how much slower or faster than expected the finished stages were on this machine."""
+
+    def __init__(self, expected: list[float]) -> None:
+        self.expected = list(expected)
+        self.finished: dict[int, float] = {}
+        self.skipped: set[int] = set()
+
+    def skip(self, index: int) -> None:
+        self.skipped.add(index)
+
+    def done(self, index: int, seconds: float) -> None:
+        self.finished[index] = seconds
+
+    def remaining(self, index: int) -> float:
+        """Seconds left when stage ``index`` (0-based) starts."""
+        spent = sum(self.finished.values())
+        planned = sum(self.expected[i] for i in self.finished)
+        speed = spent / planned if planned > 0 and spent > 0 else 1.0
+        left = [
+            self.expected[i]
+            for i in range(index, len(self.expected))
+            if i not in self.skipped and i not in self.finished
+        ]
+        return speed * sum(left)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class Stage:
+    name: str
+    title: str
+    outputs: list[Path]
+    run: Callable[[bool], dict | None]  # run(resume) -> extra info for stages.json
+    expected_s: float  # rough duration on 2 cores, for the ETA
+
+
+def run_demo(
+    out: str | Path,
+    cases: int | None = None,
+    seed: int = 0,
+    full: bool = False,
+    epochs: int | None = None,
+    resume: bool = False,
+    *,
+    quality_cases: int | None = None,
+    quality_methods: Sequence[str] | None = None,
+    synth_options: dict | None = None,
+    train_options: dict | None = None,
+) -> int:
+    """Run (or resume) the whole demo into ``out``; return the exit status (0 on success).
+
+    The keyword-only options shrink the run for tests and benchmarks: ``quality_cases`` and
+    ``quality_methods`` limit the explanation-quality stage, ``synth_options``
+    are passed to ``generate_cohort`` (e.g. ``voxel_size``), ``train_options`` set
+    ``TrainConfig`` fields (e.g. a coarser ``grid_shape``).
+    """
+    config = demo_config(
+        cases,
+        seed,
+        full,
+        epochs,
+        quality_cases=quality_cases,
+        quality_methods=quality_methods,
+        synth_options=synth_options,
+        train_options=train_options,
+    )
+    out = Path(out)
+    _prepare_out(out, resume)
+    stage_log = StageLog(out, config, resume)
+    stage_log.save()
+    stages = build_stages(out, config)
+    log.info(
+        "AutoimmuneAI demo: %d synthetic cases, seed %d -> %s (research use only; synthetic data)",
+        config.cases,
+        config.seed,
+        out,
+    )
+    start = time.perf_counter()
+    eta = Eta([s.expected_s for s in stages])
+    redo = not resume  # once a stage runs, every later stage runs too (it uses its outputs)
+    for number, stage in enumerate(stages, start=1):
+        label = f"[{number}/{len(stages)}] {stage.title}"
+        if not redo and stage_log.done(stage.name, stage.outputs):
+            log.info("%s: already finished, reused", label)
+            eta.skip(number - 1)
+            continue
+        redo = True
+        log.info("%s ... (demo ETA about %s)", label, _duration(eta.remaining(number - 1)))
+        t0 = time.perf_counter()
+        with PeakMemory() as memory:
+            info = stage.run(resume) or {}
+        seconds = time.perf_counter() - t0
+        missing = [str(p) for p in stage.outputs if not p.exists()]
+        if missing:
+            raise RuntimeError(f"stage {stage.name} finished without writing {missing}")
+        stage_log.record(stage.name, seconds, memory.peak_mb, info)
+        eta.done(number - 1, seconds)
+        log.info("%s: done in %s (peak memory %.0f MB)", label, _duration(seconds), memory.peak_mb)
+    stage_log.data["total_seconds"] = round(
+        sum(s.get("seconds", 0.0) for s in stage_log.data["stages"].values()), 2
+    )
+    stage_log.save()
+    log.info(
+        "demo finished in %s -> open %s",
+        _duration(time.perf_counter() - start),
+        out / "report.html",
+    )
+    return 0
+
+
+def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
+    """The demo's stages with their outputs and rough expected durations (2 cores)."""
+    cohort_dir, bundle_dir = out / "cohort", out / "bundle"
+    eval_dir, cases_dir = out / "evaluation", out / "cases"
+    manifest = cohort_dir / "manifest.csv"
+    n = config.cases
+
+    def cohort(resume: bool) -> dict:
+        from .synth import generate_cohort
+
+        if cohort_dir.exists():  # a half-written cohort: generation is deterministic, redo it
+            shutil.rmtree(cohort_dir)
+        generate_cohort(cohort_dir, n, config.seed, **config.synth_options)
+        return {"cases": n}
+
+    def train(resume: bool) -> dict:
+        from .training import TrainConfig, train_bundle
+
+        train_config = TrainConfig(**training_settings(config))
+        train_bundle(manifest, bundle_dir, train_config, resume=resume and bundle_dir.exists())
+        return {"epochs": train_config.epochs}
+
+    def evaluate(resume: bool) -> dict:
+        from .evaluate import evaluate_bundle
+
+        evaluate_bundle(bundle_dir, manifest, eval_dir, split="test")
+        return {}
+
+    def quality(resume: bool) -> dict:
+        from .explain_quality import measure_explanation_quality
+
+        options = {"methods": config.quality_methods} if config.quality_methods else {}
+        measure_explanation_quality(
+            bundle_dir, manifest, eval_dir, split="test", n_cases=config.quality_cases, **options
+        )
+        return {"cases": config.quality_cases}
+
+    def explain(resume: bool) -> dict:
+        from .pipeline import predict_cohort
+
+        chosen = write_explain_manifest(manifest, eval_dir, cohort_dir / EXPLAIN_MANIFEST)
+        result = predict_cohort(
+            bundle_dir, cohort_dir / EXPLAIN_MANIFEST, cases_dir, explain=True, resume=resume
+        )
+        if result.n_failed:
+            reasons = "; ".join(f"{e['case_id']}: {e['reason']}" for e in result.errors)
+            raise RuntimeError(f"explaining the demo cases failed: {reasons}")
+        return {"cases": chosen, "seconds_per_case": round(result.seconds / max(1, len(chosen)), 2)}
+
+    def report(resume: bool) -> dict:
+        from .report import build_report
+
+        build_report(out)
+        return {}
+
+    quality_file = eval_dir / "explain_quality.json"
+    bundle_meta = bundle_dir / "configs" / "metadata.json"
+    return [
+        Stage("cohort", "generate the synthetic cohort", [manifest], cohort, 0.4 * n),
+        Stage("train", "train the fused model and baselines", [bundle_meta], train, 1.2 * n),
+        Stage("evaluate", "evaluate on the test split", [eval_dir / "metrics.json"], evaluate, 15),
+        Stage("quality", "measure explanation quality", [quality_file], quality, 40),
+        Stage(
+            "explain",
+            "explain test cases (one per class at least)",
+            [cases_dir / "predictions.csv"],
+            explain,
+            30,
+        ),
+        Stage(
+            "report", "write the report", [out / "report.html", out / "metrics.json"], report, 10
+        ),
+    ]
+
+
+# The first-look demo trains on a coarser model grid (3.3 mm instead of 2.5 mm, covering
+# the same 16 x 20 x 16 cm box) for fewer epochs, so that the whole run fits in about six
+# minutes on 2 cores; ``--full`` uses the training defaults the targets are measured with.
+FIRST_LOOK_TRAINING = {"grid_shape": (48, 60, 48), "grid_spacing": 3.3, "epochs": 12}
+
+
+def training_settings(config: DemoConfig) -> dict:
+    """TrainConfig fields of this demo: first-look or full defaults, then explicit options."""
+    settings = {"seed": config.seed, "panel": config.panel}
+    if not config.full:
+        settings.update(FIRST_LOOK_TRAINING)
+    if config.epochs is not None:
+        settings["epochs"] = config.epochs
+    settings.update(config.train_options)
+    return settings
+
+
+def write_explain_manifest(manifest: Path, eval_dir: Path, target: Path) -> list[str]:
+    """Pick evaluated test cases, at least one per class, and write them as a manifest.
+
+    The chosen rows are copied verbatim (same columns) into ``target`` beside the cohort's
+    manifest, so relative image paths stay valid. Returns the chosen case ids.
+    """
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    evaluated = _evaluated_ids(eval_dir)
+    pool = [r for r in rows if r["case_id"] in evaluated] or rows
+    chosen: list[dict] = []
+    by_class: dict[str, list[dict]] = {}
+    for row in sorted(pool, key=lambda r: r["case_id"]):
+        by_class.setdefault(row.get("diagnosis", ""), []).append(row)
+    for label in sorted(by_class):
+        chosen.append(by_class[label][0])
+    extra = [r for r in sorted(pool, key=lambda r: r["case_id"]) if r not in chosen]
+    chosen += extra[: max(0, 5 - len(chosen))]
+    with open(target.with_name(f".tmp-{target.name}"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(chosen)
+    os.replace(target.with_name(f".tmp-{target.name}"), target)
+    return [r["case_id"] for r in chosen]
+
+
+def _evaluated_ids(eval_dir: Path) -> set[str]:
+    path = eval_dir / "predictions.csv"
+    if not path.is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["case_id"] for row in csv.DictReader(f)}
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    """Create ``out``; without ``--resume`` clear an earlier demo's folders (only those)."""
+    if out.exists() and not out.is_dir():
+        raise InputError("output path exists and is not a folder", file=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"output folder is not writable ({exc.strerror})", file=out) from None
+    if resume:
+        return
+    ours = [out / name for name in OWNED if (out / name).exists()]
+    if ours and not (out / STAGES_FILE).is_file():
+        raise InputError(
+            f"holds {', '.join(p.name for p in ours)} but is not a demo folder "
+            f"(no {STAGES_FILE}); choose another --out",
+            file=out,
+        )
+    for path in ours:
+        shutil.rmtree(path)
+    for name in ("report.html", "metrics.json", STAGES_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"

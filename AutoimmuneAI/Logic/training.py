@@ -1,0 +1,822 @@
+"""Training: the epoch loop (checkpoints, resume, early stopping, DDP) and the ``train`` command.
+
+``fit`` trains one :class:`~autoimmuneai.model.FusionModel` on :class:`CaseArrays`. It is
+deterministic for a given seed on CPU: the shuffling, the augmentation and the dropout of
+epoch e are drawn from generators seeded by (seed, e), so a run resumed from the checkpoint
+of epoch e (model, optimiser, early-stopping state) ends with the same weights as an
+uninterrupted run.
+
+Data-parallel training (``torchrun --nproc_per_node=N ... --distributed``) splits every
+global batch across the ranks. The losses are normalised by *global* quantities (the class
+weights of the whole global batch; the Cox risk sets are built over the whole global batch by
+gathering the log-hazards), so the averaged gradient equals the single-process gradient of
+the same global batch, up to floating-point summation order.
+
+``train_bundle`` is the whole ``autoimmuneai train`` command: splits, optional
+cross-validation, the fused model, the image-only variant, temperature scaling, conformal
+threshold, Breslow baseline hazard, risk tertiles, the other baselines, and the bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .atomic import write_with
+from .dataset import CaseArrays
+from .errors import InputError
+from .losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
+from .model import FusionModel, ModelConfig
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``autoimmuneai train`` (stored in the bundle's training summary)."""
+
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    cox_weight: float = 0.5
+    fusion: str = "film"
+    folds: int = 1
+    seed: int = 0
+    patience: int = 8
+    alpha: float = 0.1
+    conformal_method: str = "aps"
+    class_conditional: bool = False
+    augment: bool = True
+    panel: str = "cns_autoimmune"
+    val_fraction: float = 0.2  # of the non-test cases, when the manifest has no val split
+    test_fraction: float = 0.2  # held out when the manifest has no split column at all
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    dropout: float = 0.2
+    image_only_epochs: int | None = None  # default: same as epochs
+    grid_shape: tuple[int, int, int] = (64, 80, 64)
+    grid_spacing: float = 2.5
+    cache_dir: str | None = None  # default: <bundle>/cache (removed after a finished run)
+    keep_cache: bool = False
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.strides = tuple(int(s) for s in self.strides)
+        self.grid_shape = tuple(int(s) for s in self.grid_shape)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("channels", "strides", "grid_shape"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def model_config(self, n_serology: int, n_classes: int, image_channels: int = 1) -> ModelConfig:
+        return ModelConfig(
+            n_serology=n_serology,
+            n_classes=n_classes,
+            fusion=self.fusion,
+            image_channels=image_channels,
+            channels=self.channels,
+            strides=self.strides,
+            dropout=self.dropout,
+        )
+
+
+@dataclass
+class FitResult:
+    """The best weights of one training run and how it went."""
+
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    epochs_run: int = 0
+    seconds: float = 0.0
+    cases_per_second: float = 0.0
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group torchrun describes (gloo on CPU, NCCL with CUDA)."""
+    if not dist.is_available():
+        raise InputError("--distributed needs a PyTorch build with torch.distributed")
+    if "RANK" not in os.environ and not dist.is_initialized():
+        raise InputError("--distributed must run under torchrun (RANK/WORLD_SIZE not set)")
+    use_cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return DistInfo(rank, world, device)
+
+
+def local_info() -> DistInfo:
+    """Single process: CUDA when available, else CPU."""
+    return DistInfo(0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, world: int = 1
+) -> list[torch.Tensor]:
+    """Shuffled global batches of epoch ``epoch`` (identical on every rank).
+
+    A final batch smaller than ``max(2, world)`` is dropped: one case carries no Cox
+    information and every rank needs at least one case.
+    """
+    g = torch.Generator().manual_seed(_mix(seed, epoch, 1))
+    perm = torch.randperm(n, generator=g)
+    batches = list(perm.split(batch_size))
+    if batches and len(batches[-1]) < max(2, world):
+        batches.pop()
+    return batches
+
+
+def _mix(*parts: int) -> int:
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def augment_params(b: int, generator: torch.Generator, max_shift: int = 2) -> dict:
+    """Random left-right flips, shifts of up to ``max_shift`` voxels and intensity jitter.
+
+    Drawn for the whole global batch from ``generator``, so every rank draws the same ones
+    and applies its own rows (axis 0 of the model grid is left-right).
+    """
+    return {
+        "flip": torch.rand(b, generator=generator) < 0.5,
+        "shift": torch.randint(-max_shift, max_shift + 1, (b, 3), generator=generator),
+        "scale": 1.0 + 0.1 * (2 * torch.rand(b, generator=generator) - 1),
+        "offset": 0.1 * (2 * torch.rand(b, generator=generator) - 1),
+    }
+
+
+def augment_batch(images: torch.Tensor, params: dict) -> torch.Tensor:
+    """Apply :func:`augment_params` rows to ``images`` [b, C, D, H, W]."""
+    out = []
+    for i in range(images.shape[0]):
+        x = images[i]
+        if params["flip"][i]:
+            x = torch.flip(x, dims=(1,))
+        x = torch.roll(x, shifts=tuple(int(s) for s in params["shift"][i]), dims=(1, 2, 3))
+        out.append(x * params["scale"][i] + params["offset"][i])
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+class _GatherRanks(torch.autograd.Function):
+    """All-gather of equal-sized 1-D tensors that passes gradients back to their owner.
+
+    Every rank computes the same loss from the gathered tensor, so the backward pass sums
+    the gradients of all ranks (all-reduce) and keeps this rank's slice.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.m = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.m : (ctx.rank + 1) * ctx.m]
+
+
+def batch_loss(
+    model: torch.nn.Module,
+    arrays: CaseArrays,
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    cox_weight: float,
+    info: DistInfo,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float]:
+    """This rank's share of the loss of global batch ``index`` and the global-batch loss value.
+
+    The returned tensor's gradient, averaged over ranks (as DDP does), equals the gradient of
+    ``weighted CE + cox_weight * Cox`` over the whole global batch.
+    """
+    local = torch.arange(info.rank, len(index), info.world)
+    images = arrays.images[index[local]].float()
+    if generator is not None:
+        params = augment_params(len(index), generator)
+        images = augment_batch(images, {k: v[local] for k, v in params.items()})
+    dev = info.device
+    labels_g = arrays.labels[index]
+    logits, eta = model(images.to(dev), arrays.serology[index[local]].to(dev))
+    ce_sum, _ = diagnosis_sum(logits, labels_g[local].to(dev), weights)
+    known = labels_g[labels_g >= 0]
+    w_global = float(weights[known].sum()) if known.numel() else 0.0
+    ce = ce_sum * (info.world / max(w_global, 1e-12))
+    times_g, events_g = arrays.times[index], arrays.events[index]
+    if info.world > 1:
+        m = math.ceil(len(index) / info.world)
+        pad = m - eta.shape[0]
+        eta_p = torch.cat([eta, eta.new_zeros(pad)]) if pad else eta
+        eta_all = _GatherRanks.apply(eta_p)
+        t_all = torch.full((m * info.world,), float("nan"))
+        e_all = torch.full((m * info.world,), float("nan"))
+        for r in range(info.world):
+            sl = torch.arange(r, len(index), info.world)
+            t_all[r * m : r * m + len(sl)] = times_g[sl]
+            e_all[r * m : r * m + len(sl)] = events_g[sl]
+    else:
+        eta_all, t_all, e_all = eta, times_g, events_g
+    nll, n_events = cox_neg_log_likelihood(eta_all, t_all.to(dev), e_all.to(dev))
+    cox = nll / n_events.clamp_min(1.0)
+    loss = ce + cox_weight * cox
+    value = float(ce_sum.detach()) / max(w_global, 1e-12)
+    if info.world > 1:
+        v = torch.tensor([value], dtype=torch.float64, device=dev)
+        dist.all_reduce(v)
+        value = float(v)
+    return loss, value + cox_weight * float(cox.detach())
+
+
+@torch.no_grad()
+def predict_arrays(
+    model: FusionModel, arrays: CaseArrays, batch_size: int = 16, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [n, C], log-hazard [n]) on CPU, in eval mode, float32."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, risk = [], []
+    for start in range(0, len(arrays), batch_size):
+        sl = slice(start, start + batch_size)
+        lg, r = model.forward_all(
+            arrays.images[sl].float().to(device), arrays.serology[sl].to(device)
+        )
+        logits.append(lg.float().cpu())
+        risk.append(r.float().cpu())
+    model.train(was_training)
+    if not logits:
+        return torch.zeros(0, model.config.n_classes), torch.zeros(0)
+    return torch.cat(logits), torch.cat(risk)
+
+
+def evaluation_loss(
+    model: FusionModel,
+    arrays: CaseArrays,
+    weights: torch.Tensor,
+    cox_weight: float,
+    batch_size: int = 16,
+) -> float:
+    """Weighted CE + cox_weight * Cox (risk sets over all of ``arrays``), in eval mode."""
+    logits, eta = predict_arrays(model, arrays, batch_size)
+    ce_sum, w = diagnosis_sum(logits, arrays.labels, weights)
+    ce = float(ce_sum) / max(float(w), 1e-12)
+    nll, n_ev = cox_neg_log_likelihood(eta, arrays.times, arrays.events)
+    return ce + cox_weight * float(nll) / max(float(n_ev), 1.0)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _fingerprint(
+    model_cfg: ModelConfig, cfg: TrainConfig, train: CaseArrays, val: CaseArrays
+) -> str:
+    keys = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "cox_weight",
+        "seed",
+        "patience",
+        "augment",
+    )
+    payload = {
+        "model": model_cfg.to_dict(),
+        "train": {k: getattr(cfg, k) for k in keys},
+        "train_ids": train.case_ids,
+        "val_ids": val.case_ids,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file: refuse, never unpickle code
+        raise InputError(
+            f"checkpoint cannot be read safely ({type(exc).__name__})", file=path
+        ) from None
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def fit(
+    model_cfg: ModelConfig,
+    train: CaseArrays,
+    val: CaseArrays,
+    cfg: TrainConfig,
+    *,
+    epochs: int | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+    info: DistInfo | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train a new model on ``train``, early-stopping on the loss over ``val``.
+
+    ``checkpoint`` (a file) is rewritten atomically after every epoch; with ``resume`` an
+    existing checkpoint of the same run (same config and cases) is continued. Returns the
+    weights of the epoch with the lowest validation loss (the last epoch when ``val`` is
+    empty). ``info`` is the distributed context (default: single process).
+    """
+    info = info or local_info()
+    epochs = cfg.epochs if epochs is None else epochs
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    weights = class_weights(train.labels.numpy(), model_cfg.n_classes)
+    fingerprint = _fingerprint(model_cfg, cfg, train, val)
+    t0 = time.perf_counter()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(cfg.seed, 0))
+        model = FusionModel(model_cfg).to(info.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        start, history = 0, []
+        best_loss, best_epoch, bad = math.inf, -1, 0
+        best_state = _clone_state(model)
+        if resume and ckpt is not None and ckpt.is_file():
+            state = _load_checkpoint(ckpt)
+            if state.get("fingerprint") != fingerprint:
+                raise InputError(
+                    "checkpoint belongs to a different run (config or cases changed); "
+                    "remove it or train without --resume",
+                    file=ckpt,
+                )
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start, history = int(state["epoch"]), list(state["history"])
+            best_loss, best_epoch = float(state["best_loss"]), int(state["best_epoch"])
+            bad, best_state = int(state["bad_epochs"]), state["best_state"]
+        net: torch.nn.Module = _BothHeads(model)
+        if info.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[info.device.index] if info.device.type == "cuda" else None
+            )
+        n_batches = len(epoch_batches(len(train), cfg.batch_size, cfg.seed, 0, info.world))
+        bar = tqdm(
+            total=max(epochs - start, 0) * n_batches,
+            desc=desc,
+            unit="batch",
+            disable=not (progress and info.is_main),
+        )
+        seen = 0
+        stopped = bad >= cfg.patience
+        for epoch in range(start, epochs if not stopped else start):
+            torch.manual_seed(_mix(cfg.seed, epoch, 2))  # dropout of this epoch
+            aug = torch.Generator().manual_seed(_mix(cfg.seed, epoch, 3)) if cfg.augment else None
+            model.train()
+            running, count = 0.0, 0
+            for index in epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch, info.world):
+                loss, value = batch_loss(net, train, index, weights, cfg.cox_weight, info, aug)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += value * len(index)
+                count += len(index)
+                seen += len(index)
+                bar.update(1)
+                bar.set_postfix(
+                    epoch=epoch + 1, loss=f"{running / max(count, 1):.3f}", refresh=False
+                )
+            train_loss = running / max(count, 1)
+            val_loss = (
+                evaluation_loss(model, val, weights, cfg.cox_weight, cfg.batch_size)
+                if len(val)
+                else train_loss
+            )
+            improved = val_loss < best_loss - 1e-6
+            if improved:
+                best_loss, best_epoch, bad = val_loss, epoch, 0
+                best_state = _clone_state(model)
+            else:
+                bad += 1
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
+            history.append(record)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+            stop = bad >= cfg.patience
+            if ckpt is not None and info.is_main:
+                _save_checkpoint(
+                    ckpt,
+                    {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch + 1,
+                        "model": _clone_state(model),
+                        "optimizer": opt.state_dict(),
+                        "history": history,
+                        "best_loss": best_loss,
+                        "best_epoch": best_epoch,
+                        "bad_epochs": bad,
+                        "best_state": best_state,
+                    },
+                )
+            if info.world > 1:
+                dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+            if stop:
+                break
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return FitResult(
+        state_dict=best_state,
+        history=history,
+        best_epoch=best_epoch + 1,
+        best_val_loss=best_loss,
+        epochs_run=len(history),
+        seconds=seconds,
+        cases_per_second=seen / seconds if seconds > 0 else 0.0,
+    )
+
+
+class _BothHeads(torch.nn.Module):
+    """``forward`` returns (logits, log-hazard), so DDP's forward hooks see both heads."""
+
+    def __init__(self, model: FusionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, serology: torch.Tensor):
+        return self.model.forward_all(image, serology)
+
+
+# --------------------------------------------------------------------------- splits
+
+SPLITS = ("train", "val", "test")
+
+
+def _stratified_take(
+    index: np.ndarray, strata: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """A stratified random subset of ``index`` holding about ``fraction`` of it."""
+    from sklearn.model_selection import train_test_split
+
+    n_take = int(round(len(index) * fraction))
+    if n_take < 1 or n_take >= len(index):
+        return index[:0]
+    s = strata[index]
+    _, counts = np.unique(s, return_counts=True)
+    stratify = s if counts.min() >= 2 and n_take >= len(counts) else None
+    _, taken = train_test_split(index, test_size=n_take, random_state=seed, stratify=stratify)
+    return np.sort(taken)
+
+
+def assign_splits(cohort, cfg: TrainConfig) -> tuple[np.ndarray, str]:
+    """``train``/``val``/``test`` per case and where they came from.
+
+    The manifest's ``split`` column wins (a blank cell counts as train; a val split is carved
+    from train when the manifest has none); without it, test and val are stratified by class.
+    """
+    given = np.array([str(s).strip().lower() for s in cohort.splits()], dtype=object)
+    labels = cohort.labels()
+    if any(given != ""):
+        for case, s in zip(cohort.cases, given):
+            if s not in ("", *SPLITS):
+                raise InputError(
+                    f"unknown split {s!r} (use train, val or test)",
+                    file=cohort.path,
+                    row=case.row,
+                    field="split",
+                )
+        split = np.where(given == "", "train", given).astype(object)
+        source = "manifest"
+    else:
+        split = np.full(len(labels), "train", dtype=object)
+        test = _stratified_take(np.arange(len(labels)), labels, cfg.test_fraction, cfg.seed)
+        split[test] = "test"
+        source = "stratified"
+    if not (split == "val").any():
+        train_idx = np.flatnonzero(split == "train")
+        split[_stratified_take(train_idx, labels, cfg.val_fraction, cfg.seed + 1)] = "val"
+        source += " (val carved from train)" if source == "manifest" else ""
+    if (split == "train").sum() < 2:
+        raise InputError("fewer than two training cases", file=cohort.path, field="split")
+    known = labels[split == "train"]
+    if len(np.unique(known[known >= 0])) < 2:
+        raise InputError(
+            "training cases cover fewer than two diagnoses", file=cohort.path, field="diagnosis"
+        )
+    return split, source
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _summary_metrics(probs, labels, risk, times, events, classes) -> dict:
+    from .metrics import diagnosis_metrics
+    from .survival import concordance
+
+    d = diagnosis_metrics(np.asarray(probs), np.asarray(labels), classes)
+    return {
+        "n": d["n"],
+        "balanced_accuracy": d["balanced_accuracy"],
+        "macro_auroc": d["macro_auroc"],
+        "ece": d["ece"],
+        "c_index": concordance(np.asarray(times), np.asarray(risk), np.asarray(events)),
+    }
+
+
+def _cross_validate(
+    arrays: CaseArrays, model_cfg: ModelConfig, cfg: TrainConfig, classes, info, progress
+) -> dict:
+    """K-fold CV of the fused model on train+val (inner val split for early stopping)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from .calibration import softmax
+
+    labels = arrays.labels.numpy()
+    _, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= cfg.folds:
+        splitter = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+    else:
+        splitter = KFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+    folds = []
+    for k, (rest, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        inner_val = _stratified_take(rest, labels, cfg.val_fraction, cfg.seed + 10 + k)
+        inner_train = np.setdiff1d(rest, inner_val)
+        res = fit(
+            model_cfg,
+            arrays.subset(inner_train),
+            arrays.subset(inner_val),
+            cfg,
+            progress=progress,
+            desc=f"CV fold {k + 1}/{cfg.folds}",
+            info=info,
+        )
+        model = FusionModel(model_cfg)
+        model.load_state_dict(res.state_dict)
+        test = arrays.subset(held)
+        logits, risk = predict_arrays(model, test, cfg.batch_size)
+        m = _summary_metrics(
+            softmax(logits.numpy()), test.labels, risk, test.times, test.events, classes
+        )
+        folds.append({"fold": k + 1, "n": len(held), "epochs": res.epochs_run, **m})
+    out = {"folds": cfg.folds, "per_fold": folds}
+    for key in ("balanced_accuracy", "macro_auroc", "c_index"):
+        vals = np.array([f[key] for f in folds], dtype=float)
+        out[f"{key}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        out[f"{key}_std"] = float(np.nanstd(vals)) if np.isfinite(vals).any() else float("nan")
+    return out
+
+
+def _fit_record(res: FitResult) -> dict:
+    return {
+        "epochs_run": res.epochs_run,
+        "best_epoch": res.best_epoch,
+        "best_val_loss": res.best_val_loss,
+        "seconds": round(res.seconds, 2),
+        "cases_per_second": round(res.cases_per_second, 2),
+        "history": res.history,
+    }
+
+
+def train_bundle(
+    cohort_path: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    distributed: bool = False,
+) -> Path:
+    """``autoimmuneai train``: train, calibrate, fit baselines and write the bundle folder.
+
+    The test split is never loaded. Under ``torchrun`` with ``distributed`` every rank
+    trains its share of each batch; rank 0 alone calibrates and writes the bundle.
+    """
+    import shutil
+
+    from .baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline
+    from .bundle import save_bundle
+    from .calibration import expected_calibration_error, fit_temperature, softmax
+    from .cohort import load_cohort
+    from .conformal import fit_conformal
+    from .dataset import build_arrays
+    from .model_grid import ModelGrid
+    from .ood import training_distribution
+    from .panel import load_panel
+    from .serology import SerologyEncoder
+    from .survival import breslow_baseline, risk_cutoffs
+
+    cfg = config or TrainConfig()
+    t_start = time.perf_counter()
+    started_here = distributed and not (dist.is_available() and dist.is_initialized())
+    info = init_distributed() if distributed else local_info()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if info.device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(out_dir)
+    try:
+        panel = load_panel(cfg.panel)
+        cohort = load_cohort(cohort_path, panel=panel)
+        if len(cohort) == 0:
+            raise InputError("the manifest has no usable case", file=cohort_path)
+        split, split_source = assign_splits(cohort, cfg)
+        classes = list(panel.classes)
+        dev_ids = [c.case_id for c, s in zip(cohort.cases, split) if s != "test"]
+        dev = cohort.subset(dev_ids)
+        dev_split = split[split != "test"]
+        values, missing = dev.lab_matrix()
+        is_train = dev_split == "train"
+        encoder = SerologyEncoder(panel).fit(values[is_train], missing[is_train])
+        grid = ModelGrid(shape=tuple(cfg.grid_shape), spacing=float(cfg.grid_spacing))
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+        if info.world > 1 and not info.is_main:
+            dist.barrier()  # rank 0 fills the cache first
+        arrays = build_arrays(
+            dev, grid, encoder, cache_dir=cache, progress=progress and info.is_main
+        )
+        if info.world > 1 and info.is_main:
+            dist.barrier()
+        train = arrays.subset(np.flatnonzero(is_train))
+        val = arrays.subset(np.flatnonzero(dev_split == "val"))
+        model_cfg = cfg.model_config(encoder.n_encoded, len(classes), len(panel.channels))
+        ckpt_dir = out / CHECKPOINT_DIR
+
+        cv = None
+        if cfg.folds > 1:
+            cv = _cross_validate(arrays, model_cfg, cfg, classes, info, progress)
+        fused_res = fit(
+            model_cfg, train, val, cfg, checkpoint=ckpt_dir / "fused.pt", resume=resume,
+            progress=progress, desc="fused model", info=info,
+        )  # fmt: skip
+        io_cfg = model_cfg.variant(use_serology=False)
+        io_res = fit(
+            io_cfg, train, val, cfg, epochs=cfg.image_only_epochs,
+            checkpoint=ckpt_dir / "image_only.pt", resume=resume, progress=progress,
+            desc="image-only model", info=info,
+        )  # fmt: skip
+        if not info.is_main:
+            return out
+
+        model = FusionModel(model_cfg)
+        model.load_state_dict(fused_res.state_dict)
+        image_only = FusionModel(io_cfg)
+        image_only.load_state_dict(io_res.state_dict)
+        model.eval()
+        image_only.eval()
+
+        calib = val if len(val) else train
+        y_cal = calib.labels.numpy()
+        lg_val, _ = predict_arrays(model, calib, cfg.batch_size)
+        temperature = fit_temperature(lg_val.numpy(), y_cal)
+        probs_val = softmax(lg_val.numpy(), temperature)
+        conformal = fit_conformal(
+            probs_val, y_cal, alpha=cfg.alpha, method=cfg.conformal_method,
+            class_conditional=cfg.class_conditional, seed=cfg.seed,
+        )  # fmt: skip
+        io_lg_val, io_risk_val = predict_arrays(image_only, calib, cfg.batch_size)
+        io_temperature = fit_temperature(io_lg_val.numpy(), y_cal)
+
+        t_tr, e_tr = train.times.numpy(), train.events.numpy()
+        _, risk_train = predict_arrays(model, train, cfg.batch_size)
+        hazard = breslow_baseline(risk_train.numpy(), t_tr, e_tr)
+        cutoffs = risk_cutoffs(risk_train.numpy())
+        _, io_risk_train = predict_arrays(image_only, train, cfg.batch_size)
+        io_hazard = breslow_baseline(io_risk_train.numpy(), t_tr, e_tr)
+
+        # baselines on the same training cases
+        enc_all = arrays.serology.numpy().astype(np.float64)
+        tr_idx, va_idx = np.flatnonzero(is_train), np.flatnonzero(dev_split == "val")
+        y_tr = train.labels.numpy()
+        baselines: dict[str, dict] = {}
+        sero = SerologyBaseline(len(classes)).fit(enc_all[tr_idx], y_tr, t_tr, e_tr)
+        baselines["serology_only"] = sero.to_dict()
+        crit = CriteriaBaseline.for_panel(panel)
+        baselines["criteria"] = crit.to_dict()
+        truth = dev.truth_table()
+        oracle = None
+        if truth is not None:
+            oracle = OracleBaseline(len(classes)).fit(
+                truth.iloc[tr_idx], enc_all[tr_idx], y_tr, t_tr, e_tr
+            )
+            baselines["oracle"] = oracle.to_dict()
+
+        # validation summary: fused vs baselines on the same cases
+        _, risk_val = predict_arrays(model, calib, cfg.batch_size)
+        t_cal, e_cal = calib.times.numpy(), calib.events.numpy()
+        cal_idx = va_idx if len(val) else tr_idx
+        validation = {
+            "fused": _summary_metrics(probs_val, y_cal, risk_val, t_cal, e_cal, classes),
+            "image_only": _summary_metrics(
+                softmax(io_lg_val.numpy(), io_temperature), y_cal, io_risk_val, t_cal, e_cal, classes
+            ),
+            "serology_only": _summary_metrics(
+                sero.predict_proba(enc_all[cal_idx]), y_cal, sero.predict_risk(enc_all[cal_idx]),
+                t_cal, e_cal, classes,
+            ),
+        }  # fmt: skip
+        if getattr(crit, "applicable", False):
+            validation["criteria"] = _summary_metrics(
+                crit.predict_proba(values[cal_idx]), y_cal, crit.predict_risk(values[cal_idx]),
+                t_cal, e_cal, classes,
+            )  # fmt: skip
+        if oracle is not None:
+            tv = truth.iloc[cal_idx]
+            validation["oracle"] = _summary_metrics(
+                oracle.predict_proba(tv, enc_all[cal_idx]), y_cal,
+                oracle.predict_risk(tv, enc_all[cal_idx]), t_cal, e_cal, classes,
+            )  # fmt: skip
+
+        y_counts = {c: int((y_tr == k).sum()) for k, c in enumerate(classes)}
+        summary = {
+            "cohort": str(Path(cohort_path)),
+            "split_source": split_source,
+            "n_cases": {s: int((split == s).sum()) for s in SPLITS},
+            "class_counts": y_counts,
+            "config": cfg.to_dict(),
+            "world_size": info.world,
+            "device": str(info.device),
+            "fused": _fit_record(fused_res),
+            "image_only": _fit_record(io_res),
+            "calibration": {
+                "temperature": temperature,
+                "ece_before": expected_calibration_error(softmax(lg_val.numpy()), y_cal),
+                "ece_after": expected_calibration_error(probs_val, y_cal),
+                "image_only_temperature": io_temperature,
+            },
+            "validation": validation,
+            "cross_validation": cv,
+            "seconds": round(time.perf_counter() - t_start, 2),
+        }
+        descriptions = [d for d, s in zip(arrays.descriptions or [], dev_split) if s == "train"]
+        extra = {}
+        if descriptions and all(descriptions):
+            try:
+                extra["training_distribution"] = training_distribution(
+                    descriptions, values[is_train], missing[is_train], panel
+                )
+            except (KeyError, ValueError) as exc:  # keep the bundle; predict warns it is absent
+                warnings.warn(f"training distribution not stored: {exc!r}", stacklevel=2)
+        save_bundle(
+            out, panel=panel, grid=grid, encoder=encoder, model=model, image_only=image_only,
+            temperature=temperature, conformal=conformal, baseline_hazard=hazard,
+            risk_cutoffs=cutoffs, baselines=baselines, training=summary,
+            image_only_temperature=io_temperature, image_only_baseline_hazard=io_hazard,
+            extra=extra,
+        )  # fmt: skip
+        if not cfg.cache_dir and not cfg.keep_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        return out
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        if started_here and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,114 @@
+"""Explanation-quality metrics: exact values on hand-made maps, and a run on the toy model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_explain import GRID, MS, encode, parsed_labs, toy_case, trained_toy
+
+from autoimmuneai.explain_quality import (
+    QualityCase,
+    deletion_curves,
+    pointing_hit,
+    quality_for_cases,
+    randomised_model,
+    rank_correlation,
+    relevance_mass_accuracy,
+)
+
+
+def test_relevance_mass_accuracy_counts_positive_mass_only():
+    attribution = np.zeros((4, 4, 4))
+    lesion = np.zeros((4, 4, 4), dtype=bool)
+    lesion[0, 0, 0] = True
+    attribution[0, 0, 0] = 3.0
+    attribution[3, 3, 3] = 1.0
+    attribution[2, 2, 2] = -5.0  # evidence against: not part of the mass
+    assert relevance_mass_accuracy(attribution, lesion) == pytest.approx(0.75)
+    assert relevance_mass_accuracy(-np.ones((2, 2, 2)), np.ones((2, 2, 2), bool)) == 0.0
+
+
+def test_pointing_game_uses_millimetres_of_the_affine():
+    attribution = np.zeros((10, 10, 10))
+    attribution[5, 5, 5] = 1.0
+    lesion = np.zeros((10, 10, 10), dtype=bool)
+    lesion[5, 5, 7] = True  # two voxels away along k
+    fine = np.diag([1.0, 1.0, 1.0, 1.0])
+    thick = np.diag([1.0, 1.0, 3.0, 1.0])
+    assert pointing_hit(attribution, lesion, fine, 2.5)
+    assert not pointing_hit(attribution, lesion, thick, 2.5)  # 6 mm away
+    lesion[5, 5, 5] = True
+    assert pointing_hit(attribution, lesion, thick, 0.0)
+
+
+def test_rank_correlation_over_a_mask():
+    a = np.arange(27, dtype=float).reshape(3, 3, 3)
+    mask = np.ones_like(a, dtype=bool)
+    assert rank_correlation(a, a**3, mask) == pytest.approx(1.0)
+    assert rank_correlation(a, -a, mask) == pytest.approx(-1.0)
+    assert rank_correlation(a, np.zeros_like(a), mask) == 0.0
+
+
+def test_randomisation_cascade_is_top_down():
+    model, _ = trained_toy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head_only = randomised_model(model, "head").state_dict()
+    changed = {k for k, v in head_only.items() if not torch.equal(v, before[k])}
+    assert changed and all(k.split(".")[0].endswith("head") for k in changed)
+    full = randomised_model(model, "all").state_dict()
+    weights = [k for k in before if k.endswith("weight")]
+    assert all(not torch.equal(full[k], before[k]) for k in weights)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+
+
+def test_deletion_curves_share_their_ends_and_areas_match():
+    model, encoder = trained_toy()
+    image, values, missing, _ = toy_case(MS, 71)
+    serology = encode(encoder, values, missing)
+    head = image[0, 0].numpy() > -2.0
+    curves = deletion_curves(model, image, serology, image[0, 0].numpy(), MS, head)
+    fractions = curves["fractions"]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    # Nothing deleted / everything deleted: the order cannot matter.
+    assert curves["attribution"][0] == pytest.approx(curves["random"][0], abs=1e-9)
+    assert curves["attribution"][-1] == pytest.approx(curves["random"][-1], abs=1e-9)
+    assert curves["attribution_auc"] == pytest.approx(
+        np.trapezoid(curves["attribution"], fractions)
+    )
+    with torch.no_grad():
+        p0 = torch.softmax(model(image, serology).double(), 1)[0, MS].item()
+    assert curves["attribution"][0] == pytest.approx(p0, abs=1e-6)
+
+
+def test_quality_report_on_the_toy_model():
+    model, encoder = trained_toy()
+    cases = []
+    for seed in (81, 82):
+        image, values, missing, blobs = toy_case(MS, seed)
+        affine = GRID.grid_affine(np.zeros(3))
+        ijk = np.stack(np.meshgrid(*[np.arange(s) for s in GRID.shape], indexing="ij"), -1)
+        ras = ijk @ affine[:3, :3].T + affine[:3, 3]
+        lesion = np.zeros(GRID.shape, dtype=bool)
+        for centre, radius in blobs:
+            lesion |= np.linalg.norm(ras - centre, axis=-1) <= radius
+        cases.append(
+            QualityCase(
+                str(seed),
+                image,
+                encode(encoder, values, missing),
+                MS,
+                lesion,
+                affine,
+                labs=parsed_labs(values, missing),
+            )  # fmt: skip
+        )
+    report = quality_for_cases(model, encoder, cases, ("integrated_gradients", "layer_gradcam"))
+    ig = report["methods"]["integrated_gradients"]
+    assert report["n_cases"] == 2 and len(ig["cases"]) == 2
+    assert ig["relevance_mass_accuracy"] > 2 * ig["lesion_volume_fraction"]
+    assert ig["deletion_auc"] < ig["random_deletion_auc"]
+    assert ig["max_relative_delta"] <= 0.05
+    assert ig["passes_sanity"] and abs(ig["randomisation_spearman"]) <= 0.2
+    assert set(report["failing_sanity"]) <= {"layer_gradcam"}
+    assert report["recommended_default"] == "integrated_gradients"

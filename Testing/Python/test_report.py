@@ -1,0 +1,278 @@
+"""The HTML report: self-contained, honest about the data, and every number traceable.
+
+Built from a real demo-layout folder (``tiny_demo``: evaluation on the test split,
+explanation quality and explained cases from the tiny fixtures).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from autoimmuneai.cli import main
+from autoimmuneai.report import BASELINES, SYNTHETIC_STATEMENT, build_report
+
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+
+
+class Page(HTMLParser):
+    """Tags with their attributes, visible text, and the comparison table's cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.cells: dict[tuple[str, str], str] = {}
+        self._skip = 0
+        self._row: str | None = None
+        self._cell: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag in ("style", "script"):
+            self._skip += 1
+        if tag == "tr" and "data-model" in a:
+            self._row = a["data-model"]
+        if tag == "td" and self._row and "data-metric" in a:
+            self._cell = a["data-metric"]
+            self.cells[(self._row, self._cell)] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script"):
+            self._skip -= 1
+        if tag == "td":
+            self._cell = None
+        if tag == "tr":
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        self.text.append(data)
+        if self._row and self._cell:
+            self.cells[(self._row, self._cell)] += data.strip()
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def numbers_in(obj: object) -> set[str]:
+    """Every number in a JSON value, formatted as the report may show it (0-3 decimals)."""
+    out: set[str] = set()
+    if isinstance(obj, dict):
+        for v in obj.values():
+            out |= numbers_in(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            out |= numbers_in(v)
+    elif isinstance(obj, bool):
+        pass
+    elif isinstance(obj, int):
+        out.add(str(obj))
+        out |= {f"{obj:.{d}f}" for d in range(1, 4)}
+    elif isinstance(obj, float):
+        out |= {f"{obj:.{d}f}" for d in range(0, 4)}
+        if obj.is_integer():
+            out.add(str(int(obj)))
+    elif isinstance(obj, str):
+        out |= set(NUMBER.findall(obj))  # numbers inside stored strings (region names)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(tiny_demo: Path) -> Path:
+    return build_report(tiny_demo)
+
+
+@pytest.fixture(scope="module")
+def metrics(report: Path) -> dict:
+    return json.loads((report.parent / "metrics.json").read_text())
+
+
+def test_report_is_self_contained(report: Path) -> None:
+    assert report == report.parent / "report.html"
+    page = parse(report)
+    images = [a for tag, a in page.tags if tag == "img"]
+    assert len(images) >= 4
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "iframe", "object", "embed"), tag
+        if tag == "link":
+            assert attrs.get("rel") not in ("stylesheet", "preload", "import"), attrs
+        for name in ("src", "href", "data", "srcset", "poster"):
+            value = attrs.get(name) or ""
+            assert not re.match(r"^\s*(https?:|//|file:)", value, re.I), (tag, attrs)
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,"), attrs["src"][:40]
+    html_text = report.read_text()
+    assert "@import" not in html_text and "url(" not in html_text
+
+
+def test_report_states_synthetic_data_and_research_use(report: Path) -> None:
+    text = " ".join(" ".join(parse(report).text).split())
+    assert SYNTHETIC_STATEMENT in text
+    assert "research" in text.lower() and "synthetic" in text.lower()
+
+
+def test_comparison_table_matches_metrics_json(report: Path, metrics: dict) -> None:
+    cells = parse(report).cells
+    models = {model for model, _ in cells}
+    assert "fused" in models
+    assert {"image_only", "serology_only", "criteria", "oracle"} <= models | set(), models
+    assert set(BASELINES) <= models
+    evaluation = json.loads((report.parent / "evaluation" / "metrics.json").read_text())
+    shown = 0
+    for (model, metric), cell in cells.items():
+        source = metrics if model == "fused" else metrics["baselines"][model]
+        section = (
+            "diagnosis"
+            if metric in ("balanced_accuracy", "macro_auroc", "ece")
+            else ("progression")
+        )
+        value = source[section][metric]
+        same = evaluation if model == "fused" else evaluation["baselines"][model]
+        assert same[section][metric] == value  # metrics.json keeps the evaluation's figures
+        if value is None:
+            assert cell == "n/a", (model, metric, cell)
+        else:
+            assert cell == f"{value:.3f}", (model, metric, cell, value)
+            shown += 1
+    assert shown >= 8  # most of the table holds real numbers
+    assert cells[("fused", "balanced_accuracy")] != "n/a"
+    assert cells[("fused", "c_index")] != "n/a"
+
+
+def test_every_number_on_the_page_is_in_metrics_json(report: Path, metrics: dict) -> None:
+    allowed = numbers_in(metrics)
+    text = " ".join(parse(report).text)
+    found = NUMBER.findall(text)
+    assert len(found) > 30
+    missing = sorted({n for n in found if n not in allowed})
+    assert not missing, f"numbers on the page but not in metrics.json: {missing}"
+
+
+def test_figures_saved_as_png_and_listed(report: Path, metrics: dict) -> None:
+    figures = sorted((report.parent / "figures").glob("*.png"))
+    listed = sorted(metrics["report_figures"])
+    assert [f"figures/{p.name}" for p in figures] == listed
+    page = parse(report)
+    assert len([1 for tag, _ in page.tags if tag == "img"]) == len(figures)
+    for key in ("roc", "reliability", "confusion", "km", "set_sizes"):
+        assert (report.parent / "figures" / f"{key}.png").is_file(), key
+    for path in figures:
+        assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_explained_case_is_shown(report: Path, metrics: dict, tiny_demo: Path) -> None:
+    cases = sorted(p.parent.name for p in (tiny_demo / "cases").glob("*/prediction.json"))
+    assert cases and sorted(metrics["explained_cases"]) == cases
+    page_ids = {a.get("id") for _, a in parse(report).tags}
+    for case_id in cases:
+        assert f"case-{case_id}" in page_ids
+        assert f"fig-case_{case_id}_snapshot" in page_ids
+        assert f"fig-case_{case_id}_labs" in page_ids
+        assert f"fig-case_{case_id}_survival" in page_ids
+        pred = json.loads((tiny_demo / "cases" / case_id / "prediction.json").read_text())
+        shown = metrics["explained_cases"][case_id]
+        assert shown["prediction_set"] == pred["prediction_set"]
+        assert shown["probabilities"] == pred["probabilities"]
+    # At least one explained case per class of the evaluated test split.
+    with open(tiny_demo / "cohort" / "manifest.csv", newline="", encoding="utf-8") as f:
+        truth = {r["case_id"]: r["diagnosis"] for r in csv.DictReader(f)}
+    with open(tiny_demo / "evaluation" / "predictions.csv", newline="", encoding="utf-8") as f:
+        tested = {truth[r["case_id"]] for r in csv.DictReader(f)}
+    assert tested <= {truth[c] for c in cases}
+
+
+def test_explanation_quality_table(report: Path, metrics: dict) -> None:
+    assert metrics.get("explanation_quality"), "explain_quality.json was not picked up"
+    ids = {a.get("id") for _, a in parse(report).tags}
+    assert "explanation-quality" in ids or "explanation-quality-summary" in ids
+
+
+def test_report_command_rebuilds_from_saved_results(
+    report: Path, tiny_demo: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere" / "r.html"
+    assert main(["report", "--eval", str(tiny_demo), "--out", str(target)]) == 0
+    assert parse(target).cells == parse(report).cells
+    assert (target.parent / "metrics.json").is_file()
+    assert (target.parent / "figures" / "roc.png").is_file()
+
+
+def test_report_on_a_plain_evaluate_folder(tiny_demo: Path, tmp_path: Path) -> None:
+    """``report --eval`` also accepts an ``evaluate`` output folder on its own."""
+    import shutil
+
+    folder = tmp_path / "eval"
+    shutil.copytree(tiny_demo / "evaluation", folder)
+    path = build_report(folder)
+    assert path == folder / "report.html"
+    merged = json.loads((folder / "metrics.json").read_text())
+    original = json.loads((tiny_demo / "evaluation" / "metrics.json").read_text())
+    for key, value in original.items():  # the evaluation's own figures are kept as they were
+        assert merged[key] == value, key
+    assert parse(path).cells[("fused", "balanced_accuracy")] != "n/a"
+
+
+# --------------------------------------------------------------------------- the demo command
+
+
+def test_demo_records_every_stage(tiny_demo: Path) -> None:
+    from autoimmuneai.demo import STAGES_FILE
+
+    stages = json.loads((tiny_demo / STAGES_FILE).read_text())
+    names = ["cohort", "train", "evaluate", "quality", "explain", "report"]
+    assert list(stages["stages"]) == names
+    for name in names[2:]:  # the stages this run did itself
+        entry = stages["stages"][name]
+        assert entry["done"] and entry["seconds"] > 0 and entry["peak_rss_mb"] > 50, entry
+    for path in ("report.html", "metrics.json", "evaluation/metrics.json", "cases/predictions.csv"):
+        assert (tiny_demo / path).is_file(), path
+    assert (tiny_demo / "evaluation" / "explain_quality.json").is_file()
+    metrics = json.loads((tiny_demo / "metrics.json").read_text())
+    assert set(metrics["demo_run"]["stages"]) == set(names)
+
+
+def test_demo_resume_reuses_finished_stages(tiny_demo: Path) -> None:
+    from autoimmuneai.demo import run_demo
+
+    before = {p: p.stat().st_mtime_ns for p in tiny_demo.rglob("*") if p.is_file()}
+    stages = json.loads((tiny_demo / "stages.json").read_text())["config"]
+    rc = run_demo(
+        tiny_demo,
+        cases=stages["cases"],
+        seed=stages["seed"],
+        epochs=stages["epochs"],
+        resume=True,
+        quality_cases=stages["quality_cases"],
+        quality_methods=stages["quality_methods"],
+    )
+    assert rc == 0
+    after = {p: p.stat().st_mtime_ns for p in tiny_demo.rglob("*") if p.is_file()}
+    changed = sorted(str(p.relative_to(tiny_demo)) for p in after if after[p] != before.get(p))
+    assert changed == ["stages.json"], changed  # nothing recomputed
+
+
+def test_demo_resume_with_other_settings_is_refused(tiny_demo: Path, capsys) -> None:
+    rc = main(["demo", "--out", str(tiny_demo), "--resume", "--cases", "55"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert len(line) == 1 and "stages.json" in line[0] and "other settings" in line[0], err
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path, capsys) -> None:
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "precious.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "not a demo folder" in capsys.readouterr().err
+    assert (tmp_path / "cohort" / "precious.txt").read_text() == "keep me"

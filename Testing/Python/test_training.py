@@ -1,0 +1,158 @@
+"""Training: learning on a toy problem, determinism, resume, splits, the train command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from toy_problem import N_CLASSES, N_SEROLOGY, toy_problem
+
+from autoimmuneai.errors import InputError
+from autoimmuneai.model import FusionModel
+from autoimmuneai.training import TrainConfig, assign_splits, epoch_batches, fit, predict_arrays
+
+
+def _balanced_accuracy(model: FusionModel, arrays) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    logits, _ = predict_arrays(model, arrays)
+    return balanced_accuracy_score(arrays.labels.numpy(), logits.argmax(1).numpy())
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_problem(96, 0), toy_problem(32, 1), toy_problem(64, 2)
+
+
+@pytest.mark.parametrize("fusion", ["film", "concat"])
+def test_each_fusion_mode_learns_beyond_chance(toy, fusion: str) -> None:
+    train, val, test = toy
+    cfg = TrainConfig(
+        epochs=15, batch_size=16, lr=3e-3, fusion=fusion, channels=(8, 16), strides=(2, 2),
+        dropout=0.0, patience=15,
+    )  # fmt: skip
+    res = fit(cfg.model_config(N_SEROLOGY, N_CLASSES), train, val, cfg, progress=False)
+    model = FusionModel(cfg.model_config(N_SEROLOGY, N_CLASSES))
+    model.load_state_dict(res.state_dict)
+    # chance is 0.25; one modality alone cannot pass 0.5
+    assert _balanced_accuracy(model, test) > 0.55
+    assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]
+    assert 1 <= res.best_epoch <= res.epochs_run == len(res.history)
+
+
+def _small_cfg(**kw) -> TrainConfig:
+    base = {"epochs": 4, "batch_size": 8, "lr": 3e-3, "channels": (4, 8), "strides": (2, 2)}
+    return TrainConfig(**{**base, **kw})
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_with_a_seed() -> None:
+    train, val = toy_problem(24, 0), toy_problem(8, 1)
+    cfg = _small_cfg()
+    mc = cfg.model_config(N_SEROLOGY, N_CLASSES)
+    a = fit(mc, train, val, cfg, progress=False)
+    b = fit(mc, train, val, cfg, progress=False)
+    c = fit(mc, train, val, _small_cfg(seed=1), progress=False)
+    assert _same(a.state_dict, b.state_dict)
+    assert not _same(a.state_dict, c.state_dict)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    train, val = toy_problem(24, 0), toy_problem(8, 1)
+    cfg = _small_cfg(epochs=5, patience=10)
+    mc = cfg.model_config(N_SEROLOGY, N_CLASSES)
+    full = fit(mc, train, val, cfg, progress=False)
+
+    def crash_after_epoch_2(epoch: int, record: dict) -> None:
+        if epoch == 1:
+            raise _Interrupt
+
+    ckpt = tmp_path / "checkpoints" / "fused.pt"
+    with pytest.raises(_Interrupt):
+        fit(mc, train, val, cfg, checkpoint=ckpt, progress=False, on_epoch_end=crash_after_epoch_2)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    resumed = fit(mc, train, val, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert _same(full.state_dict, resumed.state_dict)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    # a checkpoint of another run is refused rather than silently mixed in
+    with pytest.raises(InputError, match="different run"):
+        fit(mc, train, val, _small_cfg(epochs=5, lr=1e-2), checkpoint=ckpt, resume=True)
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    train, val = toy_problem(24, 0), toy_problem(8, 1)
+    cfg = _small_cfg(epochs=30, patience=2, lr=3e-2)
+    res = fit(cfg.model_config(N_SEROLOGY, N_CLASSES), train, val, cfg, progress=False)
+    losses = [h["val_loss"] for h in res.history]
+    assert res.epochs_run < 30
+    assert res.best_val_loss == pytest.approx(min(losses))
+    assert res.best_epoch == int(np.argmin(losses)) + 1 == res.epochs_run - 2
+
+
+def test_batches_cover_cases_once_and_drop_singletons() -> None:
+    batches = epoch_batches(33, 8, seed=0, epoch=3)
+    flat = torch.cat(batches)
+    assert len(flat) == 32 and len(set(flat.tolist())) == 32  # last batch of 1 dropped
+    assert not torch.equal(flat, torch.cat(epoch_batches(33, 8, seed=0, epoch=4)))
+
+
+def test_splits_from_manifest_and_stratified(tiny_cohort: Path) -> None:
+    from autoimmuneai.cohort import load_cohort
+
+    cohort = load_cohort(tiny_cohort)
+    split, source = assign_splits(cohort, TrainConfig())
+    assert source == "manifest"
+    assert list(split) == [c.split for c in cohort.cases]
+    for case in cohort.cases:
+        case.split = None
+    split, source = assign_splits(cohort, TrainConfig(test_fraction=0.25, val_fraction=0.2))
+    assert source == "stratified"
+    n = len(cohort.cases)
+    assert (split == "test").sum() == round(0.25 * n)
+    labels = cohort.labels()
+    assert set(labels[split == "test"]) == set(labels)  # every class in the held-out split
+
+
+def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: Path) -> None:
+    from autoimmuneai.bundle import load_bundle
+
+    meta = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())
+    tr = meta["training"]
+    assert tr["split_source"] == "manifest"
+    assert set(tr["validation"]) >= {"fused", "image_only", "serology_only", "criteria", "oracle"}
+    assert tr["n_cases"]["test"] > 0
+    assert (tiny_bundle / "checkpoints" / "fused.pt").is_file()
+    bundle = load_bundle(tiny_bundle, panel="cns_autoimmune")
+    assert bundle.image_only is not None and not bundle.image_only.config.use_serology
+    assert bundle.temperature > 0 and bundle.risk_cutoffs[0] <= bundle.risk_cutoffs[1]
+    assert set(bundle.baselines) >= {"serology_only", "criteria", "oracle"}
+    assert len(bundle.baseline_hazard[0]) > 0 and np.all(np.diff(bundle.baseline_hazard[1]) >= 0)
+    assert "Research only" in (tiny_bundle / "docs" / "README.md").read_text()
+
+
+def test_test_split_is_never_loaded_and_folds_are_reported(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    from autoimmuneai.cohort import load_cohort
+    from autoimmuneai.training import train_bundle
+
+    cfg = _small_cfg(epochs=1, folds=2, grid_shape=(16, 20, 16), grid_spacing=10.0)
+    cfg.cache_dir = str(tmp_path / "cache")
+    out = train_bundle(tiny_cohort, tmp_path / "bundle", cfg, progress=False)
+    splits = [c.split for c in load_cohort(tiny_cohort).cases]
+    cached = list((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == sum(s != "test" for s in splits)
+    cv = json.loads((out / "configs" / "metadata.json").read_text())["training"]["cross_validation"]
+    assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
+    assert sum(f["n"] for f in cv["per_fold"]) == sum(s != "test" for s in splits)
+    assert 0.0 <= cv["balanced_accuracy_mean"] <= 1.0
