@@ -111,7 +111,7 @@ def case_image(
         if cache_file.is_file() and desc_file.is_file():
             try:
                 arr = np.load(cache_file, allow_pickle=False)
-                desc = json.loads(desc_file.read_text())
+                desc = json.loads(desc_file.read_text(encoding="utf-8"))
                 if arr.shape == (len(channels), *grid.shape):
                     return arr, desc
             except (OSError, ValueError):
@@ -129,7 +129,7 @@ def case_image(
         with atomic_path(cache_file) as tmp:
             np.save(tmp, out, allow_pickle=False)
         with atomic_path(desc_file) as tmp:
-            tmp.write_text(json.dumps(desc))
+            tmp.write_text(json.dumps(desc), encoding="utf-8")
     return out, desc
 
 

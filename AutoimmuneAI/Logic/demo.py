@@ -476,7 +476,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
-        probe.write_text("ok")
+        probe.write_text("ok", encoding="utf-8")
         probe.unlink()
     except OSError as exc:
         raise InputError(f"output folder is not writable ({exc.strerror})", file=out) from None

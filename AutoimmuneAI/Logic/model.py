@@ -57,8 +57,8 @@ class ModelConfig:
             raise ValueError("a model needs at least one modality (use_image or use_serology)")
         if len(self.channels) != len(self.strides) or len(self.channels) < 2:
             raise ValueError("channels and strides need equal lengths of at least 2")
-        if self.norm not in ("instance", "group"):
-            raise ValueError(f"norm must be 'instance' or 'group', not {self.norm!r}")
+        if self.norm not in ("none", "instance", "group"):
+            raise ValueError(f"norm must be 'none', 'instance' or 'group', not {self.norm!r}")
         if self.pool not in ("avg", "avgmax"):
             raise ValueError(f"pool must be 'avg' or 'avgmax', not {self.pool!r}")
         if self.n_classes < 2:
@@ -85,7 +85,9 @@ class ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 
 
-def _norm(cfg: ModelConfig, channels: int) -> tuple:
+def _norm(cfg: ModelConfig, channels: int) -> tuple | None:
+    if cfg.norm == "none":
+        return None
     if cfg.norm == "group":
         return ("group", {"num_groups": min(4, channels)})
     return ("instance", {"affine": True})
@@ -135,12 +137,12 @@ class ImageEncoder(nn.Module):
                     kernel_size=3,
                     norm=_norm(cfg, c_out),
                     act="PRELU",
-                    bias=False,  # a bias before a normalisation does nothing
+                    bias=cfg.norm == "none",  # a bias before a normalisation does nothing
                 )
             else:
                 block = ResidualUnit(
                     3, c_in, c_out, strides=stride, kernel_size=3, subunits=2,
-                    norm=_norm(cfg, c_out), act="PRELU", bias=False,
+                    norm=_norm(cfg, c_out), act="PRELU", bias=cfg.norm == "none",
                 )  # fmt: skip
             blocks.append(block)
             c_in = c_out

@@ -97,7 +97,7 @@ class Panel:
 
     def to_dict(self) -> dict:
         """The panel as stored in a bundle (enough to rebuild it)."""
-        return json.loads(Path(self.source).read_text()) if self.source else {}
+        return json.loads(Path(self.source).read_text(encoding="utf-8")) if self.source else {}
 
 
 def load_panel(name_or_path: str | Path = DEFAULT_PANEL) -> Panel:

@@ -199,7 +199,7 @@ def _check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write-test"
-        probe.write_text("ok")
+        probe.write_text("ok", encoding="utf-8")
         probe.unlink()
     except OSError as exc:
         raise InputError(f"output folder is not writable ({exc.strerror})", file=out_dir) from None
@@ -217,7 +217,7 @@ def _row(prediction: dict) -> dict:
 
 
 def _row_from_json(path: Path, classes: list[str]) -> dict:
-    return _row(json.loads(path.read_text()))
+    return _row(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _error_row(case_id: str, problem: InputError) -> dict:

@@ -195,7 +195,7 @@ def main() -> None:
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.perf_counter()
     train_bundle(cohort, bundle_dir, cfg, progress=sys.stderr.isatty())
     train_seconds = time.perf_counter() - t
-    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text(encoding="utf-8"))
     tr = meta["training"]
     figures.update(
         cohort=str(cohort),
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = json.dumps(figures, indent=1, default=str)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(text + "\n", encoding="utf-8")
     return figures
 
 

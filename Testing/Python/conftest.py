@@ -92,7 +92,7 @@ def tiny_demo(tiny_cohort: Path, tiny_bundle: Path, tmp_path_factory: pytest.Tem
     config = demo_config(**options, **quality)
     done = {"done": True, "seconds": 0.0, "peak_rss_mb": 0.0}
     stages = {"config": config.to_dict(), "stages": {"cohort": done, "train": done}}
-    (root / STAGES_FILE).write_text(json.dumps(stages))
+    (root / STAGES_FILE).write_text(json.dumps(stages), encoding="utf-8")
     assert run_demo(root, **options, resume=True, **quality) == 0
     return root
 

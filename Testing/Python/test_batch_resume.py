@@ -175,8 +175,8 @@ def test_killed_batch_resumes_to_the_uninterrupted_result(
         assert_same(_typed(got_row), _typed(want_row), got_row["case_id"], rel=2e-5)
     assert read_csv(out / "errors.csv") == []
     for case_id in ids:
-        got = json.loads((out / case_id / "prediction.json").read_text())
-        want = json.loads((reference / case_id / "prediction.json").read_text())
+        got = json.loads((out / case_id / "prediction.json").read_text(encoding="utf-8"))
+        want = json.loads((reference / case_id / "prediction.json").read_text(encoding="utf-8"))
         assert_same(without_timings(got), without_timings(want), case_id)
         names = sorted(
             p.name for p in (reference / case_id).iterdir() if not p.name.startswith(".")
@@ -201,10 +201,10 @@ def test_partial_case_folder_is_redone(batch: dict, tiny_bundle: Path, tmp_path:
     partial = out / first
     partial.mkdir(parents=True)
     (partial / "attribution.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")  # as if cut
-    (partial / ".tmp-prediction-abc.json").write_text('{"case_id": "')
+    (partial / ".tmp-prediction-abc.json").write_text('{"case_id": "', encoding="utf-8")
     result = predict_cohort(tiny_bundle, one_case, out, explain=True, resume=True, progress=False)
     assert result.n_failed == 0 and result.skipped == 0
     assert_complete(partial / "attribution.nii.gz")
-    got = json.loads((partial / "prediction.json").read_text())
-    want = json.loads((batch["reference"] / first / "prediction.json").read_text())
+    got = json.loads((partial / "prediction.json").read_text(encoding="utf-8"))
+    want = json.loads((batch["reference"] / first / "prediction.json").read_text(encoding="utf-8"))
     assert_same(without_timings(got), without_timings(want), first)

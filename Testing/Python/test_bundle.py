@@ -60,7 +60,7 @@ def bundle_dir(tmp_path: Path) -> Path:
 
 def test_round_trip(bundle_dir: Path) -> None:
     bundle = load_bundle(bundle_dir, panel="cns_autoimmune")
-    meta = json.loads((bundle_dir / METADATA).read_text())
+    meta = json.loads((bundle_dir / METADATA).read_text(encoding="utf-8"))
     for key in ("version", "monai_version", "pytorch_version", "numpy_version"):
         assert meta[key]
     fmt = meta["network_data_format"]
@@ -71,7 +71,7 @@ def test_round_trip(bundle_dir: Path) -> None:
     assert bundle.grid.shape == (16, 16, 16)
     assert not bundle.model.training
     np.testing.assert_allclose(bundle.baseline_hazard[1], [0.1, 0.3, 0.35])
-    assert "Research only" in (bundle_dir / "docs" / "README.md").read_text()
+    assert "Research only" in (bundle_dir / "docs" / "README.md").read_text(encoding="utf-8")
     # the reloaded network computes exactly what the saved one did
     torch.manual_seed(0)
     original = FusionModel(bundle.model.config).eval()
@@ -96,7 +96,7 @@ def test_modified_weights_are_refused(bundle_dir: Path) -> None:
 
 
 def test_metadata_that_is_not_json_is_refused(bundle_dir: Path) -> None:
-    (bundle_dir / METADATA).write_text("{'not': json,")
+    (bundle_dir / METADATA).write_text("{'not': json,", encoding="utf-8")
     with pytest.raises(BundleError, match="not valid JSON") as info:
         load_bundle(bundle_dir)
     assert "\n" not in str(info.value)
@@ -118,28 +118,28 @@ def test_pickled_weights_are_refused_and_never_run(bundle_dir: Path, tmp_path: P
     (bundle_dir / MODEL_FILE).write_bytes(evil)
     import hashlib
 
-    meta = json.loads((bundle_dir / METADATA).read_text())
+    meta = json.loads((bundle_dir / METADATA).read_text(encoding="utf-8"))
     meta["weights"][MODEL_FILE]["sha256"] = hashlib.sha256(evil).hexdigest()  # a careful forger
-    (bundle_dir / METADATA).write_text(json.dumps(meta))
+    (bundle_dir / METADATA).write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError, match="not a safetensors file"):
         load_bundle(bundle_dir)
     assert not marker.exists()
 
 
 def test_weight_path_outside_the_bundle_is_refused(bundle_dir: Path) -> None:
-    meta = json.loads((bundle_dir / METADATA).read_text())
+    meta = json.loads((bundle_dir / METADATA).read_text(encoding="utf-8"))
     meta["model"]["file"] = "../elsewhere.safetensors"
     meta["weights"]["../elsewhere.safetensors"] = meta["weights"][MODEL_FILE]
-    (bundle_dir / METADATA).write_text(json.dumps(meta))
+    (bundle_dir / METADATA).write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError, match="outside the bundle"):
         load_bundle(bundle_dir)
 
 
 def test_panel_mismatch_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
-    panel_json = json.loads(Path(load_panel("cns_autoimmune").source).read_text())
+    panel_json = json.loads(Path(load_panel("cns_autoimmune").source).read_text(encoding="utf-8"))
     panel_json["classes"] = panel_json["classes"][:-1]
     other = tmp_path / "other_panel.json"
-    other.write_text(json.dumps(panel_json))
+    other.write_text(json.dumps(panel_json), encoding="utf-8")
     with pytest.raises(BundleError, match="does not match"):
         load_bundle(bundle_dir, panel=other)
 

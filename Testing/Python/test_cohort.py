@@ -136,10 +136,10 @@ def test_outside_root_allowed_explicitly(tmp_path):
 def test_file_level_errors(tmp_path):
     with pytest.raises(InputError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")
-    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     with pytest.raises(InputError, match="manifest is empty"):
         read_manifest(tmp_path / "empty.csv")
-    (tmp_path / "header.csv").write_text("case_id,image_flair\n")
+    (tmp_path / "header.csv").write_text("case_id,image_flair\n", encoding="utf-8")
     with pytest.raises(InputError, match="no cases"):
         read_manifest(tmp_path / "header.csv")
     rows = _rows(tmp_path)

@@ -93,7 +93,9 @@ def test_train_command_under_torchrun(tiny_cohort: Path, tmp_path: Path) -> None
         cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    meta = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text())
+    meta = json.loads(
+        (tmp_path / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8")
+    )
     assert meta["training"]["world_size"] == 2
     from autoimmuneai.bundle import load_bundle
 

@@ -233,12 +233,14 @@ def test_requirements_match_pyproject_and_leave_slicer_packages_alone():
     protected = {canonicalize_name(p) for p in _protected()}
     requirements = [
         Requirement(line.split("#")[0].strip())
-        for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text().splitlines()
+        for line in (MODULE_DIR / "Resources" / "requirements.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()
         if line.split("#")[0].strip()
     ]
     names = {canonicalize_name(r.name) for r in requirements}
     assert not names & protected, f"never install Slicer's own packages: {names & protected}"
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     needed = {canonicalize_name(Requirement(d).name) for d in pyproject["project"]["dependencies"]}
     assert needed - protected <= names, (
         f"missing from requirements.txt: {needed - protected - names}"

@@ -139,7 +139,7 @@ def _with_nan() -> np.ndarray:
 
 def _directory(path: Path) -> None:
     path.mkdir()
-    (path / "notes.txt").write_text("not a DICOM series")
+    (path / "notes.txt").write_text("not a DICOM series", encoding="utf-8")
 
 
 ROW_PROBLEMS = [
@@ -168,7 +168,9 @@ ROW_PROBLEMS = [
         "image_not_an_image",
         "image_flair",
         "cannot read the image",
-        _image(lambda p: p.write_text("patient notes, not an image\n"), "text.nii.gz"),
+        _image(
+            lambda p: p.write_text("patient notes, not an image\n", encoding="utf-8"), "text.nii.gz"
+        ),
         image_content=True,
     ),
     RowProblem(
@@ -263,7 +265,9 @@ def test_batch_exit_status_and_good_cases(hostile_batch: dict) -> None:
     ids = predicted_ids(hostile_batch["out"])
     assert sorted(ids) == sorted(hostile_batch["good"])  # nothing bad slipped through
     for case_id in hostile_batch["good"]:
-        pred = json.loads((hostile_batch["out"] / case_id / "prediction.json").read_text())
+        pred = json.loads(
+            (hostile_batch["out"] / case_id / "prediction.json").read_text(encoding="utf-8")
+        )
         assert abs(sum(pred["probabilities"].values()) - 1.0) < 1e-3
     assert len(errors_by_row(hostile_batch["out"])) == len(ROW_PROBLEMS)
 
@@ -319,13 +323,13 @@ def _other_panel(bundle: Path) -> None:
     """The bundle's panel becomes the rheumatoid-arthritis panel (other classes, channel, labs)."""
     from autoimmuneai.panel import load_panel
 
-    meta = json.loads(_metadata(bundle).read_text())
+    meta = json.loads(_metadata(bundle).read_text(encoding="utf-8"))
     meta["panel"] = load_panel("rheumatoid_arthritis").to_dict()
-    _metadata(bundle).write_text(json.dumps(meta, indent=2))
+    _metadata(bundle).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def _metadata_not_json(bundle: Path) -> None:
-    _metadata(bundle).write_text("{ this is not json: [")
+    _metadata(bundle).write_text("{ this is not json: [", encoding="utf-8")
 
 
 class _Payload:
@@ -349,10 +353,10 @@ def _pickled_code(bundle: Path) -> None:
     rel = "models/model.safetensors"
     marker = bundle.parent / "PICKLE_CODE_RAN"
     (bundle / rel).write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
-    meta = json.loads(_metadata(bundle).read_text())
+    meta = json.loads(_metadata(bundle).read_text(encoding="utf-8"))
     assert rel in meta["weights"], meta["weights"]
     meta["weights"][rel]["sha256"] = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
-    _metadata(bundle).write_text(json.dumps(meta, indent=2))
+    _metadata(bundle).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -380,7 +384,7 @@ def _with_manifest(text: str | bytes, name: str = "manifest.csv"):
         if isinstance(text, bytes):
             path.write_bytes(text)
         else:
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8")
         return _predict(tmp, path, bundle)
 
     return build
@@ -480,7 +484,7 @@ COMMAND_PROBLEMS = [
 
 def _regular_file(tmp: Path) -> Path:
     path = tmp / "a-regular-file"
-    path.write_text("I am a file, not a folder")
+    path.write_text("I am a file, not a folder", encoding="utf-8")
     return path
 
 
@@ -573,8 +577,12 @@ def test_messy_manifest_formats_work(
     assert rc == 0, stderr
     assert sorted(predicted_ids(tmp_path / "out")) == sorted(r["case_id"] for r in rows)
     for row in rows:  # same numbers as the plain CSV
-        a = json.loads((tmp_path / "out" / row["case_id"] / "prediction.json").read_text())
-        b = json.loads((reference_out / row["case_id"] / "prediction.json").read_text())
+        a = json.loads(
+            (tmp_path / "out" / row["case_id"] / "prediction.json").read_text(encoding="utf-8")
+        )
+        b = json.loads(
+            (reference_out / row["case_id"] / "prediction.json").read_text(encoding="utf-8")
+        )
         assert a["probabilities"] == b["probabilities"]
 
 

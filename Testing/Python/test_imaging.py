@@ -356,7 +356,7 @@ def test_folder_without_dicom(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     _expect(empty, "no DICOM series")
-    (empty / "notes.txt").write_text("not dicom")
+    (empty / "notes.txt").write_text("not dicom", encoding="utf-8")
     _expect(empty, "no DICOM series")
 
 
@@ -377,7 +377,7 @@ def test_folder_with_two_series_is_refused(tmp_path: Path) -> None:
 )
 def test_not_an_image(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
-    path.write_text("case_id,diagnosis\nA,MS\n" * 50)
+    path.write_text("case_id,diagnosis\nA,MS\n" * 50, encoding="utf-8")
     _expect(path, "cannot read")
 
 

@@ -100,7 +100,9 @@ def test_predict_with_network_blocked(
     assert rc == 0, printed
     assert block_network == [], f"tried to use the network: {block_network}"
     for row in rows:
-        pred = json.loads((tmp_path / "out" / row["case_id"] / "prediction.json").read_text())
+        pred = json.loads(
+            (tmp_path / "out" / row["case_id"] / "prediction.json").read_text(encoding="utf-8")
+        )
         assert pred["case_id"] == row["case_id"]
         assert (tmp_path / "out" / row["case_id"] / "snapshot.png").is_file()
 
@@ -146,7 +148,7 @@ def test_identifying_columns_never_leave_the_manifest(
         printed += text
         assert rc == 0, text
     assert (results / "report.html").is_file()
-    report = (results / "report.html").read_text()
+    report = (results / "report.html").read_text(encoding="utf-8")
     for row in rows:  # the report does show the cases, by case_id
         assert row["case_id"] in report
     assert_absent(NAMES + MRNS + BIRTH, results, printed)
@@ -182,7 +184,7 @@ def test_hash_ids_replace_case_id_everywhere(
     folders = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert folders == sorted(hashed)
     for pseudonym in hashed:
-        pred = json.loads((out / pseudonym / "prediction.json").read_text())
+        pred = json.loads((out / pseudonym / "prediction.json").read_text(encoding="utf-8"))
         assert pred["case_id"] == pseudonym
 
     # The same salt gives the same pseudonyms (linkable across runs); another salt does not.

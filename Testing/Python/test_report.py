@@ -95,7 +95,7 @@ def report(tiny_demo: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def metrics(report: Path) -> dict:
-    return json.loads((report.parent / "metrics.json").read_text())
+    return json.loads((report.parent / "metrics.json").read_text(encoding="utf-8"))
 
 
 def test_report_is_self_contained(report: Path) -> None:
@@ -112,7 +112,7 @@ def test_report_is_self_contained(report: Path) -> None:
             assert not re.match(r"^\s*(https?:|//|file:)", value, re.I), (tag, attrs)
         if tag == "img":
             assert attrs["src"].startswith("data:image/png;base64,"), attrs["src"][:40]
-    html_text = report.read_text()
+    html_text = report.read_text(encoding="utf-8")
     assert "@import" not in html_text and "url(" not in html_text
 
 
@@ -128,7 +128,9 @@ def test_comparison_table_matches_metrics_json(report: Path, metrics: dict) -> N
     assert "fused" in models
     assert {"image_only", "serology_only", "criteria", "oracle"} <= models | set(), models
     assert set(BASELINES) <= models
-    evaluation = json.loads((report.parent / "evaluation" / "metrics.json").read_text())
+    evaluation = json.loads(
+        (report.parent / "evaluation" / "metrics.json").read_text(encoding="utf-8")
+    )
     shown = 0
     for (model, metric), cell in cells.items():
         source = metrics if model == "fused" else metrics["baselines"][model]
@@ -180,7 +182,9 @@ def test_every_explained_case_is_shown(report: Path, metrics: dict, tiny_demo: P
         assert f"fig-case_{case_id}_snapshot" in page_ids
         assert f"fig-case_{case_id}_labs" in page_ids
         assert f"fig-case_{case_id}_survival" in page_ids
-        pred = json.loads((tiny_demo / "cases" / case_id / "prediction.json").read_text())
+        pred = json.loads(
+            (tiny_demo / "cases" / case_id / "prediction.json").read_text(encoding="utf-8")
+        )
         shown = metrics["explained_cases"][case_id]
         assert shown["prediction_set"] == pred["prediction_set"]
         assert shown["probabilities"] == pred["probabilities"]
@@ -216,8 +220,8 @@ def test_report_on_a_plain_evaluate_folder(tiny_demo: Path, tmp_path: Path) -> N
     shutil.copytree(tiny_demo / "evaluation", folder)
     path = build_report(folder)
     assert path == folder / "report.html"
-    merged = json.loads((folder / "metrics.json").read_text())
-    original = json.loads((tiny_demo / "evaluation" / "metrics.json").read_text())
+    merged = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    original = json.loads((tiny_demo / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     for key, value in original.items():  # the evaluation's own figures are kept as they were
         assert merged[key] == value, key
     assert parse(path).cells[("fused", "balanced_accuracy")] != "n/a"
@@ -229,7 +233,7 @@ def test_report_on_a_plain_evaluate_folder(tiny_demo: Path, tmp_path: Path) -> N
 def test_demo_records_every_stage(tiny_demo: Path) -> None:
     from autoimmuneai.demo import STAGES_FILE
 
-    stages = json.loads((tiny_demo / STAGES_FILE).read_text())
+    stages = json.loads((tiny_demo / STAGES_FILE).read_text(encoding="utf-8"))
     names = ["cohort", "train", "evaluate", "quality", "explain", "report"]
     assert list(stages["stages"]) == names
     for name in names[2:]:  # the stages this run did itself
@@ -238,7 +242,7 @@ def test_demo_records_every_stage(tiny_demo: Path) -> None:
     for path in ("report.html", "metrics.json", "evaluation/metrics.json", "cases/predictions.csv"):
         assert (tiny_demo / path).is_file(), path
     assert (tiny_demo / "evaluation" / "explain_quality.json").is_file()
-    metrics = json.loads((tiny_demo / "metrics.json").read_text())
+    metrics = json.loads((tiny_demo / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["demo_run"]["stages"]) == set(names)
 
 
@@ -246,7 +250,7 @@ def test_demo_resume_reuses_finished_stages(tiny_demo: Path) -> None:
     from autoimmuneai.demo import run_demo
 
     before = {p: p.stat().st_mtime_ns for p in tiny_demo.rglob("*") if p.is_file()}
-    stages = json.loads((tiny_demo / "stages.json").read_text())["config"]
+    stages = json.loads((tiny_demo / "stages.json").read_text(encoding="utf-8"))["config"]
     rc = run_demo(
         tiny_demo,
         cases=stages["cases"],
@@ -272,7 +276,7 @@ def test_demo_resume_with_other_settings_is_refused(tiny_demo: Path, capsys) -> 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path, capsys) -> None:
     (tmp_path / "cohort").mkdir()
-    (tmp_path / "cohort" / "precious.txt").write_text("keep me")
+    (tmp_path / "cohort" / "precious.txt").write_text("keep me", encoding="utf-8")
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "not a demo folder" in capsys.readouterr().err
-    assert (tmp_path / "cohort" / "precious.txt").read_text() == "keep me"
+    assert (tmp_path / "cohort" / "precious.txt").read_text(encoding="utf-8") == "keep me"

@@ -437,7 +437,9 @@ def oblique_affine() -> np.ndarray:
 def fake_bundle(tmp_path: Path, panel_value) -> Path:
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
-    (bundle / "configs" / "metadata.json").write_text(json.dumps({"panel": panel_value}))
+    (bundle / "configs" / "metadata.json").write_text(
+        json.dumps({"panel": panel_value}), encoding="utf-8"
+    )
     return bundle
 
 
@@ -450,10 +452,12 @@ def test_bundle_is_checked_and_its_panel_read(tmp_path, panel):
         checkBundle(tmp_path)
     with pytest.raises(BundleError, match="no model bundle"):
         checkBundle("")
-    bundle = fake_bundle(tmp_path, json.loads(Path(panel.source).read_text()))
+    bundle = fake_bundle(tmp_path, json.loads(Path(panel.source).read_text(encoding="utf-8")))
     assert panelForBundle(bundle).feature_names == panel.feature_names
     assert checkBundle(bundle / "configs" / "metadata.json") == bundle
-    (bundle / "configs" / "metadata.json").write_text(json.dumps({"panel": "rheumatoid_arthritis"}))
+    (bundle / "configs" / "metadata.json").write_text(
+        json.dumps({"panel": "rheumatoid_arthritis"}), encoding="utf-8"
+    )
     assert panelForBundle(bundle).name == "rheumatoid_arthritis"
 
 
@@ -533,7 +537,7 @@ def write_case(case_dir: Path, panel) -> tuple[dict, np.ndarray]:
         "survival": {"times": times, "probabilities": surv}, "regions": [], "lab_contributions": labs,
         "modality_share": {"image": 0.6, "serology": 0.4}, "warnings": ["voxel size far from training"],
     }  # fmt: skip
-    (case_dir / "prediction.json").write_text(json.dumps(prediction))
+    (case_dir / "prediction.json").write_text(json.dumps(prediction), encoding="utf-8")
     return prediction, image
 
 
@@ -588,7 +592,9 @@ def test_a_prediction_without_explanation_still_gets_its_charts(tmp_path, panel)
     prediction, _ = write_case(tmp_path / "c1", panel)
     case = tmp_path / "c2"
     case.mkdir()
-    (case / "prediction.json").write_text(json.dumps({**prediction, "case_id": "c2"}))
+    (case / "prediction.json").write_text(
+        json.dumps({**prediction, "case_id": "c2"}), encoding="utf-8"
+    )
     scene = slicer.vtkMRMLScene()
     nodes = AutoimmuneAILogic(scene=scene).importCase(case, prediction)
     table = nodes["probabilities"].GetTable()
@@ -701,12 +707,12 @@ def test_install_asks_once_and_pins_slicer_packages(tmp_path):
     from AutoimmuneAILib.install import DependencyInstaller
 
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("autoimmuneai-absent-pkg>=1.0\nnumpy>=1\n")
+    requirements.write_text("autoimmuneai-absent-pkg>=1.0\nnumpy>=1\n", encoding="utf-8")
     asked, calls, constraints = [], [], []
 
     def pip(args):  # records what would be installed instead of touching the environment
         calls.append(args)
-        constraints.append(Path(args[args.index("-c") + 1]).read_text())
+        constraints.append(Path(args[args.index("-c") + 1]).read_text(encoding="utf-8"))
 
     declined = DependencyInstaller(
         requirements, confirm=lambda t: asked.append(t) or False, pipInstall=pip, log=lambda m: None

@@ -76,7 +76,7 @@ def test_manifest_contract_and_lab_strings(cohort):
     truth = pd.read_csv(cohort.parent / "truth.csv")
     assert tuple(truth.columns) == TRUTH_COLUMNS
     assert list(truth["case_id"]) == list(m["case_id"])
-    meta = (cohort.parent / "cohort.json").read_text()
+    meta = (cohort.parent / "cohort.json").read_text(encoding="utf-8")
     assert '"seed": 5' in meta and '"numpy"' in meta
     img = nib.load(cohort.parent / m["image_flair"][0])
     assert img.get_data_dtype() == np.int16

@@ -126,7 +126,7 @@ def test_splits_from_manifest_and_stratified(tiny_cohort: Path) -> None:
 def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: Path) -> None:
     from autoimmuneai.bundle import load_bundle
 
-    meta = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())
+    meta = json.loads((tiny_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     tr = meta["training"]
     assert tr["split_source"] == "manifest"
     assert set(tr["validation"]) >= {"fused", "image_only", "serology_only", "criteria", "oracle"}
@@ -137,7 +137,7 @@ def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: 
     assert bundle.temperature > 0 and bundle.risk_cutoffs[0] <= bundle.risk_cutoffs[1]
     assert set(bundle.baselines) >= {"serology_only", "criteria", "oracle"}
     assert len(bundle.baseline_hazard[0]) > 0 and np.all(np.diff(bundle.baseline_hazard[1]) >= 0)
-    assert "Research only" in (tiny_bundle / "docs" / "README.md").read_text()
+    assert "Research only" in (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
 
 
 def test_test_split_is_never_loaded_and_folds_are_reported(
@@ -152,7 +152,9 @@ def test_test_split_is_never_loaded_and_folds_are_reported(
     splits = [c.split for c in load_cohort(tiny_cohort).cases]
     cached = list((tmp_path / "cache").glob("*.npy"))
     assert len(cached) == sum(s != "test" for s in splits)
-    cv = json.loads((out / "configs" / "metadata.json").read_text())["training"]["cross_validation"]
+    cv = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))["training"][
+        "cross_validation"
+    ]
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
     assert sum(f["n"] for f in cv["per_fold"]) == sum(s != "test" for s in splits)
     assert 0.0 <= cv["balanced_accuracy_mean"] <= 1.0
