@@ -297,7 +297,7 @@ def run_demo(
         synth_options=synth_options,
         train_options=train_options,
     )
-    out = Path(out)
+    out = Path(out).resolve()
     _prepare_out(out, resume)
     stage_log = StageLog(out, config, resume)
     stage_log.save()

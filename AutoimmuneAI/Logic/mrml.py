@@ -467,7 +467,7 @@ def write_case_scene(
     scene are relative: the folder can be moved or zipped. Returns the path of each role.
     """
     slicer = _slicer()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # MRML storage nodes resolve relative paths twice
     if not _same_grid(image, attribution):
         raise InputError("attribution must be on the image's grid", file=FILES["attribution"])
     if np.shape(labelmap) != np.shape(image.array):
@@ -536,7 +536,7 @@ def import_case_outputs(scene: Any, case_dir: Path) -> dict[str, object]:
     nodes (not the .mrml, so the user's scene keeps its own URL and views) and rebuilds the
     display settings and charts exactly as the written scene has them. Returns nodes by role.
     """
-    case_dir = Path(case_dir)
+    case_dir = Path(case_dir).resolve()
     case = case_dir.name
     nodes: dict[str, Any] = {}
     nodes["image"] = _read(

@@ -87,7 +87,7 @@ def predict_cohort(
     from .predict import Predictor
 
     start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     _check_writable(out_dir)
     predictor = Predictor(bundle_path)
     if target is not None and target not in predictor.classes:

@@ -33,13 +33,17 @@ ACCEPTED_CATEGORIES = {
 
 
 def find_schema_dir() -> Path:
-    """``../shared/schemas`` relative to the repository root, else the nearest parent that has it."""
+    """``../shared/schemas`` beside the repository, else a parent's, else the copy in Testing/Data.
+
+    The copy is Slicer's published schema, kept so that a checkout alone can run the suite.
+    """
     candidates = [ROOT.parent / "shared" / "schemas"]
     candidates += [p / "shared" / "schemas" for p in ROOT.parents]
+    candidates.append(ROOT / "Testing" / "Data")
     for candidate in candidates:
         if (candidate / SCHEMA_NAME).is_file():
             return candidate
-    pytest.fail(f"{SCHEMA_NAME} not found in ../shared/schemas or any parent")
+    pytest.fail(f"{SCHEMA_NAME} not found in ../shared/schemas, any parent or Testing/Data")
 
 
 def strip_comments(cmake: str) -> str:

@@ -1,0 +1,27 @@
+"""``autoimmuneai predict`` as the README runs it: relative paths, explain, and the case folder."""
+
+import json
+from pathlib import Path
+
+from autoimmuneai.cli import main
+
+
+def test_predict_explain_with_relative_output_folder(
+    tmp_path, monkeypatch, cohort_copy, tiny_bundle
+):
+    manifest, rows = cohort_copy(tmp_path / "cohort", n=1)
+    monkeypatch.chdir(tmp_path)
+    status = main(
+        ["predict", "--bundle", str(tiny_bundle), "--cohort", "cohort/" + manifest.name,
+         "--out", "pred", "--explain", "--no-snapshot"]
+    )  # fmt: skip
+    assert status == 0
+    case_dir = Path("pred") / rows[0]["case_id"]
+    for name in ("prediction.json", "attribution.nii.gz", "evidence.seg.nrrd", "scene.mrml"):
+        assert (case_dir / name).is_file(), name
+    assert not list(case_dir.glob(".tmp-*"))  # staging folders are gone
+    prediction = json.loads((case_dir / "prediction.json").read_text(encoding="utf-8"))
+    assert abs(sum(prediction["probabilities"].values()) - 1.0) < 1e-4
+    assert set(prediction["prediction_set"]) <= set(prediction["classes"])
+    scene = (case_dir / "scene.mrml").read_text(encoding="utf-8")
+    assert "pred/" not in scene  # the scene refers to its files relative to itself
