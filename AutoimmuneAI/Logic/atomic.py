@@ -7,10 +7,15 @@ A run killed at any moment leaves either the old file, the complete new one, or 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
 
 
 @contextlib.contextmanager
@@ -64,3 +69,36 @@ def write_with(path: str | Path, writer: Callable[[Path], object]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def json_safe(obj: object) -> object:
+    """NaN/inf -> None and NumPy values -> Python ones, recursively, so output is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float | np.floating):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def ensure_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove it is writable; else one-line InputError."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError("output path exists and is not a folder", file=folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"output folder is not writable ({exc.strerror})", file=folder) from None
+    return folder

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from . import __version__
-from .atomic import write_bytes, write_text
+from .atomic import json_safe, write_bytes, write_text
 from .conformal import ConformalPredictor
 from .errors import BundleError
 from .model import FusionModel, ModelConfig
@@ -102,24 +102,6 @@ def _hazard_tuple(d: dict | None) -> tuple[np.ndarray, np.ndarray] | None:
     return np.asarray(d["times"], dtype=np.float64), np.asarray(
         d["cumulative_hazard"], dtype=np.float64
     )
-
-
-def _json_safe(obj: object) -> object:
-    """Replace NaN/inf (not JSON) by None, numpy scalars by Python numbers, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
 
 
 def network_data_format(panel: Panel, grid: ModelGrid, encoder: SerologyEncoder) -> dict:
@@ -248,7 +230,7 @@ def save_bundle(
         "environment": {"python": platform.python_version()},
         **(extra or {}),
     }
-    meta = _json_safe(meta)
+    meta = json_safe(meta)
     write_text(out / MODEL_CARD, model_card(meta))
     write_text(out / METADATA, json.dumps(meta, indent=1, allow_nan=False) + "\n")
     return out

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import figures
-from .atomic import write_text
+from .atomic import json_safe, write_text
 from .baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline, baseline_from_dict
 from .calibration import expected_calibration_error, softmax
 from .conformal import ConformalPredictor, coverage, mean_set_size
@@ -180,22 +180,6 @@ def _comparison(metrics: dict) -> dict:
             if math.isfinite(oracle) and oracle > 0:
                 out[f"fraction_of_oracle_{key}"] = fused / oracle
     return out
-
-
-def _json_safe(obj: object) -> object:
-    """NaN/inf -> None and NumPy scalars -> Python, so metrics.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    return obj
 
 
 def predictions_table(
@@ -430,7 +414,7 @@ def evaluate_bundle(
             cohort.case_ids, classes, probs, per_case["sets"], risk, per_case["groups"]
         ),
     )
-    metrics = _json_safe(metrics)
+    metrics = json_safe(metrics)
     write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     steps.update()
     steps.close()

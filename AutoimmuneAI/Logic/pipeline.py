@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import write_text
+from .atomic import ensure_writable_folder, write_text
 from .cohort import Case, load_cohort
 from .errors import InputError
 from .imaging import Volume, load_volume
@@ -88,7 +88,7 @@ def predict_cohort(
 
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
-    _check_writable(out_dir)
+    ensure_writable_folder(out_dir)
     predictor = Predictor(bundle_path)
     if target is not None and target not in predictor.classes:
         raise InputError(
@@ -193,16 +193,6 @@ def _load_case_image(case: Case, channel: str) -> Volume:
         raise InputError(
             exc.reason, file=exc.file, row=case.row, field=f"image_{channel}"
         ) from None
-
-
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"output folder is not writable ({exc.strerror})", file=out_dir) from None
 
 
 def _row(prediction: dict) -> dict:
