@@ -99,12 +99,12 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
     """The evaluate stage from arrays: metric blocks, baselines, comparison, CSV and PNGs."""
     import csv
 
+    from autoimmuneai.atomic import json_safe
     from autoimmuneai.baselines import CriteriaBaseline
     from autoimmuneai.calibration import fit_temperature
     from autoimmuneai.conformal import fit_conformal
     from autoimmuneai.evaluate import (
         ModelOutputs,
-        _json_safe,
         evaluate_predictions,
         predictions_table,
         write_figures,
@@ -165,7 +165,7 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
     assert comp["fused_minus_best_single_balanced_accuracy"] == pytest.approx(
         d["balanced_accuracy"] - sero["diagnosis"]["balanced_accuracy"]
     )
-    json.dumps(_json_safe(metrics), allow_nan=False)
+    json.dumps(json_safe(metrics), allow_nan=False)
 
     text = predictions_table(
         [f"c{i}" for i in range(120)],
@@ -201,8 +201,9 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
 
 def test_evaluate_predictions_on_an_unlabelled_cohort_without_follow_up(tmp_path):
     """An external cohort at prediction time: no diagnosis, no follow-up; nothing fails."""
+    from autoimmuneai.atomic import json_safe
     from autoimmuneai.conformal import fit_conformal
-    from autoimmuneai.evaluate import ModelOutputs, _json_safe, evaluate_predictions, write_figures
+    from autoimmuneai.evaluate import ModelOutputs, evaluate_predictions, write_figures
 
     rng = np.random.default_rng(8)
     n = 20
@@ -216,7 +217,7 @@ def test_evaluate_predictions_on_an_unlabelled_cohort_without_follow_up(tmp_path
         CLASSES, logits, probs, labels, risk, nan, nan, cp, base, (-0.5, 0.5),
         {"serology_only": ModelOutputs(probs, risk, base)},
     )  # fmt: skip
-    safe = _json_safe(metrics)
+    safe = json_safe(metrics)
     json.dumps(safe, allow_nan=False)
     assert safe["n_labelled"] == 0 and safe["diagnosis"]["balanced_accuracy"] is None
     assert safe["conformal"]["coverage"] is None and safe["conformal"]["mean_set_size"] > 1
