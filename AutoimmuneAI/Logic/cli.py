@@ -145,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace case_id by a salted hash in every output",
     )
     p.add_argument("--allow-outside-root", action="store_true")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="conformal error rate (default: the bundle's, e.g. 0.1 for 90%% coverage)",
+    )
+    p.add_argument(
+        "--bands",
+        type=_bands,
+        default=None,
+        metavar="P1,P2",
+        help="evidence bands as top percentiles of positive attribution (default 1,5)",
+    )
 
     p = command("report", "Rebuild the HTML report from saved results.", _report)
     p.add_argument(
@@ -152,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=None, help="report path (default EVAL/report.html)")
     return parser
+
+
+def _bands(text: str) -> tuple[float, ...]:
+    """``"1,5"`` -> (1.0, 5.0): increasing percentages in (0, 100)."""
+    try:
+        bands = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands must be numbers like 1,5, not {text!r}") from None
+    if not bands or any(not 0 < b < 100 for b in bands) or list(bands) != sorted(set(bands)):
+        raise argparse.ArgumentTypeError(
+            f"bands must be increasing percentages in (0, 100): {text!r}"
+        )
+    return bands
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -245,6 +271,8 @@ def _predict(args: argparse.Namespace) -> int:
         snapshot=not args.no_snapshot,
         hash_salt=args.hash_ids,
         allow_outside_root=args.allow_outside_root,
+        alpha=args.alpha,
+        bands=args.bands,
     )
     print(result.summary())
     return EXIT_PARTIAL if result.n_failed else 0

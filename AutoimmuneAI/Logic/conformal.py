@@ -14,7 +14,7 @@ the top class. Class-conditional sets use one threshold per class from that clas
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +37,27 @@ class ConformalPredictor:
     k_reg: int = 1
     randomized: bool = True
     n_calibration: int = 0
+    # Conformity scores of the calibration cases' true classes (and those classes), kept so
+    # that the same calibration gives a threshold for another error rate (``with_alpha``).
+    scores: list[float] = field(default_factory=list)
+    score_labels: list[int] = field(default_factory=list)
+
+    def with_alpha(self, alpha: float) -> ConformalPredictor:
+        """The same calibration at another error rate (needs the stored calibration scores)."""
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if not self.scores:
+            raise ValueError("this bundle stores no calibration scores; retrain it to change alpha")
+        scores = np.asarray(self.scores, dtype=np.float64)
+        labels = np.asarray(self.score_labels, dtype=np.int64)
+        if self.class_conditional:
+            n_classes = len(self.qhat)  # type: ignore[arg-type]
+            qhat: float | list[float] = [
+                _finite_sample_quantile(scores[labels == k], alpha) for k in range(n_classes)
+            ]
+        else:
+            qhat = _finite_sample_quantile(scores, alpha)
+        return replace(self, alpha=float(alpha), qhat=qhat)
 
     def predict_sets(self, probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Boolean mask [n, C] of the classes in each case's prediction set (never empty).
@@ -92,6 +113,8 @@ class ConformalPredictor:
             k_reg=int(d.get("k_reg", 1)),
             randomized=bool(d.get("randomized", True)),
             n_calibration=int(d.get("n_calibration", 0)),
+            scores=[float(x) for x in d.get("scores", [])],
+            score_labels=[int(x) for x in d.get("score_labels", [])],
         )
 
 
@@ -157,6 +180,8 @@ def fit_conformal(
         k_reg=int(k_reg),
         randomized=randomized,
         n_calibration=int(n),
+        scores=[float(x) for x in true_scores],
+        score_labels=[int(x) for x in labels],
     )
 
 

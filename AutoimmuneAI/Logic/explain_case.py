@@ -26,6 +26,7 @@ def explain_into(
     method: str | None = None,
     target: str | None = None,
     snapshot: bool = True,
+    bands: tuple[float, ...] | None = None,
 ) -> dict:
     """Write the explanation files of one case and return their summary for prediction.json."""
     from .explain import explain
@@ -48,7 +49,8 @@ def explain_into(
     attribution = bundle.grid.to_input(explanation.image_map, prepared.sample, mode="linear")
     attribution = np.asarray(attribution, dtype=np.float32)
     volume = prepared.volume
-    labelmap, regions = evidence_regions(attribution, volume.affine, target_name)
+    band_options = {"bands": tuple(bands)} if bands else {}
+    labelmap, regions = evidence_regions(attribution, volume.affine, target_name, **band_options)
     segments = [SegmentSpec(r.label, r.name, tuple(r.color), r.band) for r in regions]
     write_case_scene(
         case_dir,

@@ -82,6 +82,8 @@ def predict_cohort(
     hash_salt: str | None = None,
     allow_outside_root: bool = False,
     progress: bool = True,
+    alpha: float | None = None,
+    bands: tuple[float, ...] | None = None,
 ) -> BatchResult:
     """Predict (and explain) every case of a manifest; see the module docstring."""
     from .predict import Predictor
@@ -89,7 +91,7 @@ def predict_cohort(
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     ensure_writable_folder(out_dir)
-    predictor = Predictor(bundle_path)
+    predictor = Predictor(bundle_path, alpha=alpha)
     if target is not None and target not in predictor.classes:
         raise InputError(
             f"unknown class {target!r} (one of {', '.join(predictor.classes)})", field="--target"
@@ -122,6 +124,7 @@ def predict_cohort(
                 method=method,
                 target=target,
                 snapshot=snapshot,
+                bands=bands,
             )
         except InputError as exc:
             log.warning("case %s failed: %s", oid, exc.reason)
@@ -158,6 +161,7 @@ def run_case(
     method: str | None,
     target: str | None,
     snapshot: bool,
+    bands: tuple[float, ...] | None = None,
 ) -> dict:
     """Predict and explain one case into ``case_dir``; return the prediction.json content."""
     volume = _load_case_image(case, predictor.panel.channels[0])
@@ -175,6 +179,7 @@ def run_case(
                 method=method,
                 target=target,
                 snapshot=snapshot,
+                bands=bands,
             )
         )
     write_text(case_dir / "prediction.json", json.dumps(prediction, indent=2, allow_nan=False))

@@ -67,10 +67,16 @@ class Predictor:
     ['NMOSD']
     """
 
-    def __init__(self, bundle: Bundle | str | Path) -> None:
+    def __init__(self, bundle: Bundle | str | Path, *, alpha: float | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.panel = self.bundle.panel
         self.model = self.bundle.model.eval()
+        self.conformal = self.bundle.conformal
+        if alpha is not None and alpha != self.conformal.alpha:
+            try:  # same calibration cases, another error rate
+                self.conformal = self.conformal.with_alpha(alpha)
+            except ValueError as exc:
+                raise InputError(str(exc), field="--alpha") from None
 
     @property
     def classes(self) -> list[str]:
@@ -123,7 +129,7 @@ class Predictor:
         """Probabilities (temperature-calibrated), conformal set, risk group, survival curve."""
         logits, risk = self.logits_and_risk(prepared)
         probs = softmax(logits[None], self.bundle.temperature)[0]
-        in_set = self.bundle.conformal.predict_sets(probs[None], rng=np.random.default_rng(0))[0]
+        in_set = self.conformal.predict_sets(probs[None], rng=np.random.default_rng(0))[0]
         classes = self.classes
         times, surv = self.survival_curve(risk)
         warnings = out_of_distribution_warnings(
@@ -139,7 +145,7 @@ class Predictor:
             probabilities={c: round(float(p), 6) for c, p in zip(classes, probs)},
             predicted=classes[int(np.argmax(probs))],
             prediction_set=[c for c, keep in zip(classes, in_set) if keep],
-            alpha=float(self.bundle.conformal.alpha),
+            alpha=float(self.conformal.alpha),
             risk_score=round(risk, 6),
             risk_group=str(risk_groups(np.array([risk]), self.bundle.risk_cutoffs)[0]),
             survival={"times_months": times, "probability": surv},

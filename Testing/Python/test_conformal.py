@@ -160,3 +160,20 @@ def test_unknown_labels_skipped_and_bad_arguments():
         fit_conformal(probs, labels, method="lac")
     with pytest.raises(ValueError):
         fit_conformal(probs, labels, alpha=1.5)
+
+
+def test_with_alpha_equals_a_fresh_fit_on_the_same_calibration():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 2.0, (300, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(4, p=p) for p in probs])
+    for class_conditional in (False, True):
+        base = fit_conformal(probs, labels, alpha=0.1, class_conditional=class_conditional)
+        again = ConformalPredictor.from_dict(base.to_dict()).with_alpha(0.3)
+        fresh = fit_conformal(probs, labels, alpha=0.3, class_conditional=class_conditional)
+        assert again.alpha == 0.3
+        np.testing.assert_allclose(np.asarray(again.qhat), np.asarray(fresh.qhat))
+        wide, narrow = base.predict_sets(probs), again.predict_sets(probs)
+        assert narrow.sum() <= wide.sum()
+    with pytest.raises(ValueError, match="no calibration scores"):
+        ConformalPredictor("aps", 0.1, 0.5).with_alpha(0.2)

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from autoimmuneai.cli import main
 
 
@@ -25,3 +27,19 @@ def test_predict_explain_with_relative_output_folder(
     assert set(prediction["prediction_set"]) <= set(prediction["classes"])
     scene = (case_dir / "scene.mrml").read_text(encoding="utf-8")
     assert "pred/" not in scene  # the scene refers to its files relative to itself
+
+
+def test_alpha_and_bands_options(tmp_path, monkeypatch, cohort_copy, tiny_bundle):
+    manifest, rows = cohort_copy(tmp_path / "cohort", n=1)
+    argv = ["predict", "--bundle", str(tiny_bundle), "--cohort", str(manifest), "--explain",
+            "--no-snapshot"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a"), "--alpha", "0.4", "--bands", "2,10"]) == 0
+    prediction = json.loads(
+        (tmp_path / "a" / rows[0]["case_id"] / "prediction.json").read_text(encoding="utf-8")
+    )
+    assert prediction["alpha"] == 0.4
+    assert {r["band"] for r in prediction["regions"]} <= {"top 2%", "top 10%"}
+    with pytest.raises(SystemExit) as bad:
+        main([*argv, "--out", str(tmp_path / "b"), "--bands", "5,1"])
+    assert bad.value.code == 2
+    assert main([*argv, "--out", str(tmp_path / "c"), "--alpha", "1.5"]) == 2
