@@ -228,15 +228,11 @@ class AutoimmuneAILogic(_LogicBase):
         work = Path(tempfile.mkdtemp(prefix="AutoimmuneAI-"))
         out = Path(outputDir) if outputDir else work / "out"
         manifest = writeCaseInputs(work, safeId, volumeNode, serology, panel)
-        command = self.cliCommand(
-            "predict",
-            "--bundle",
+        command = self.predictCommand(
             bundle,
-            "--cohort",
             manifest,
-            "--out",
             out,
-            *(["--explain"] if explain else []),
+            explain,
             *(["--target", targetClass] if targetClass else []),
             *(["--method", method] if method else []),
             *self._optional("--alpha", alpha),
@@ -349,16 +345,8 @@ class AutoimmuneAILogic(_LogicBase):
             raise InputError("manifest not found", file=manifest)
         bundle = checkBundle(bundlePath)
         out = Path(outputDir)
-        command = self.cliCommand(
-            "predict",
-            "--bundle",
-            bundle,
-            "--cohort",
-            manifest,
-            "--out",
-            out,
-            *(["--explain"] if explain else []),
-            *(["--resume"] if resume else []),
+        command = self.predictCommand(
+            bundle, manifest, out, explain, *(["--resume"] if resume else [])
         )
 
         def finish(returncode: int) -> CohortSummary:
@@ -407,6 +395,21 @@ class AutoimmuneAILogic(_LogicBase):
             "AutoimmuneAILib.cli" if getattr(module, "__registeredFrom__", None) else PACKAGE_NAME
         )
         return [self.python, "-m", entry, *[str(a) for a in args]]
+
+    def predictCommand(self, bundle, manifest, out, explain: bool, *options) -> list[str]:
+        """``autoimmuneai predict`` on ``manifest`` into ``out``, plus ``options``."""
+        explainFlag = ["--explain"] if explain else []
+        return self.cliCommand(
+            "predict",
+            "--bundle",
+            bundle,
+            "--cohort",
+            manifest,
+            "--out",
+            out,
+            *explainFlag,
+            *options,
+        )
 
     def childEnvironment(self) -> dict[str, str]:
         """The environment of the child: this one, plus the module folder on PYTHONPATH."""
