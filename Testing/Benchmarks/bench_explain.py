@@ -30,7 +30,6 @@ sys.path.insert(0, str(HERE.parent / "Python"))
 
 from autoimmuneai.explain import DEFAULT_METHOD, explain  # noqa: E402
 from autoimmuneai.explain_quality import (  # noqa: E402
-    QualityCase,
     measure_explanation_quality,
     quality_for_cases,
 )
@@ -115,29 +114,10 @@ def speed(model, encoder, grid: ModelGrid, volume: Volume, labs: dict, serology,
 
 
 def toy_quality(n_cases: int) -> dict:
-    from test_explain import GRID, MS, encode, parsed_labs, toy_case, trained_toy
+    from test_explain import toy_quality_cases, trained_toy
 
     model, encoder = trained_toy()
-    affine = GRID.grid_affine(np.zeros(3))
-    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in GRID.shape], indexing="ij"), -1)
-    ras = ijk @ affine[:3, :3].T + affine[:3, 3]
-    cases = []
-    for seed in range(500, 500 + n_cases):
-        image, values, missing, blobs = toy_case(MS, seed)
-        lesion = np.zeros(GRID.shape, dtype=bool)
-        for centre, radius in blobs:
-            lesion |= np.linalg.norm(ras - centre, axis=-1) <= radius
-        cases.append(
-            QualityCase(
-                str(seed),
-                image,
-                encode(encoder, values, missing),
-                MS,
-                lesion,
-                affine,
-                labs=parsed_labs(values, missing),
-            )  # fmt: skip
-        )
+    cases = toy_quality_cases(encoder, range(500, 500 + n_cases))
     report = quality_for_cases(
         model, encoder, cases, stages=("head", "fusion", "all"),
         explain_kwargs={"occlusion": {"occlusion_window": 6, "occlusion_stride": 4}},

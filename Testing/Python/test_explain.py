@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 
 from autoimmuneai.errors import InputError
 from autoimmuneai.explain import METHODS, explain, image_baseline, what_if
-from autoimmuneai.explain_quality import randomised_model
+from autoimmuneai.explain_quality import QualityCase, randomised_model
 from autoimmuneai.imaging import Volume, foreground_mask
 from autoimmuneai.labvalues import LabValue
 from autoimmuneai.model import FusionModel, ModelConfig
@@ -124,6 +124,23 @@ def parsed_labs(values: np.ndarray, missing: np.ndarray) -> dict[str, LabValue]:
         name: LabValue.absent() if missing[j] else LabValue(float(values[j]))
         for j, name in enumerate(PANEL.feature_names)
     }
+
+
+def toy_quality_cases(encoder: SerologyEncoder, seeds) -> list[QualityCase]:
+    """MS toy cases with their true blob masks on the model grid (quality test and benchmark)."""
+    affine = GRID.grid_affine(np.zeros(3))
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in GRID.shape], indexing="ij"), -1)
+    ras = ijk @ affine[:3, :3].T + affine[:3, 3]
+    cases = []
+    for seed in seeds:
+        image, values, missing, blobs = toy_case(MS, seed)
+        lesion = np.zeros(GRID.shape, dtype=bool)
+        for centre, radius in blobs:
+            lesion |= np.linalg.norm(ras - centre, axis=-1) <= radius
+        serology = encode(encoder, values, missing)
+        labs = parsed_labs(values, missing)
+        cases.append(QualityCase(str(seed), image, serology, MS, lesion, affine, labs=labs))
+    return cases
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_explain import GRID, MS, encode, parsed_labs, toy_case, trained_toy
+from test_explain import MS, encode, toy_case, toy_quality_cases, trained_toy
 
 from autoimmuneai.explain_quality import (
-    QualityCase,
     deletion_curves,
     pointing_hit,
     quality_for_cases,
@@ -83,26 +82,7 @@ def test_deletion_curves_share_their_ends_and_areas_match():
 
 def test_quality_report_on_the_toy_model():
     model, encoder = trained_toy()
-    cases = []
-    for seed in (81, 82):
-        image, values, missing, blobs = toy_case(MS, seed)
-        affine = GRID.grid_affine(np.zeros(3))
-        ijk = np.stack(np.meshgrid(*[np.arange(s) for s in GRID.shape], indexing="ij"), -1)
-        ras = ijk @ affine[:3, :3].T + affine[:3, 3]
-        lesion = np.zeros(GRID.shape, dtype=bool)
-        for centre, radius in blobs:
-            lesion |= np.linalg.norm(ras - centre, axis=-1) <= radius
-        cases.append(
-            QualityCase(
-                str(seed),
-                image,
-                encode(encoder, values, missing),
-                MS,
-                lesion,
-                affine,
-                labs=parsed_labs(values, missing),
-            )  # fmt: skip
-        )
+    cases = toy_quality_cases(encoder, (81, 82))
     report = quality_for_cases(model, encoder, cases, ("integrated_gradients", "layer_gradcam"))
     ig = report["methods"]["integrated_gradients"]
     assert report["n_cases"] == 2 and len(ig["cases"]) == 2
