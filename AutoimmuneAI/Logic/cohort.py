@@ -172,7 +172,7 @@ def load_cohort(
     seen: dict[str, int] = {}
     for offset, record in enumerate(table.to_dict(orient="records")):
         row = offset + 2
-        row_problems = _parse_row(
+        parsed = _parse_row(
             record,
             row,
             path,
@@ -184,14 +184,14 @@ def load_cohort(
             require_labels,
         )
         case_id = str(record.get("case_id", "")).strip()
-        if isinstance(row_problems, Case):
-            cases.append(row_problems)
+        if isinstance(parsed, Case):
+            cases.append(parsed)
         else:
-            problems.extend(row_problems)
+            problems.extend(parsed)
             if case_id and case_id not in failed:
-                failed[case_id] = row_problems[0]
+                failed[case_id] = parsed[0]
             if strict:
-                raise row_problems[0]
+                raise parsed[0]
     return Cohort(path, panel, cases, problems, failed)
 
 

@@ -161,7 +161,7 @@ class ImageEncoder(nn.Module):
         return h, self.last_block(h)
 
 
-class SerologyEncoder(nn.Module):
+class SerologyMLP(nn.Module):
     """Two-layer MLP on encoded lab values plus missingness indicators."""
 
     def __init__(self, n_in: int, width: int) -> None:
@@ -218,7 +218,7 @@ class FusionModel(nn.Module):
             self.image_encoder = ImageEncoder(cfg)
             n_fused += self.image_encoder.out_channels * (2 if cfg.pool == "avgmax" else 1)
         if cfg.use_serology:
-            self.serology_encoder = SerologyEncoder(cfg.n_serology, cfg.serology_width)
+            self.serology_encoder = SerologyMLP(cfg.n_serology, cfg.serology_width)
             n_fused += cfg.serology_width
         if cfg.uses_film:
             self.film = FiLM(

@@ -111,7 +111,7 @@ def predict_cohort(
         oid = output_id(case.case_id, hash_salt)
         case_dir = out_dir / oid
         if resume and case_complete(case_dir, explain, snapshot):
-            result.rows.append(_row_from_json(case_dir / "prediction.json", predictor.classes))
+            result.rows.append(_row_from_json(case_dir / "prediction.json"))
             result.skipped += 1
             continue
         try:
@@ -211,7 +211,7 @@ def _row(prediction: dict) -> dict:
     return row
 
 
-def _row_from_json(path: Path, classes: list[str]) -> dict:
+def _row_from_json(path: Path) -> dict:
     return _row(json.loads(path.read_text(encoding="utf-8")))
 
 
