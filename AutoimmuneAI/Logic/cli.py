@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", choices=["film", "concat"], default="film")
     p.add_argument("--alpha", type=float, default=0.1, help="conformal error rate")
     p.add_argument(
+        "--conformal",
+        choices=["raps", "aps"],
+        default="raps",
+        help="conformal score: RAPS (regularised, smaller sets; default) or APS",
+    )
+    p.add_argument(
         "--class-conditional", action="store_true", help="class-conditional conformal sets"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -227,6 +233,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         fusion=args.fusion,
         alpha=args.alpha,
+        conformal_method=args.conformal,
         class_conditional=args.class_conditional,
         panel=args.panel,
     )

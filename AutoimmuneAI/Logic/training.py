@@ -57,7 +57,9 @@ class TrainConfig:
     seed: int = 0
     patience: int = 8
     alpha: float = 0.1
-    conformal_method: str = "aps"
+    conformal_method: str = "raps"  # RAPS: APS plus a penalty on low-ranked classes
+    conformal_lam: float = 0.1  # RAPS penalty per rank beyond conformal_k_reg
+    conformal_k_reg: int = 1
     class_conditional: bool = False
     augment: bool = True
     panel: str = "cns_autoimmune"
@@ -721,7 +723,8 @@ def train_bundle(
         probs_val = softmax(lg_val.numpy(), temperature)
         conformal = fit_conformal(
             probs_val, y_cal, alpha=cfg.alpha, method=cfg.conformal_method,
-            class_conditional=cfg.class_conditional, seed=cfg.seed,
+            class_conditional=cfg.class_conditional, lam=cfg.conformal_lam,
+            k_reg=cfg.conformal_k_reg, seed=cfg.seed,
         )  # fmt: skip
         io_lg_val, io_risk_val = predict_arrays(image_only, calib, cfg.batch_size)
         io_temperature = fit_temperature(io_lg_val.numpy(), y_cal)

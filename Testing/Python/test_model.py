@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lifelines import CoxPHFitter
 
 from autoimmuneai.losses import class_weights, cox_loss, cox_neg_log_likelihood, diagnosis_loss
-from autoimmuneai.model import FusionModel, ModelConfig
+from autoimmuneai.model import FusionModel, LesionLoad, ModelConfig
 
 SMALL = {"channels": (4, 8), "strides": (2, 2), "n_serology": 6, "n_classes": 3}
 
@@ -54,7 +54,7 @@ def test_film_changes_image_features_with_serology() -> None:
     with torch.no_grad():  # FiLM starts as the identity; give it some weights
         model.film.net[-1].weight.normal_(0, 0.5)
     image = torch.randn(1, 1, 16, 16, 16)
-    h, fmap = model.image_encoder(image)
+    h, fmap, _ = model.image_encoder(image)
     ctx_a = torch.cat([h.flatten(2).mean(2), model.serology_encoder(torch.zeros(1, 6))], 1)
     ctx_b = torch.cat([h.flatten(2).mean(2), model.serology_encoder(torch.ones(1, 6) * 3)], 1)
     assert not torch.allclose(model.film(fmap, ctx_a), model.film(fmap, ctx_b))
@@ -75,6 +75,50 @@ def test_config_round_trip() -> None:
     cfg = ModelConfig(fusion="concat", dropout=0.1, **SMALL)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.variant(use_serology=False).use_serology is False
+
+
+def _head(shape: tuple[int, int, int] = (32, 40, 32)) -> torch.Tensor:
+    """A z-scored 'head': tissue around 0 with a smooth bias field, background at -6."""
+    grid = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radius = torch.sqrt(sum(g**2 for g in grid))
+    image = torch.where(radius < 0.9, 0.8 * grid[0] + 0.1 * torch.randn(shape), torch.tensor(-6.0))
+    return image[None, None]
+
+
+def test_lesion_load_counts_a_lesion_in_its_region_only() -> None:
+    torch.manual_seed(0)
+    load = LesionLoad(regions=(2, 2, 2), contrast=2.5, window=5)
+    head = _head()
+    # the head's edge (a step of 6 SDs) and the bias field (a ramp of 1.6 SDs) are no lesion
+    assert torch.count_nonzero(load.excess(head)) == 0
+    assert float(load(head).abs().max()) == 0.0
+    lesion = head.clone()
+    lesion[0, 0, 8:11, 28:31, 22:25] += 5.0  # 27 voxels in the block (0, 1, 1)
+    features = load(lesion).reshape(2, 2, 2)
+    assert float(features[0, 1, 1]) > 1.0
+    others = torch.ones(2, 2, 2, dtype=torch.bool)
+    others[0, 1, 1] = False
+    assert float(features[others].abs().max()) == 0.0
+    # differentiable: the positive gradient lands on the lesion (its surroundings get the
+    # negative share: raising them lowers the local excess)
+    x = lesion.clone().requires_grad_(True)
+    load(x).sum().backward()
+    grad = x.grad[0, 0]
+    inside = torch.zeros_like(grad, dtype=torch.bool)
+    inside[8:11, 28:31, 22:25] = True
+    assert bool(inside.flatten()[grad.abs().argmax()])
+    assert float(grad[inside].median()) > 0
+    assert float(grad[inside].sum()) > 0.9 * float(grad.clamp(min=0).sum())
+
+
+def test_lesion_load_feeds_the_fused_representation() -> None:
+    cfg = ModelConfig(lesion_regions=(2, 2, 2), **SMALL)
+    model = FusionModel(cfg).eval()
+    assert model.trunk[0].in_features == 2 * 8 + 8 + cfg.serology_width
+    off = FusionModel(cfg.variant(lesion_regions=())).eval()
+    assert off.trunk[0].in_features == 2 * 8 + cfg.serology_width
+    with pytest.raises(ValueError, match="lesion_window"):
+        ModelConfig(lesion_window=4, **SMALL)
 
 
 # ----------------------------------------------------------------------------- losses
