@@ -68,6 +68,7 @@ class TrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2, 2)
     dropout: float = 0.2
+    image_dropout: float = 0.5  # on the CNN's pooled features (model.ModelConfig)
     image_only_epochs: int | None = None  # default: same as epochs
     grid_shape: tuple[int, int, int] = (64, 80, 64)
     grid_spacing: float = 2.5
@@ -100,6 +101,7 @@ class TrainConfig:
             channels=self.channels,
             strides=self.strides,
             dropout=self.dropout,
+            image_dropout=self.image_dropout,
         )
 
 

@@ -24,7 +24,7 @@ def _config() -> TrainConfig:
     # dropout off: each rank draws its own dropout masks, so only then is equality exact
     return TrainConfig(
         epochs=3, batch_size=8, lr=3e-3, channels=(4, 8), strides=(2, 2), dropout=0.0,
-        cox_weight=0.5, augment=True,
+        image_dropout=0.0, cox_weight=0.5, augment=True,
     )  # fmt: skip
 
 
