@@ -127,6 +127,11 @@ def _coordinates(image: torch.Tensor) -> torch.Tensor:
 FOREGROUND_Z = -3.0  # below this (foreground z-score) a voxel is background, not tissue
 
 
+def tissue_mask(image: torch.Tensor) -> torch.Tensor:
+    """1 on tissue, 0 on background, from the first channel: [B, 1, D, H, W]."""
+    return (image[:, :1] > FOREGROUND_Z).to(image.dtype)
+
+
 class LesionLoad(nn.Module):
     """Regional load of focal hyperintensities: a fixed, differentiable lesion read-out.
 
@@ -155,10 +160,13 @@ class LesionLoad(nn.Module):
             x = nn.functional.avg_pool3d(x, kernel, stride=1, padding=pad)
         return x
 
-    def excess(self, image: torch.Tensor) -> torch.Tensor:
-        """Voxel-wise lesion evidence [B, 1, D, H, W] of the first channel (>= 0)."""
+    def excess(self, image: torch.Tensor, tissue: torch.Tensor | None = None) -> torch.Tensor:
+        """Voxel-wise lesion evidence [B, 1, D, H, W] of the first channel (>= 0).
+
+        ``tissue``: :func:`tissue_mask` of ``image`` when the caller already has it.
+        """
         x = image[:, :1]
-        tissue = (x > FOREGROUND_Z).to(x.dtype)
+        tissue = tissue_mask(image) if tissue is None else tissue
         surroundings = self._mean(x * tissue) / self._mean(tissue).clamp_min(1e-3)
         return torch.relu(x - surroundings - self.contrast) * tissue
 
@@ -215,8 +223,8 @@ class ImageEncoder(nn.Module):
         the lesions: measured, a network then does not even fit its training set), the
         lesion map and the voxel coordinates.
         """
-        tissue = (image[:, :1] > FOREGROUND_Z).to(image.dtype)
-        excess = self.lesions.excess(image)
+        tissue = tissue_mask(image)
+        excess = self.lesions.excess(image, tissue)
         parts = [image * tissue]
         if self.lesion_channel:
             parts.append(excess)

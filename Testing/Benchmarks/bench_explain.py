@@ -127,7 +127,7 @@ def toy_quality(n_cases: int) -> dict:
 
 
 def bundle_speed(bundle_path: Path, cohort_path: Path, monai: bool) -> dict:
-    """Speed with a trained bundle on the first case of ``cohort_path`` that has lesions.
+    """Speed with a trained bundle on the first test case of ``cohort_path``.
 
     IG's step count (adaptive) and convergence delta depend on the weights, so this is the
     figure to report; :func:`demo_speed` times an untrained network.
