@@ -25,6 +25,8 @@ Contributions are in **logit** units of the explained class (``CONTRIBUTION_UNIT
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +49,7 @@ DEFAULT_METHOD = "integrated_gradients"
 CONTRIBUTION_UNITS = "logit"
 BASELINES = ("hyperintensity", "opened", "blur", "zero")
 DEFAULT_BASELINE = "hyperintensity"
-DEFAULT_STEPS = 16
+DEFAULT_STEPS = 8
 MAX_STEPS = 64
 DELTA_TOLERANCE = 0.05  # |convergence delta| / |F(x) - F(baseline)|
 DELTA_FLOOR = 1e-3  # logits: below this output difference the relative delta is meaningless
@@ -89,19 +91,26 @@ def image_baseline(image: torch.Tensor, kind: str = DEFAULT_BASELINE) -> torch.T
         return torch.zeros_like(image)
     with torch.no_grad():
         if kind in ("opened", "hyperintensity"):
-            k, pad = OPENING_SIZE, OPENING_SIZE // 2
-            eroded = -F.max_pool3d(-image, k, stride=1, padding=pad)
-            opened = F.max_pool3d(eroded, k, stride=1, padding=pad)
+            opened = _cube_max(-_cube_max(-image))  # erosion, then dilation
             if kind == "opened":
                 return opened.contiguous()
             tophat = image - opened
-            threshold = torch.quantile(tophat.reshape(-1), EXCESS_PERCENTILE / 100.0)
+            threshold = float(np.quantile(tophat.numpy().reshape(-1), EXCESS_PERCENTILE / 100))
             return (image - torch.clamp(tophat - threshold, min=0.0)).contiguous()
         if kind == "blur":
             from monai.networks.layers import GaussianFilter
 
             return GaussianFilter(3, sigma=2.0)(image).contiguous()
     raise InputError(f"unknown baseline {kind!r} (choose one of {', '.join(BASELINES)})")
+
+
+def _cube_max(x: torch.Tensor) -> torch.Tensor:
+    """Maximum over an ``OPENING_SIZE`` cube around each voxel, one axis at a time (a cube's
+    maximum is separable: the same result as one 3D pooling, at under half the cost)."""
+    k, p = OPENING_SIZE, OPENING_SIZE // 2
+    for kernel, pad in (((k, 1, 1), (p, 0, 0)), ((1, k, 1), (0, p, 0)), ((1, 1, k), (0, 0, p))):
+        x = F.max_pool3d(x, kernel, stride=1, padding=pad)
+    return x
 
 
 def serology_baseline(encoder, like: torch.Tensor) -> torch.Tensor:
@@ -131,6 +140,23 @@ def _gradcam_layer(model) -> torch.nn.Module:
         return model.image_encoder.last_block
     except AttributeError:
         raise InputError("LayerGradCam needs a model with an image encoder") from None
+
+
+@contextmanager
+def input_gradients_only(model: torch.nn.Module) -> Iterator[None]:
+    """Switch off the weights' gradients while attributing (restored afterwards).
+
+    An attribution needs gradients with respect to the inputs only; with the weights frozen
+    autograd skips every weight gradient (measured: a third of a backward pass here).
+    """
+    was = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in was:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in was:
+            p.requires_grad_(flag)
 
 
 def predicted_class(model, image: torch.Tensor, serology: torch.Tensor) -> int:
@@ -164,6 +190,18 @@ def explain(
     """
     if method not in METHODS:
         raise InputError(f"unknown explanation method {method!r} (one of {', '.join(METHODS)})")
+    with input_gradients_only(model):
+        return _explain(
+            model, image, serology, encoder=encoder, labs=labs, target=target, method=method,
+            n_steps=n_steps, internal_batch_size=internal_batch_size, baseline=baseline,
+            seed=seed, occlusion_window=occlusion_window, occlusion_stride=occlusion_stride,
+        )  # fmt: skip
+
+
+def _explain(
+    model, image, serology, *, encoder, labs, target, method, n_steps, internal_batch_size,
+    baseline, seed, occlusion_window, occlusion_stride,
+) -> Explanation:  # fmt: skip
     start = time.perf_counter()
     model.eval()
     image = image.detach().float()

@@ -63,9 +63,12 @@ QUALITY_COLUMNS = {
     "rma_over_lesion_fraction": "RMA / lesion fraction",
     "pointing_game": "Pointing game",
     "randomisation_spearman": "Randomisation Spearman",
-    "deletion_auc": "Deletion area",
-    "random_deletion_auc": "Random-order deletion area",
-    "deletion_over_random": "Deletion / random",
+    "deletion_auc": "Deletion area (probability)",
+    "random_deletion_auc": "Random-order deletion area (probability)",
+    "deletion_excess_auc": "Image evidence left, deletion",
+    "random_deletion_excess_auc": "Image evidence left, random order",
+    "deletion_over_random": "Deletion / random (image evidence)",
+    "deletion_over_random_raw": "Deletion / random (probability)",
     "passes_sanity": "Passes sanity check",
     "seconds_per_case": "Seconds per case",
 }
@@ -656,8 +659,10 @@ def _quality_section(quality: dict | None) -> list[str]:
         "<p>Measured on test cases where the true lesions are known: relevance mass "
         "accuracy and pointing game (localisation, against the lesion-volume fraction a "
         "random map scores), Spearman correlation with a parameter-randomised model "
-        "(sanity: low is good) and deletion areas (faithfulness: attribution order against "
-        "random order).</p>",
+        "(sanity: low is good) and deletion areas (faithfulness: voxels deleted in order of "
+        "attribution magnitude against random order, over the first 5% of the head; the "
+        "image evidence left is the distance of the probability from the probability with "
+        "every hyperintensity removed).</p>",
     ]
     table = _method_table(quality)
     if table is not None:

@@ -221,6 +221,26 @@ def test_integrated_gradients_is_complete_and_converged(toy):
     assert e.modality_share["image"] + e.modality_share["serology"] == pytest.approx(1.0)
 
 
+def test_explaining_freezes_the_weights_and_restores_them(toy):
+    """Attribution needs input gradients only: the weights are frozen while it runs (autograd
+    then skips every weight gradient) and come back unchanged, still trainable."""
+    model, encoder = toy
+    image, values, missing, _ = toy_case(MS, 22)
+    flags = [p.requires_grad for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
+    seen: list[bool] = []
+    hook = model.register_forward_hook(
+        lambda m, i, o: seen.append(any(p.requires_grad for p in m.parameters()))
+    )
+    try:
+        explain(model, image, encode(encoder, values, missing), encoder=encoder)
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+    assert [p.requires_grad for p in model.parameters()] == flags and all(flags)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
 def test_strong_marker_ranks_first_for_nmosd(toy):
     model, encoder = toy
     image, values, missing, _ = toy_case(NMOSD, 31)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from test_explain import MS, encode, toy_case, toy_quality_cases, trained_toy
 
+from autoimmuneai.explain import image_baseline
 from autoimmuneai.explain_quality import (
+    DELETION_WINDOW,
     deletion_curves,
     pointing_hit,
     quality_for_cases,
@@ -61,23 +63,47 @@ def test_randomisation_cascade_is_top_down():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
 
 
-def test_deletion_curves_share_their_ends_and_areas_match():
+def test_deletion_curves_start_together_and_areas_match():
     model, encoder = trained_toy()
     image, values, missing, _ = toy_case(MS, 71)
     serology = encode(encoder, values, missing)
     head = image[0, 0].numpy() > -2.0
     curves = deletion_curves(model, image, serology, image[0, 0].numpy(), MS, head)
-    fractions = curves["fractions"]
-    assert fractions[0] == 0.0 and fractions[-1] == 1.0
-    # Nothing deleted / everything deleted: the order cannot matter.
+    fractions = np.asarray(curves["fractions"])
+    assert fractions[0] == 0.0 and fractions[-1] == pytest.approx(DELETION_WINDOW)
+    # Nothing deleted: the order cannot matter, and it is the model's own probability.
     assert curves["attribution"][0] == pytest.approx(curves["random"][0], abs=1e-9)
-    assert curves["attribution"][-1] == pytest.approx(curves["random"][-1], abs=1e-9)
-    assert curves["attribution_auc"] == pytest.approx(
-        np.trapezoid(curves["attribution"], fractions)
-    )
     with torch.no_grad():
         p0 = torch.softmax(model(image, serology).double(), 1)[0, MS].item()
+        floor = torch.softmax(model(image_baseline(image), serology).double(), 1)[0, MS].item()
     assert curves["attribution"][0] == pytest.approx(p0, abs=1e-6)
+    assert curves["floor"] == pytest.approx(floor, abs=1e-9)
+    for order in ("attribution", "random"):
+        prob = np.asarray(curves[order])
+        assert curves[f"{order}_auc"] == pytest.approx(np.trapezoid(prob, fractions) / 0.05)
+        assert curves[f"{order}_excess_auc"] == pytest.approx(
+            np.trapezoid(np.abs(prob - floor), fractions) / 0.05
+        )
+
+
+def test_deletion_goes_by_magnitude_and_fills_with_the_opened_image():
+    """A map that is large and NEGATIVE on a few voxels deletes exactly those first."""
+    model, encoder = trained_toy()
+    image, values, missing, _ = toy_case(MS, 72)
+    serology = encode(encoder, values, missing)
+    head = image[0, 0].numpy() > -2.0
+    attribution = np.zeros(head.shape)
+    chosen = np.argwhere(head)[:: max(1, int(head.sum()) // 20)][:20]  # 20 spread voxels
+    attribution[tuple(chosen.T)] = -1.0
+    fractions = (0.0, 20 / head.sum())
+    curves = deletion_curves(model, image, serology, attribution, MS, head, fractions=fractions)
+    expected = image.clone()
+    opened = image_baseline(image, "opened")
+    for i, j, k in chosen:
+        expected[0, 0, i, j, k] = opened[0, 0, i, j, k]
+    with torch.no_grad():
+        p = torch.softmax(model(expected, serology).double(), 1)[0, MS].item()
+    assert curves["attribution"][1] == pytest.approx(p, abs=1e-9)
 
 
 def test_quality_report_on_the_toy_model():
@@ -88,6 +114,7 @@ def test_quality_report_on_the_toy_model():
     assert report["n_cases"] == 2 and len(ig["cases"]) == 2
     assert ig["relevance_mass_accuracy"] > 2 * ig["lesion_volume_fraction"]
     assert ig["deletion_auc"] < ig["random_deletion_auc"]
+    assert ig["deletion_excess_auc"] < ig["random_deletion_excess_auc"]
     assert ig["max_relative_delta"] <= 0.05
     assert ig["passes_sanity"] and abs(ig["randomisation_spearman"]) <= 0.2
     assert set(report["failing_sanity"]) <= {"layer_gradcam"}

@@ -111,6 +111,17 @@ def test_lesion_load_counts_a_lesion_in_its_region_only() -> None:
     assert float(grad[inside].sum()) > 0.9 * float(grad.clamp(min=0).sum())
 
 
+def test_lesion_load_surroundings_are_a_zero_padded_box_mean() -> None:
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 1, 9, 12, 7)).astype(np.float32)
+    load = LesionLoad(regions=(1, 1, 1), contrast=2.5, window=5)
+    got = load._mean(torch.from_numpy(x)).numpy()
+    expected = uniform_filter(x.astype(np.float64), size=(1, 1, 5, 5, 5), mode="constant")
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_lesion_load_feeds_the_fused_representation() -> None:
     cfg = ModelConfig(lesion_regions=(2, 2, 2), **SMALL)
     model = FusionModel(cfg).eval()

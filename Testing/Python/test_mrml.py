@@ -118,6 +118,22 @@ def test_volume_node_round_trip_keeps_array_and_geometry(left_handed: bool) -> N
     assert np.allclose(back.affine, affine, atol=1e-6)
 
 
+def test_integer_images_are_stored_as_int16_without_loss(tmp_path: Path) -> None:
+    scene = slicer.vtkMRMLScene()
+    whole = np.arange(-300, 300, dtype=np.float32).reshape(6, 10, 10)
+    node = mrml.volume_to_node(scene, Volume(whole, np.eye(4)), "int")
+    assert node.GetImageData().GetScalarTypeAsString() == "short"
+    fractional = mrml.volume_to_node(scene, Volume(whole + 0.5, np.eye(4)), "float")
+    assert fractional.GetImageData().GetScalarTypeAsString() == "float"
+    huge = mrml.volume_to_node(scene, Volume(whole * 1000, np.eye(4)), "big")
+    assert huge.GetImageData().GetScalarTypeAsString() == "float"
+    storage = node.CreateDefaultStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str((tmp_path / "int.nii.gz").resolve()))
+    assert storage.WriteData(node)
+    assert np.array_equal(load_volume(tmp_path / "int.nii.gz").array, whole)
+
+
 def test_segmentation_reads_back_with_slicerio(case_dir: Path) -> None:
     _, _, labelmap = make_case(oblique_affine())
     seg = slicerio.read_segmentation(str(case_dir / "evidence.seg.nrrd"))
