@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", "Synthesise the demo cohort, train, evaluate, explain and report.", _demo)
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.add_argument(
-        "--cases", type=int, default=None, help="cohort size (default 240; 400 with --full)"
+        "--cases",
+        type=int,
+        default=None,
+        help="cohort size (default 240; 1000 with --full, half of it held out)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -37,7 +37,13 @@ log = logging.getLogger(__name__)
 
 STAGES_FILE = "stages.json"
 DEFAULT_CASES = 240
-FULL_CASES = 400
+FULL_CASES = 1000
+FULL_MIN_CASES = 400
+# --full: 320 cases to train on, 160 to stop early, scale the temperature and calibrate the
+# conformal sets, and 520 held out, so that the test figures are steady: measured on this
+# model's confidences, even a perfectly calibrated model shows an ECE of 0.10 on 79 cases,
+# 0.043 on 400 (15 bins), and a 79-case balanced accuracy moves by +-0.05
+FULL_SPLITS = {"train": 0.32, "val": 0.16, "test": 0.52}
 EXPLAIN_MANIFEST = "explain_cases.csv"  # inside cohort/, so relative image paths still resolve
 OWNED = ("cohort", "bundle", "evaluation", "cases", "figures")
 
@@ -85,10 +91,10 @@ def demo_config(
     synth_options: dict | None = None,
     train_options: dict | None = None,
 ) -> DemoConfig:
-    """Resolve the defaults: 240 cases for a first look, 400 with ``--full``."""
+    """Resolve the defaults: 240 cases for a first look; with ``--full`` 1000, half held out."""
     n = cases if cases is not None else (FULL_CASES if full else DEFAULT_CASES)
-    if full and n < FULL_CASES:
-        raise InputError(f"--full needs at least {FULL_CASES} cases, got {n}", field="--cases")
+    if full and n < FULL_MIN_CASES:
+        raise InputError(f"--full needs at least {FULL_MIN_CASES} cases, got {n}", field="--cases")
     if n < 20:
         raise InputError(
             f"the demo needs at least 20 cases (train, calibration and test splits), got {n}",
@@ -353,7 +359,12 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
 
         if cohort_dir.exists():  # a half-written cohort: generation is deterministic, redo it
             shutil.rmtree(cohort_dir)
-        generate_cohort(cohort_dir, n, config.seed, **config.synth_options)
+        options = dict(config.synth_options)
+        if config.full and "config" not in options:
+            from .synth.config import SynthConfig
+
+            options["config"] = SynthConfig(split_fractions=dict(FULL_SPLITS))
+        generate_cohort(cohort_dir, n, config.seed, **options)
         return {"cases": n}
 
     def train(resume: bool) -> dict:

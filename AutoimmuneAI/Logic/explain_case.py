@@ -29,7 +29,7 @@ def explain_into(
     bands: tuple[float, ...] | None = None,
 ) -> dict:
     """Write the explanation files of one case and return their summary for prediction.json."""
-    from .explain import explain
+    from .explain import DELTA_TOLERANCE, explain
 
     bundle = predictor.bundle
     classes = predictor.classes
@@ -69,11 +69,21 @@ def explain_into(
         center = regions[0].centroid_ras if regions else _center_ras(volume)
         render_snapshot(volume, labelmap, segments, tuple(center), case_dir / "snapshot.png")
     positive = attribution[attribution > 0]
+    warnings = list(prediction.get("warnings", []))
+    if explanation.relative_delta is not None and explanation.relative_delta > DELTA_TOLERANCE:
+        warnings.append(
+            f"integrated gradients did not converge within {explanation.n_steps} steps "
+            f"(delta {explanation.relative_delta:.1%} of the explained output difference, "
+            f"tolerance {DELTA_TOLERANCE:.0%}): read the map's fine detail with care"
+        )
     return {
+        "warnings": warnings,
         "explanation": {
             "explained_class": target_name,
             "method": method,
             "convergence_delta": explanation.convergence_delta,
+            "relative_delta": explanation.relative_delta,
+            "n_steps": explanation.n_steps,
             "seconds": round(explanation.seconds, 3),
             "attribution": {
                 "positive_sum": float(positive.sum()),

@@ -58,7 +58,9 @@ class TrainConfig:
     patience: int = 8
     alpha: float = 0.1
     conformal_method: str = "raps"  # RAPS: APS plus a penalty on low-ranked classes
-    conformal_lam: float = 0.1  # RAPS penalty per rank beyond conformal_k_reg
+    # RAPS penalty per rank beyond conformal_k_reg; None: both tuned on 30% of the
+    # calibration cases (smallest sets), the threshold calibrated on the other 70%
+    conformal_lam: float | None = None
     conformal_k_reg: int = 1
     class_conditional: bool = False
     augment: bool = True
@@ -650,7 +652,7 @@ def train_bundle(
     from .bundle import save_bundle
     from .calibration import expected_calibration_error, fit_temperature, softmax
     from .cohort import load_cohort
-    from .conformal import fit_conformal
+    from .conformal import fit_conformal, fit_conformal_tuned
     from .dataset import build_arrays
     from .model_grid import ModelGrid
     from .ood import training_distribution
@@ -723,11 +725,20 @@ def train_bundle(
         lg_val, _ = predict_arrays(model, calib, cfg.batch_size)
         temperature = fit_temperature(lg_val.numpy(), y_cal)
         probs_val = softmax(lg_val.numpy(), temperature)
-        conformal = fit_conformal(
-            probs_val, y_cal, alpha=cfg.alpha, method=cfg.conformal_method,
-            class_conditional=cfg.class_conditional, lam=cfg.conformal_lam,
-            k_reg=cfg.conformal_k_reg, seed=cfg.seed,
-        )  # fmt: skip
+        if cfg.conformal_method == "raps" and cfg.conformal_lam is None:
+            conformal = fit_conformal_tuned(
+                probs_val,
+                y_cal,
+                alpha=cfg.alpha,
+                class_conditional=cfg.class_conditional,
+                seed=cfg.seed,
+            )
+        else:
+            conformal = fit_conformal(
+                probs_val, y_cal, alpha=cfg.alpha, method=cfg.conformal_method,
+                class_conditional=cfg.class_conditional, lam=cfg.conformal_lam or 0.0,
+                k_reg=cfg.conformal_k_reg, seed=cfg.seed,
+            )  # fmt: skip
         io_lg_val, io_risk_val = predict_arrays(image_only, calib, cfg.batch_size)
         io_temperature = fit_temperature(io_lg_val.numpy(), y_cal)
 

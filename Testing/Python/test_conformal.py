@@ -10,9 +10,12 @@ import pytest
 
 from autoimmuneai.calibration import softmax
 from autoimmuneai.conformal import (
+    RAPS_K_REGS,
+    RAPS_LAMBDAS,
     ConformalPredictor,
     coverage,
     fit_conformal,
+    fit_conformal_tuned,
     mean_set_size,
 )
 
@@ -177,3 +180,29 @@ def test_with_alpha_equals_a_fresh_fit_on_the_same_calibration():
         assert narrow.sum() <= wide.sum()
     with pytest.raises(ValueError, match="no calibration scores"):
         ConformalPredictor("aps", 0.1, 0.5).with_alpha(0.2)
+
+
+def test_tuned_raps_covers_and_calibrates_on_cases_it_did_not_tune_on():
+    alpha = 0.1
+    probs, labels = _problem(3000, seed=12)
+    rng = np.random.default_rng(1)
+    covs, tuned_sizes, fixed_sizes = [], [], []
+    for s in range(20):
+        perm = rng.permutation(len(labels))
+        cal, test = perm[:300], perm[300:]
+        cp = fit_conformal_tuned(probs[cal], labels[cal], alpha=alpha, seed=s)
+        assert cp.method == "raps" and cp.n_tuning == 90 and cp.n_calibration == 210
+        assert cp.lam in RAPS_LAMBDAS and cp.k_reg in RAPS_K_REGS
+        # the threshold is the finite-sample quantile of the 210 non-tuning cases' scores
+        expected = np.sort(cp.scores)[math.ceil(211 * (1 - alpha)) - 1]
+        assert cp.qhat == pytest.approx(expected)
+        sets = cp.predict_sets(probs[test], rng=np.random.default_rng(s))
+        covs.append(coverage(sets, labels[test]))
+        tuned_sizes.append(mean_set_size(sets))
+        fixed = fit_conformal(probs[cal], labels[cal], alpha=alpha, method="aps", seed=s)
+        fixed_sizes.append(mean_set_size(fixed.predict_sets(probs[test])))
+    assert np.mean(covs) >= 1 - alpha - 0.01
+    assert np.mean(tuned_sizes) < np.mean(fixed_sizes)  # RAPS tuned for size beats APS
+    # too few calibration cases to spare a tuning part: the untuned default pair
+    small = fit_conformal_tuned(probs[:40], labels[:40], alpha=alpha)
+    assert (small.lam, small.k_reg, small.n_tuning, small.n_calibration) == (0.1, 1, 0, 40)

@@ -25,6 +25,11 @@ def test_predict_explain_with_relative_output_folder(
     prediction = json.loads((case_dir / "prediction.json").read_text(encoding="utf-8"))
     assert abs(sum(prediction["probabilities"].values()) - 1.0) < 1e-4
     assert set(prediction["prediction_set"]) <= set(prediction["classes"])
+    explanation = prediction["explanation"]
+    assert explanation["method"] == "integrated_gradients"
+    assert 8 <= explanation["n_steps"] <= 32 and explanation["relative_delta"] >= 0
+    converged = explanation["relative_delta"] <= 0.05
+    assert converged != any("did not converge" in w for w in prediction["warnings"])
     scene = (case_dir / "scene.mrml").read_text(encoding="utf-8")
     assert "pred/" not in scene  # the scene refers to its files relative to itself
 

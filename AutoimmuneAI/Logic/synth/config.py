@@ -85,7 +85,8 @@ LESIONS: dict[str, dict[str, Any]] = {
                      cerebellar=0.04, confluent=0.05),
     ),
     "SVD": dict(
-        p_normal=0.10, count_mean=9.0, count_k=1.8, age_slope=0.035,  # mean * exp(slope*(age-64))
+        # mean * exp(slope*(age-64)): ~20 lesions at 60-64 (CLINICAL_PRIORS [52]), ~10 at 45
+        p_normal=0.10, count_mean=20.0, count_k=1.8, age_slope=0.035,
         recipes=dict(punctate_wm=0.42, pv_cap=0.20, punctate_jc=0.14, pons_central=0.07, lacune=0.10,
                      confluent=0.04, punctate_pv=0.03),
     ),
