@@ -308,7 +308,14 @@ def model_card(meta: dict) -> str:
         f"{_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after scaling.",
         f"Conformal sets: {str(conf.get('method', '')).upper()}, alpha {conf.get('alpha')}, "
         f"class-conditional {conf.get('class_conditional')}, {conf.get('n_calibration')} "
-        "calibration cases. Metrics on the held-out test split come from `autoimmuneai evaluate`.",
+        "calibration cases"
+        + (
+            f" (lam {conf.get('lam')} and k_reg {conf.get('k_reg')} chosen on "
+            f"{conf.get('n_tuning')} other validation cases)"
+            if conf.get("n_tuning")
+            else ""
+        )
+        + ". Metrics on the held-out test split come from `autoimmuneai evaluate`.",
     ]
     cv = tr.get("cross_validation")
     if cv:
