@@ -12,7 +12,7 @@ import torch
 
 from autoimmuneai.bundle import IMAGE_ONLY_FILE, METADATA, MODEL_FILE, load_bundle, save_bundle
 from autoimmuneai.calibration import softmax
-from autoimmuneai.conformal import fit_conformal
+from autoimmuneai.conformal import fit_conformal_tuned
 from autoimmuneai.errors import BundleError
 from autoimmuneai.inference import infer
 from autoimmuneai.model import FusionModel, ModelConfig
@@ -39,8 +39,9 @@ def bundle_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = FusionModel(cfg).eval()
     image_only = FusionModel(cfg.variant(use_serology=False)).eval()
-    probs = rng.dirichlet(np.ones(len(panel.classes)), 50)
-    conformal = fit_conformal(probs, rng.integers(0, len(panel.classes), 50), alpha=0.1)
+    probs = rng.dirichlet(np.ones(len(panel.classes)), 100)
+    labels = rng.integers(0, len(panel.classes), 100)
+    conformal = fit_conformal_tuned(probs, labels, alpha=0.1)  # 30 tune, 70 calibrate
     return save_bundle(
         tmp_path / "bundle",
         panel=panel,
@@ -71,7 +72,10 @@ def test_round_trip(bundle_dir: Path) -> None:
     assert bundle.grid.shape == (16, 16, 16)
     assert not bundle.model.training
     np.testing.assert_allclose(bundle.baseline_hazard[1], [0.1, 0.3, 0.35])
-    assert "Research only" in (bundle_dir / "docs" / "README.md").read_text(encoding="utf-8")
+    card = (bundle_dir / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "Research only" in card
+    assert (bundle.conformal.n_tuning, bundle.conformal.n_calibration) == (30, 70)
+    assert "70 calibration cases" in card and "chosen on 30 other validation cases" in card
     # the reloaded network computes exactly what the saved one did
     torch.manual_seed(0)
     original = FusionModel(bundle.model.config).eval()
