@@ -94,14 +94,21 @@ def image_baseline(image: torch.Tensor, kind: str = DEFAULT_BASELINE) -> torch.T
             opened = _cube_max(-_cube_max(-image))  # erosion, then dilation
             if kind == "opened":
                 return opened.contiguous()
-            tophat = image - opened
-            threshold = float(np.quantile(tophat.numpy().reshape(-1), EXCESS_PERCENTILE / 100))
-            return (image - torch.clamp(tophat - threshold, min=0.0)).contiguous()
+            return without_hyperintensities(image, opened)
         if kind == "blur":
             from monai.networks.layers import GaussianFilter
 
             return GaussianFilter(3, sigma=2.0)(image).contiguous()
     raise InputError(f"unknown baseline {kind!r} (choose one of {', '.join(BASELINES)})")
+
+
+def without_hyperintensities(image: torch.Tensor, opened: torch.Tensor) -> torch.Tensor:
+    """The "hyperintensity" baseline from the image and its opening (``opened`` baseline):
+    the brightest ``100 - EXCESS_PERCENTILE`` % of the excesses over the opening cut back."""
+    with torch.no_grad():
+        tophat = image - opened
+        threshold = float(np.quantile(tophat.numpy().reshape(-1), EXCESS_PERCENTILE / 100))
+        return (image - torch.clamp(tophat - threshold, min=0.0)).contiguous()
 
 
 def _cube_max(x: torch.Tensor) -> torch.Tensor:

@@ -51,12 +51,17 @@ from scipy.stats import spearmanr
 
 from .atomic import write_text
 from .errors import InputError
-from .explain import DEFAULT_METHOD, METHODS, explain, image_baseline
+from .explain import (
+    DEFAULT_METHOD,
+    METHODS,
+    explain,
+    image_baseline,
+    without_hyperintensities,
+)
 from .imaging import foreground_mask, voxel_to_ras
 
 SANITY_MAX_SPEARMAN = 0.2
 POINTING_TOLERANCE_MM = 2.5  # one model-grid voxel
-DELETION_FILL = "opened"  # explain.image_baseline kind that a deleted voxel takes
 DELETION_WINDOW = 0.05  # of the head's voxels (lesions: ~0.3% on the demo cohort)
 DELETION_FRACTIONS = (0.0, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05)
 RESULT_FILE = "explain_quality.json"
@@ -176,13 +181,14 @@ def deletion_curves(
     """Probability of ``target`` as head voxels are deleted (see the module docstring).
 
     Order: attribution magnitude (largest first; ties at random) vs a random permutation.
-    A deleted voxel takes the ``DELETION_FILL`` baseline's value. ``floor`` is the probability
+    A deleted voxel takes the image's grey-level opening. ``floor`` is the probability
     with the pseudo-healthy image (:func:`~autoimmuneai.explain.image_baseline`) and the same
     labs. Areas are trapezoid areas over the deleted fraction divided by its range (mean
     values): ``<order>_auc`` of the probability, ``<order>_excess_auc`` of
     |probability - floor|.
     """
-    fill = image_baseline(image, DELETION_FILL)
+    fill = image_baseline(image, "opened")  # a deleted voxel takes the opening's value
+    pseudo_healthy = without_hyperintensities(image, fill)  # the floor's image (IG's baseline)
     index = np.flatnonzero(head.ravel())
     scores = np.abs(np.asarray(attribution).ravel()[index])
     rng = np.random.default_rng(seed)
@@ -196,7 +202,7 @@ def deletion_curves(
     flat_image = image.reshape(-1)
     flat_fill = fill.reshape(-1)
     with torch.no_grad():
-        floor_logits = model(image_baseline(image), serology)
+        floor_logits = model(pseudo_healthy, serology)
     floor = float(torch.softmax(floor_logits.double() / temperature, dim=1)[0, target])
     out["floor"] = floor
     for name, order in orders.items():
