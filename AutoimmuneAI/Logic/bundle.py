@@ -198,7 +198,8 @@ def save_bundle(
         "task": f"Differential diagnosis ({', '.join(panel.classes)}) and progression risk "
         "from MRI and serology",
         "description": "MONAI image encoder + serology MLP with "
-        f"{model.config.fusion} fusion; diagnosis head and Cox risk head.",
+        f"{model.config.fusion} fusion; diagnosis head and Cox risk head "
+        f"({model.config.risk}).",
         "authors": "AutoimmuneAI contributors",
         "copyright": "AutoimmuneAI contributors, Apache-2.0",
         "intended_use": "Research only. Not for clinical decisions.",

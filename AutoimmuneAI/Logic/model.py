@@ -9,7 +9,13 @@ the serology encoder sees encoded lab values *and* their missingness indicators 
 ``SerologyEncoder`` output); fusion is either late concatenation or FiLM/DAFT-style affine
 conditioning, where the serology (with the pooled image features of the previous block)
 sets a per-channel scale and shift of the last image block. Two heads share the fused
-representation: diagnosis logits and a Cox log-hazard.
+representation: diagnosis logits and a Cox log-hazard. The default risk head is a mixture
+over the differential, ``log sum_k p(k|x) exp(a_k)``: the hazard a case would have if its
+disease were drawn from the model's own probabilities. Relapse rates differ far more between
+these diseases than within one, and a handful of class log-hazards cannot overfit a few
+hundred cases the way a linear head on the fused features does (measured on the 1000-case
+demo, 521 held-out cases: c-index 0.612 for a linear head, 0.627 for the mixture fitted to
+the same network's differential).
 
 Everything is a pure function of ``(image, serology)``: no batch norm (instance or group
 norm only), no in-place state, so Captum can attribute over both inputs and the weights
@@ -30,6 +36,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 FUSIONS = ("concat", "film")
+RISKS = ("linear", "mixture")
 
 
 @dataclass
@@ -58,6 +65,9 @@ class ModelConfig:
     # they overfit (measured: adding them to lesion loads + labs cost 0.03 balanced accuracy on
     # an 800-case external sample; dropout 0.5 won most of it back)
     image_dropout: float = 0.5
+    # Cox head: "mixture" (log-hazard from the diagnosis probabilities and one log-hazard per
+    # class) or "linear" (w . fused features; bundles written before the mixture head)
+    risk: str = "mixture"
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -73,6 +83,8 @@ class ModelConfig:
             raise ValueError("a model needs at least one modality (use_image or use_serology)")
         if len(self.channels) != len(self.strides) or len(self.channels) < 2:
             raise ValueError("channels and strides need equal lengths of at least 2")
+        if self.risk not in RISKS:
+            raise ValueError(f"risk must be one of {RISKS}, not {self.risk!r}")
         if self.norm not in ("none", "instance", "group"):
             raise ValueError(f"norm must be 'none', 'instance' or 'group', not {self.norm!r}")
         if self.pool not in ("avg", "avgmax"):
@@ -95,6 +107,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
+        d = {"risk": "linear", **d}  # configs written before the mixture head existed
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def variant(self, **changes: object) -> ModelConfig:
@@ -311,8 +324,10 @@ class FusionModel(nn.Module):
             nn.Linear(n_fused, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout)
         )
         self.diagnosis_head = nn.Linear(cfg.hidden, cfg.n_classes)
-        # no bias: the Cox partial likelihood is invariant to a shift of the log-hazard
-        self.risk_head = nn.Linear(cfg.hidden, 1, bias=False)
+        if cfg.risk == "mixture":
+            self.class_log_hazard = nn.Parameter(torch.zeros(cfg.n_classes))
+        else:  # no bias: the Cox partial likelihood is invariant to a shift of the log-hazard
+            self.risk_head = nn.Linear(cfg.hidden, 1, bias=False)
 
     def representation(self, image: torch.Tensor, serology: torch.Tensor) -> torch.Tensor:
         """The fused feature vector [B, hidden] both heads read."""
@@ -338,7 +353,14 @@ class FusionModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (diagnosis logits [B, n_classes], log-hazard [B])."""
         z = self.representation(image, serology)
-        return self.diagnosis_head(z), self.risk_head(z).squeeze(1)
+        logits = self.diagnosis_head(z)
+        if self.config.risk == "mixture":
+            return logits, self.mixture_log_hazard(logits)
+        return logits, self.risk_head(z).squeeze(1)
+
+    def mixture_log_hazard(self, logits: torch.Tensor) -> torch.Tensor:
+        """``log sum_k softmax(logits)_k exp(a_k)`` [B]: the hazard over the differential."""
+        return torch.logsumexp(torch.log_softmax(logits, dim=1) + self.class_log_hazard, dim=1)
 
     def forward(self, image: torch.Tensor, serology: torch.Tensor) -> torch.Tensor:
         """Diagnosis logits [B, n_classes] (the output Captum explains)."""

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .atomic import write_with
@@ -39,6 +40,7 @@ from .dataset import CaseArrays
 from .errors import InputError
 from .losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
 from .model import FusionModel, ModelConfig
+from .risk_head import crude_class_log_hazards, fit_class_log_hazards
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -77,6 +79,9 @@ class TrainConfig:
     cache_dir: str | None = None  # default: <bundle>/cache (removed after a finished run)
     keep_cache: bool = False
     threads: int | None = None  # torch CPU threads (default: torch's choice)
+    # exponential moving average of the weights (per step); early stopping judges and keeps
+    # the averaged weights. None: the raw weights
+    ema_decay: float | None = 0.98
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -393,7 +398,19 @@ def fit(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_mix(cfg.seed, 0))
         model = FusionModel(model_cfg).to(info.device)
+        if model_cfg.risk == "mixture":  # start the class log-hazards at the crude rates
+            crude = crude_class_log_hazards(
+                train.labels.numpy(), train.times.numpy(), train.events.numpy(), model_cfg.n_classes
+            )
+            with torch.no_grad():
+                model.class_log_hazard.copy_(crude)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+            if cfg.ema_decay
+            else None
+        )
+        judged = ema.module if ema is not None else model  # what early stopping evaluates
         start, history = 0, []
         best_loss, best_epoch, bad = math.inf, -1, 0
         best_state = _clone_state(model)
@@ -407,6 +424,8 @@ def fit(
                 )
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             start, history = int(state["epoch"]), list(state["history"])
             best_loss, best_epoch = float(state["best_loss"]), int(state["best_epoch"])
             bad, best_state = int(state["bad_epochs"]), state["best_state"]
@@ -434,6 +453,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 running += value * len(index)
                 count += len(index)
                 seen += len(index)
@@ -443,14 +464,14 @@ def fit(
                 )
             train_loss = running / max(count, 1)
             val_loss = (
-                evaluation_loss(model, val, weights, cfg.cox_weight, cfg.batch_size)
+                evaluation_loss(judged, val, weights, cfg.cox_weight, cfg.batch_size)
                 if len(val)
                 else train_loss
             )
             improved = val_loss < best_loss - 1e-6
             if improved:
                 best_loss, best_epoch, bad = val_loss, epoch, 0
-                best_state = _clone_state(model)
+                best_state = _clone_state(judged)
             else:
                 bad += 1
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
@@ -465,6 +486,7 @@ def fit(
                         "epoch": epoch + 1,
                         "model": _clone_state(model),
                         "optimizer": opt.state_dict(),
+                        "ema": ema.state_dict() if ema is not None else None,
                         "history": history,
                         "best_loss": best_loss,
                         "best_epoch": best_epoch,
@@ -479,6 +501,8 @@ def fit(
             if stop:
                 break
         bar.close()
+    if model_cfg.risk == "mixture" and len(train):
+        best_state = _refit_class_log_hazards(model_cfg, best_state, train, cfg.batch_size)
     seconds = time.perf_counter() - t0
     return FitResult(
         state_dict=best_state,
@@ -489,6 +513,21 @@ def fit(
         seconds=seconds,
         cases_per_second=seen / seconds if seconds > 0 else 0.0,
     )
+
+
+def _refit_class_log_hazards(
+    model_cfg: ModelConfig, state: dict, train: CaseArrays, batch_size: int
+) -> dict:
+    """The best weights with the mixture head's class log-hazards at their Cox optimum."""
+    model = FusionModel(model_cfg)
+    model.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+    logits, _ = predict_arrays(model, train, batch_size, device=torch.device("cpu"))
+    fitted = fit_class_log_hazards(
+        logits, train.times, train.events, init=model.class_log_hazard.detach()
+    )
+    out = dict(state)
+    out["class_log_hazard"] = fitted.to(state["class_log_hazard"].device)
+    return out
 
 
 class _BothHeads(torch.nn.Module):

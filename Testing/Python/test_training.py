@@ -12,6 +12,7 @@ from toy_problem import N_CLASSES, N_SEROLOGY, toy_problem
 
 from autoimmuneai.errors import InputError
 from autoimmuneai.model import FusionModel
+from autoimmuneai.risk_head import fit_class_log_hazards
 from autoimmuneai.training import TrainConfig, assign_splits, epoch_batches, fit, predict_arrays
 
 
@@ -41,6 +42,25 @@ def test_each_fusion_mode_learns_beyond_chance(toy, fusion: str) -> None:
     assert _balanced_accuracy(model, test) > 0.55
     assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]
     assert 1 <= res.best_epoch <= res.epochs_run == len(res.history)
+    # the risk head learned which classes progress faster (blob at the back: hazard x e^0.8)
+    a = res.state_dict["class_log_hazard"]
+    assert min(a[2], a[3]) > max(a[0], a[1])
+    _, risk = predict_arrays(model, test)
+    back = test.labels >= 2
+    assert float(risk[back].mean()) > float(risk[~back].mean()) + 0.2
+
+
+def test_mixture_head_ends_at_its_cox_optimum_on_the_training_cases(toy) -> None:
+    train, val, _ = toy
+    cfg = _small_cfg()
+    mc = cfg.model_config(N_SEROLOGY, N_CLASSES)
+    res = fit(mc, train, val, cfg, progress=False)
+    model = FusionModel(mc)
+    model.load_state_dict(res.state_dict)
+    logits, _ = predict_arrays(model, train)
+    a = res.state_dict["class_log_hazard"]
+    again = fit_class_log_hazards(logits, train.times, train.events, init=torch.zeros(N_CLASSES))
+    assert torch.allclose(a, again, atol=1e-3)
 
 
 def _small_cfg(**kw) -> TrainConfig:
@@ -61,6 +81,20 @@ def test_deterministic_with_a_seed() -> None:
     c = fit(mc, train, val, _small_cfg(seed=1), progress=False)
     assert _same(a.state_dict, b.state_dict)
     assert not _same(a.state_dict, c.state_dict)
+
+
+def test_early_stopping_keeps_the_moving_average_of_the_weights() -> None:
+    train, val = toy_problem(24, 0), toy_problem(8, 1)
+    mc = _small_cfg().model_config(N_SEROLOGY, N_CLASSES)
+    start = fit(mc, train, val, _small_cfg(epochs=0), progress=False).state_dict
+    raw = fit(mc, train, val, _small_cfg(epochs=3, ema_decay=None), progress=False).state_dict
+    # an average that barely moves stays near its first value (the weights after one step)
+    slow = fit(mc, train, val, _small_cfg(epochs=3, ema_decay=0.99999), progress=False)
+    weights = [k for k in start if k != "class_log_hazard"]  # refitted after training
+    moved = max(float((raw[k] - start[k]).abs().max()) for k in weights)
+    averaged = max(float((slow.state_dict[k] - start[k]).abs().max()) for k in weights)
+    assert moved > 1e-2 and averaged < moved / 5
+    assert [h["epoch"] for h in slow.history] == [1, 2, 3]
 
 
 class _Interrupt(Exception):
