@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["raps", "aps"],
         default="raps",
         help="conformal score: RAPS (regularised, smaller sets; default) or APS",
+    )
+    p.add_argument(
+        "--raps-lam",
+        default="0.05",
+        help="RAPS penalty per class beyond the top one (default 0.05), or 'tune' to choose it "
+        "on 30%% of the validation cases (the threshold then rests on the other 70%%)",
     )
     p.add_argument(
         "--class-conditional", action="store_true", help="class-conditional conformal sets"
@@ -231,7 +238,14 @@ def _validate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train_bundle
 
+    try:
+        lam = None if args.raps_lam == "tune" else float(args.raps_lam)
+    except ValueError:
+        lam = -1.0
+    if lam is not None and not (0.0 <= lam < math.inf):
+        raise InputError(f"--raps-lam must be a number >= 0 or 'tune', got {args.raps_lam!r}")
     config = TrainConfig(
+        conformal_lam=lam,
         folds=args.folds,
         seed=args.seed,
         fusion=args.fusion,

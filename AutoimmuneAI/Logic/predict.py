@@ -53,6 +53,9 @@ class CasePrediction:
     risk_group: str
     survival: dict[str, list[float]]
     warnings: list[str] = field(default_factory=list)
+    # share of the hazard each disease contributes, p(k|x) exp(a_k) / sum (mixture head only):
+    # why the risk is what it is
+    risk_by_class: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -150,7 +153,16 @@ class Predictor:
             risk_group=str(risk_groups(np.array([risk]), self.bundle.risk_cutoffs)[0]),
             survival={"times_months": times, "probability": surv},
             warnings=warnings,
+            risk_by_class=self.risk_by_class(logits),
         )
+
+    def risk_by_class(self, logits: np.ndarray) -> dict[str, float]:
+        """Each class's share of the mixture head's hazard (empty for a linear head)."""
+        if self.model.config.risk != "mixture":
+            return {}
+        a = self.model.class_log_hazard.detach().double().numpy()
+        share = softmax(logits[None] + a[None])[0]  # p_k exp(a_k) / sum_j p_j exp(a_j)
+        return {c: round(float(v), 6) for c, v in zip(self.classes, share)}
 
     def predict(
         self, volume: Volume, labs: dict[str, object], case_id: str = "case"

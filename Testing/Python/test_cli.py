@@ -56,3 +56,17 @@ def test_debug_shows_the_traceback(tmp_path):
         check=False,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["-0.1", "much"])
+def test_bad_raps_penalty_is_refused_before_any_work(tmp_path, value):
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoimmuneai", "train", "--cohort", str(tmp_path / "m.csv"),
+         "--out", str(tmp_path / "b"), "--raps-lam", value],
+        capture_output=True, text=True, encoding="utf-8", errors="replace", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"autoimmuneai train: error: --raps-lam must be a number >= 0 or 'tune', got '{value}'"
+    ]
+    assert not (tmp_path / "b").exists()

@@ -117,3 +117,27 @@ def test_refit_with_uncertain_diagnoses_maximises_the_mixture_likelihood() -> No
     assert best < nll(torch.zeros(3, dtype=torch.float64))
     # with a soft differential the fitted spread is wider than the truth's (it is diluted)
     assert a[0] - a[2] > true_a[0] - true_a[2] - 0.3
+
+
+def test_prediction_explains_its_risk_by_class(tiny_bundle, tiny_cohort) -> None:
+    from conftest import read_rows
+
+    from autoimmuneai.imaging import load_volume
+    from autoimmuneai.predict import Predictor
+
+    predictor = Predictor(tiny_bundle)
+    rows, _ = read_rows(tiny_cohort)
+    volume = load_volume(tiny_cohort.parent / rows[0]["image_flair"])
+    labs = {f: rows[0].get(f, "") for f in ("aqp4_igg", "mog_igg", "ocb", "age", "sex")}
+    prepared = predictor.prepare(volume, labs)
+    result = predictor.predict_prepared(prepared)
+    logits, risk = predictor.logits_and_risk(prepared)
+    a = predictor.model.class_log_hazard.detach().double().numpy()
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()  # untempered
+    # the risk score is the log of the hazard averaged over the differential ...
+    assert result.risk_score == pytest.approx(math.log((p * np.exp(a)).sum()), abs=1e-5)
+    # ... and each class's share of it is reported
+    share = p * np.exp(a) / (p * np.exp(a)).sum()
+    assert list(result.risk_by_class) == predictor.classes
+    np.testing.assert_allclose(list(result.risk_by_class.values()), share, atol=1e-6)
+    assert result.to_json()["risk_by_class"] == result.risk_by_class
