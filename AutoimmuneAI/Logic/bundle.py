@@ -314,6 +314,8 @@ def model_card(meta: dict) -> str:
             f" (lam {conf.get('lam')} and k_reg {conf.get('k_reg')} chosen on "
             f"{conf.get('n_tuning')} other validation cases)"
             if conf.get("n_tuning")
+            else f" (lam {conf.get('lam')}, k_reg {conf.get('k_reg')})"
+            if conf.get("method") == "raps"
             else ""
         )
         + ". Metrics on the held-out test split come from `autoimmuneai evaluate`.",

@@ -171,7 +171,14 @@ def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: 
     assert bundle.temperature > 0 and bundle.risk_cutoffs[0] <= bundle.risk_cutoffs[1]
     assert set(bundle.baselines) >= {"serology_only", "criteria", "oracle"}
     assert len(bundle.baseline_hazard[0]) > 0 and np.all(np.diff(bundle.baseline_hazard[1]) >= 0)
-    assert "Research only" in (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    card = (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "Research only" in card
+    # default conformal: RAPS (0.05, 1), the threshold from every validation case
+    conf = bundle.conformal
+    assert (conf.method, conf.lam, conf.k_reg, conf.n_tuning) == ("raps", 0.05, 1, 0)
+    assert conf.n_calibration == tr["n_cases"]["val"]
+    assert f"{conf.n_calibration} calibration cases (lam 0.05, k_reg 1)" in card
+    assert bundle.model.config.risk == "mixture" and "Cox risk head (mixture)" in card
 
 
 def test_test_split_is_never_loaded_and_folds_are_reported(
