@@ -198,108 +198,97 @@ def explain(
     if method not in METHODS:
         raise InputError(f"unknown explanation method {method!r} (one of {', '.join(METHODS)})")
     with input_gradients_only(model):
-        return _explain(
-            model, image, serology, encoder=encoder, labs=labs, target=target, method=method,
-            n_steps=n_steps, internal_batch_size=internal_batch_size, baseline=baseline,
-            seed=seed, occlusion_window=occlusion_window, occlusion_stride=occlusion_stride,
-        )  # fmt: skip
+        start = time.perf_counter()
+        model.eval()
+        image = image.detach().float()
+        serology = serology.detach().float()
+        _check_inputs(model, image, serology, encoder)
+        labs = labs or {}
+        classes = list(encoder.panel.classes)
+        if target is None:
+            target = predicted_class(model, image, serology)
+        if not 0 <= int(target) < len(classes):
+            raise InputError(f"target class {target} is not one of 0..{len(classes) - 1}")
+        target = int(target)
+        b_img = image_baseline(image, baseline)
+        b_ser = serology_baseline(encoder, serology)
 
-
-def _explain(
-    model, image, serology, *, encoder, labs, target, method, n_steps, internal_batch_size,
-    baseline, seed, occlusion_window, occlusion_stride,
-) -> Explanation:  # fmt: skip
-    start = time.perf_counter()
-    model.eval()
-    image = image.detach().float()
-    serology = serology.detach().float()
-    _check_inputs(model, image, serology, encoder)
-    labs = labs or {}
-    classes = list(encoder.panel.classes)
-    if target is None:
-        target = predicted_class(model, image, serology)
-    if not 0 <= int(target) < len(classes):
-        raise InputError(f"target class {target} is not one of 0..{len(classes) - 1}")
-    target = int(target)
-    b_img = image_baseline(image, baseline)
-    b_ser = serology_baseline(encoder, serology)
-
-    delta = rel_delta = None
-    steps_used = None
-    if method in ("integrated_gradients", "gradient_shap"):
-        forward, inputs, baselines, unpack = _joint_inputs(model, image, serology, b_img, b_ser)
-    if method == "integrated_gradients":
-        steps_used = n_steps or DEFAULT_STEPS
-        ig = IntegratedGradients(forward)
-        while True:
-            attrs, d = ig.attribute(
-                inputs,
-                baselines=baselines,
-                target=target,
-                n_steps=steps_used,
-                method="gausslegendre",
-                internal_batch_size=internal_batch_size or steps_used,
-                return_convergence_delta=True,
-            )
+        delta = rel_delta = None
+        steps_used = None
+        if method in ("integrated_gradients", "gradient_shap"):
+            forward, inputs, baselines, unpack = _joint_inputs(model, image, serology, b_img, b_ser)
+        if method == "integrated_gradients":
+            steps_used = n_steps or DEFAULT_STEPS
+            ig = IntegratedGradients(forward)
+            while True:
+                attrs, d = ig.attribute(
+                    inputs,
+                    baselines=baselines,
+                    target=target,
+                    n_steps=steps_used,
+                    method="gausslegendre",
+                    internal_batch_size=internal_batch_size or steps_used,
+                    return_convergence_delta=True,
+                )
+                a_img, a_ser = unpack(attrs)
+                delta = float(d.sum())
+                total = float(a_img.sum()) + float(a_ser.sum())
+                rel_delta = abs(delta) / max(abs(total - delta), DELTA_FLOOR)
+                if rel_delta <= DELTA_TOLERANCE or n_steps is not None or steps_used >= MAX_STEPS:
+                    break
+                steps_used *= 2
+            effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
+        elif method == "gradient_shap":
+            steps_used = n_steps or DEFAULT_STEPS
+            noise = 0.05 * float(image.std())
+            stdevs = tuple(noise if x is image else 0.0 for x in inputs)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                attrs = GradientShap(forward).attribute(
+                    inputs, baselines=baselines, n_samples=steps_used, stdevs=stdevs, target=target
+                )
             a_img, a_ser = unpack(attrs)
-            delta = float(d.sum())
-            total = float(a_img.sum()) + float(a_ser.sum())
-            rel_delta = abs(delta) / max(abs(total - delta), DELTA_FLOOR)
-            if rel_delta <= DELTA_TOLERANCE or n_steps is not None or steps_used >= MAX_STEPS:
-                break
-            steps_used *= 2
-        effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
-    elif method == "gradient_shap":
-        steps_used = n_steps or DEFAULT_STEPS
-        noise = 0.05 * float(image.std())
-        stdevs = tuple(noise if x is image else 0.0 for x in inputs)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            attrs = GradientShap(forward).attribute(
-                inputs, baselines=baselines, n_samples=steps_used, stdevs=stdevs, target=target
-            )
-        a_img, a_ser = unpack(attrs)
-        effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
-    else:
-        if method == "occlusion":
-            w, s = occlusion_window, occlusion_stride
-            a_img = Occlusion(lambda x: model(x, serology.expand(x.shape[0], -1))).attribute(
-                image,
-                sliding_window_shapes=(image.shape[1], w, w, w),
-                strides=(image.shape[1], s, s, s),
-                baselines=b_img,
-                target=target,
-                perturbations_per_eval=internal_batch_size or 16,
-            )
+            effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
         else:
-            cam = LayerGradCam(model, _gradcam_layer(model)).attribute(
-                (image, serology), target=target
-            )
-            a_img = LayerAttribution.interpolate(
-                cam.detach(), tuple(image.shape[2:]), interpolate_mode="trilinear"
-            )
-        a_ser = ablate_labs(model, image, serology, b_ser, encoder, target)
-        effect = ablation_effect(model, image, serology, b_img, b_ser, target)
+            if method == "occlusion":
+                w, s = occlusion_window, occlusion_stride
+                a_img = Occlusion(lambda x: model(x, serology.expand(x.shape[0], -1))).attribute(
+                    image,
+                    sliding_window_shapes=(image.shape[1], w, w, w),
+                    strides=(image.shape[1], s, s, s),
+                    baselines=b_img,
+                    target=target,
+                    perturbations_per_eval=internal_batch_size or 16,
+                )
+            else:
+                cam = LayerGradCam(model, _gradcam_layer(model)).attribute(
+                    (image, serology), target=target
+                )
+                a_img = LayerAttribution.interpolate(
+                    cam.detach(), tuple(image.shape[2:]), interpolate_mode="trilinear"
+                )
+            a_ser = ablate_labs(model, image, serology, b_ser, encoder, target)
+            effect = ablation_effect(model, image, serology, b_img, b_ser, target)
 
-    image_map = a_img.detach()[0].sum(dim=0).numpy().astype(np.float32)
-    per_column = a_ser.detach().reshape(-1).numpy().astype(np.float64)
-    contributions = lab_contributions(per_column, encoder, labs, classes[target])
-    denom = abs(effect["image"]) + abs(effect["serology"])
-    share_image = abs(effect["image"]) / denom if denom > 0 else 0.0
-    return Explanation(
-        target=target,
-        target_name=classes[target],
-        method=method,
-        image_map=image_map,
-        lab_contributions=contributions,
-        modality_share={"image": round(share_image, 4), "serology": round(1 - share_image, 4)},
-        convergence_delta=delta,
-        seconds=time.perf_counter() - start,
-        relative_delta=rel_delta,
-        n_steps=steps_used,
-        baseline=baseline,
-        modality_effect={k: round(v, 6) for k, v in effect.items()},
-    )
+        image_map = a_img.detach()[0].sum(dim=0).numpy().astype(np.float32)
+        per_column = a_ser.detach().reshape(-1).numpy().astype(np.float64)
+        contributions = lab_contributions(per_column, encoder, labs, classes[target])
+        denom = abs(effect["image"]) + abs(effect["serology"])
+        share_image = abs(effect["image"]) / denom if denom > 0 else 0.0
+        return Explanation(
+            target=target,
+            target_name=classes[target],
+            method=method,
+            image_map=image_map,
+            lab_contributions=contributions,
+            modality_share={"image": round(share_image, 4), "serology": round(1 - share_image, 4)},
+            convergence_delta=delta,
+            seconds=time.perf_counter() - start,
+            relative_delta=rel_delta,
+            n_steps=steps_used,
+            baseline=baseline,
+            modality_effect={k: round(v, 6) for k, v in effect.items()},
+        )
 
 
 def _joint_inputs(model, image, serology, b_img, b_ser):
