@@ -177,6 +177,7 @@ def deletion_curves(
     fractions: Sequence[float] = DELETION_FRACTIONS,
     seed: int = 0,
     temperature: float = 1.0,
+    opened: torch.Tensor | None = None,
 ) -> dict:
     """Probability of ``target`` as head voxels are deleted (see the module docstring).
 
@@ -185,9 +186,9 @@ def deletion_curves(
     with the pseudo-healthy image (:func:`~autoimmuneai.explain.image_baseline`) and the same
     labs. Areas are trapezoid areas over the deleted fraction divided by its range (mean
     values): ``<order>_auc`` of the probability, ``<order>_excess_auc`` of
-    |probability - floor|.
+    |probability - floor|. ``opened`` is the image's opening when the caller already has it.
     """
-    fill = image_baseline(image, "opened")  # a deleted voxel takes the opening's value
+    fill = image_baseline(image, "opened") if opened is None else opened  # a deleted voxel's value
     pseudo_healthy = without_hyperintensities(image, fill)  # the floor's image (IG's baseline)
     index = np.flatnonzero(head.ravel())
     scores = np.abs(np.asarray(attribution).ravel()[index])
@@ -241,9 +242,12 @@ def quality_for_cases(
     model = model.eval()
     randomised = {stage: randomised_model(model, stage, seed) for stage in stages}
     report: dict = {"methods": {}, "n_cases": len(cases), "targets": TARGETS}
+    # what depends on the case alone, computed once for every method
+    heads = [foreground_mask(case.image[0, 0].numpy()) for case in cases]
+    openings = [image_baseline(case.image, "opened") for case in cases]
     for method in methods:
         rows = []
-        for case in cases:
+        for case, head_model, opened in zip(cases, heads, openings):
             kwargs = {"encoder": encoder, "labs": case.labs, "target": case.target}
             kwargs |= {"method": method, **explain_kwargs.get(method, {})}
             start = time.perf_counter()
@@ -252,7 +256,6 @@ def quality_for_cases(
             model_map = e.image_map
             on_input = case.to_input(model_map) if case.to_input else model_map
             lesion = np.asarray(case.lesion, dtype=bool)
-            head_model = foreground_mask(case.image[0, 0].numpy())
             head_in = case.head if case.head is not None else head_model
             row = {
                 "case_id": case.case_id,
@@ -273,7 +276,7 @@ def quality_for_cases(
                 )
             curves = deletion_curves(
                 model, case.image, case.serology, model_map, e.target, head_model,
-                seed=seed, temperature=temperature,
+                seed=seed, temperature=temperature, opened=opened,
             )  # fmt: skip
             row["deletion_auc"] = curves["attribution_auc"]
             row["random_deletion_auc"] = curves["random_auc"]
