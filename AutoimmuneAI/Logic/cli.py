@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--raps-lam",
-        default="0.05",
-        help="RAPS penalty per class beyond the top one (default 0.05), or 'tune' to choose it "
-        "on 30%% of the validation cases (the threshold then rests on the other 70%%)",
+        help="RAPS penalty per class beyond the top one (default: the training default, "
+        "0.05), or 'tune' to choose it on 30%% of the validation cases (the threshold then "
+        "rests on the other 70%%)",
     )
     p.add_argument(
         "--class-conditional", action="store_true", help="class-conditional conformal sets"
@@ -235,17 +235,23 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.usable else 1
 
 
+def _raps_lam(text: str) -> float | None:
+    """``--raps-lam``: a penalty >= 0, or None for "tune"."""
+    if text == "tune":
+        return None
+    try:
+        lam = float(text)
+    except ValueError:
+        lam = -1.0
+    if not 0.0 <= lam < math.inf:
+        raise InputError(f"--raps-lam must be a number >= 0 or 'tune', got {text!r}")
+    return lam
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train_bundle
 
-    try:
-        lam = None if args.raps_lam == "tune" else float(args.raps_lam)
-    except ValueError:
-        lam = -1.0
-    if lam is not None and not (0.0 <= lam < math.inf):
-        raise InputError(f"--raps-lam must be a number >= 0 or 'tune', got {args.raps_lam!r}")
     config = TrainConfig(
-        conformal_lam=lam,
         folds=args.folds,
         seed=args.seed,
         fusion=args.fusion,
@@ -256,6 +262,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.epochs is not None:
         config.epochs = args.epochs
+    if args.raps_lam is not None:
+        config.conformal_lam = _raps_lam(args.raps_lam)
     bundle = train_bundle(
         args.cohort, args.out, config, resume=args.resume, distributed=args.distributed
     )
