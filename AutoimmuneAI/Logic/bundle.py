@@ -261,6 +261,14 @@ def _fmt(v: object) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
 
 
+def _raps_pair(conf: dict) -> str:
+    """The RAPS penalty pair for the model card, and where it came from ("" for APS)."""
+    lam, k_reg = conf.get("lam"), conf.get("k_reg")
+    if conf.get("n_tuning"):
+        return f" (lam {lam} and k_reg {k_reg} chosen on {conf.get('n_tuning')} other validation cases)"
+    return f" (lam {lam}, k_reg {k_reg})" if conf.get("method") == "raps" else ""
+
+
 def model_card(meta: dict) -> str:
     """The bundle's ``docs/README.md``: intended use, data, metrics with baselines, limits."""
     tr = meta.get("training", {}) or {}
@@ -309,16 +317,8 @@ def model_card(meta: dict) -> str:
         f"{_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after scaling.",
         f"Conformal sets: {str(conf.get('method', '')).upper()}, alpha {conf.get('alpha')}, "
         f"class-conditional {conf.get('class_conditional')}, {conf.get('n_calibration')} "
-        "calibration cases"
-        + (
-            f" (lam {conf.get('lam')} and k_reg {conf.get('k_reg')} chosen on "
-            f"{conf.get('n_tuning')} other validation cases)"
-            if conf.get("n_tuning")
-            else f" (lam {conf.get('lam')}, k_reg {conf.get('k_reg')})"
-            if conf.get("method") == "raps"
-            else ""
-        )
-        + ". Metrics on the held-out test split come from `autoimmuneai evaluate`.",
+        f"calibration cases{_raps_pair(conf)}. Metrics on the held-out test split come from "
+        "`autoimmuneai evaluate`.",
     ]
     cv = tr.get("cross_validation")
     if cv:
