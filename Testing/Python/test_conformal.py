@@ -33,6 +33,14 @@ def _problem(n: int, seed: int):
     return softmax(logits), labels
 
 
+def _random_splits(n: int, n_cal: int, repeats: int, seed: int):
+    """``repeats`` random calibration/test splits of ``n`` cases: (repeat, cal, test)."""
+    rng = np.random.default_rng(seed)
+    for s in range(repeats):
+        perm = rng.permutation(n)
+        yield s, perm[:n_cal], perm[n_cal:]
+
+
 @pytest.mark.parametrize(
     "method,class_conditional,randomized",
     [
@@ -46,11 +54,8 @@ def _problem(n: int, seed: int):
 def test_coverage_holds_over_random_splits(method, class_conditional, randomized):
     alpha = 0.1
     probs, labels = _problem(3000, seed=11)
-    rng = np.random.default_rng(0)
     covs, sizes, per_class = [], [], []
-    for s in range(30):
-        perm = rng.permutation(len(labels))
-        cal, test = perm[:1500], perm[1500:]
+    for s, cal, test in _random_splits(len(labels), n_cal=1500, repeats=30, seed=0):
         cp = fit_conformal(
             probs[cal],
             labels[cal],
@@ -185,11 +190,8 @@ def test_with_alpha_equals_a_fresh_fit_on_the_same_calibration():
 def test_tuned_raps_covers_and_calibrates_on_cases_it_did_not_tune_on():
     alpha = 0.1
     probs, labels = _problem(3000, seed=12)
-    rng = np.random.default_rng(1)
     covs, tuned_sizes, fixed_sizes = [], [], []
-    for s in range(20):
-        perm = rng.permutation(len(labels))
-        cal, test = perm[:300], perm[300:]
+    for s, cal, test in _random_splits(len(labels), n_cal=300, repeats=20, seed=1):
         cp = fit_conformal_tuned(probs[cal], labels[cal], alpha=alpha, seed=s)
         assert cp.method == "raps" and cp.n_tuning == 90 and cp.n_calibration == 210
         assert cp.lam in RAPS_LAMBDAS and cp.k_reg in RAPS_K_REGS
