@@ -9,7 +9,9 @@ the serology encoder sees encoded lab values *and* their missingness indicators 
 ``SerologyEncoder`` output); fusion is either late concatenation or FiLM/DAFT-style affine
 conditioning, where the serology (with the pooled image features of the previous block)
 sets a per-channel scale and shift of the last image block. Two heads share the fused
-representation: diagnosis logits and a Cox log-hazard. The default risk head is a mixture
+representation: diagnosis logits and a Cox log-hazard. The logits also get a linear "wide"
+path from the encoded labs and the lesion read-out, so that a decisive lab value moves them
+as far as a logistic model would. The default risk head is a mixture
 over the differential, ``log sum_k p(k|x) exp(a_k)``: the hazard a case would have if its
 disease were drawn from the model's own probabilities. Relapse rates differ far more between
 these diseases than within one, and a handful of class log-hazards cannot overfit a few
@@ -56,6 +58,9 @@ class ModelConfig:
     lesion_regions: tuple[int, ...] = (4, 5, 4)  # regional lesion-load grid; () turns it off
     lesion_contrast: float = 2.5  # local excess (foreground SDs) that counts as a lesion
     lesion_window: int = 5  # voxels (odd): the cube whose mean is a voxel's "surroundings"
+    # a soft count of the lesions (local peaks of the lesion map) beside the regional loads:
+    # how many lesions, not only how much lesion, tells these diseases apart
+    lesion_count: bool = True
     pool: str = "avgmax"  # global pooling of the last block: "avg" or "avgmax" (avg + max)
     norm: str = "instance"  # "instance" or "group" (never batch: Captum and DDP need purity)
     serology_width: int = 32
@@ -68,6 +73,9 @@ class ModelConfig:
     # Cox head: "mixture" (log-hazard from the diagnosis probabilities and one log-hazard per
     # class) or "linear" (w . fused features; bundles written before the mixture head)
     risk: str = "mixture"
+    # a linear path from the encoded labs (and regional lesion loads) straight to the logits,
+    # beside the deep one ("wide and deep"); configs written before it existed load without it
+    wide: bool = True
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -107,7 +115,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        d = {"risk": "linear", **d}  # configs written before the mixture head existed
+        # configs written before these existed
+        d = {"risk": "linear", "wide": False, "lesion_count": False, **d}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def variant(self, **changes: object) -> ModelConfig:
@@ -154,16 +163,29 @@ class LesionLoad(nn.Module):
     hands the network that count directly. The local excess ``x - mean(surroundings)`` (the
     mean over a ``window`` cube of foreground voxels only, so the head's edge and a smooth
     bias field do not count) above ``contrast`` is summed per block of a coarse ``regions`` grid and
-    log-compressed: ``log1p(sum)`` per region. It has no weights (nothing to overfit) and is
-    differentiable, so attributions flow back to the lesion voxels themselves.
+    log-compressed: ``log1p(sum)`` per region. With ``count``, one more feature: a soft count of
+    the lesions, ``log1p(sum of tanh(excess / COUNT_SCALE))`` over the local peaks of the excess
+    (each the maximum of its 3-voxel cube), so a lesion counts about 1 whatever its size and a
+    faint noise peak almost 0 (measured on the 1000-case demo: r = 0.91 with the true lesion
+    count on log scale). It has no weights (nothing to overfit) and is differentiable (the
+    count where the peaks are), so attributions flow back to the lesion voxels themselves.
     """
 
-    def __init__(self, regions: tuple[int, ...], contrast: float, window: int) -> None:
+    COUNT_SCALE = 0.5  # foreground SDs of excess at which a peak counts tanh(1) = 0.76
+
+    def __init__(
+        self,
+        regions: tuple[int, ...],
+        contrast: float,
+        window: int,
+        count: bool = False,
+    ) -> None:
         super().__init__()
         self.regions = tuple(int(r) for r in regions)
+        self.count = bool(count)
         self.contrast = float(contrast)
         self.window = int(window)
-        self.out_features = int(np.prod(self.regions)) if self.regions else 0
+        self.out_features = (int(np.prod(self.regions)) if self.regions else 0) + int(self.count)
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
         # a separable box mean from running sums (zero-padded, so excess() divides by the
@@ -189,14 +211,21 @@ class LesionLoad(nn.Module):
         return torch.relu(x - surroundings - self.contrast) * tissue
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """log1p of the lesion evidence summed per region, [B, prod(regions)]."""
+        """Regional lesion loads and counts of ``image`` (see :meth:`regional`)."""
         return self.regional(self.excess(image))
 
     def regional(self, e: torch.Tensor) -> torch.Tensor:
-        """log1p of the lesion map ``e`` (from :meth:`excess`) summed per region."""
-        block = e.shape[2] * e.shape[3] * e.shape[4] / self.out_features
-        load = nn.functional.adaptive_avg_pool3d(e, self.regions).flatten(1) * block
-        return torch.log1p(load)
+        """log1p of the lesion map ``e`` (from :meth:`excess`) summed per region, then log1p
+        of the soft lesion count: [B, out_features]."""
+        parts = []
+        if self.regions:
+            block = e.shape[2] * e.shape[3] * e.shape[4] / np.prod(self.regions)
+            parts.append(nn.functional.adaptive_avg_pool3d(e, self.regions).flatten(1) * block)
+        if self.count:
+            with torch.no_grad():
+                peak = (e == nn.functional.max_pool3d(e, 3, 1, 1)) & (e > 0)
+            parts.append((peak * torch.tanh(e / self.COUNT_SCALE)).flatten(1).sum(1, keepdim=True))
+        return torch.log1p(torch.cat(parts, dim=1))
 
 
 class ImageEncoder(nn.Module):
@@ -207,7 +236,9 @@ class ImageEncoder(nn.Module):
         blocks: list[nn.Module] = []
         self.coords = cfg.coords
         self.lesion_channel = cfg.lesion_channel
-        self.lesions = LesionLoad(cfg.lesion_regions, cfg.lesion_contrast, cfg.lesion_window)
+        self.lesions = LesionLoad(
+            cfg.lesion_regions, cfg.lesion_contrast, cfg.lesion_window, cfg.lesion_count
+        )
         c_in = cfg.image_channels + (1 if cfg.lesion_channel else 0) + (3 if cfg.coords else 0)
         for i, (c_out, stride) in enumerate(zip(cfg.channels, cfg.strides)):
             if i == 0:  # a plain strided convolution as stem: cheap at full resolution
@@ -324,6 +355,12 @@ class FusionModel(nn.Module):
             nn.Linear(n_fused, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout)
         )
         self.diagnosis_head = nn.Linear(cfg.hidden, cfg.n_classes)
+        n_wide = (cfg.n_serology if cfg.use_serology else 0) + (
+            self.image_encoder.lesions.out_features if cfg.use_image else 0
+        )
+        self.wide_head = (
+            nn.Linear(n_wide, cfg.n_classes, bias=False) if cfg.wide and n_wide else None
+        )
         if cfg.risk == "mixture":
             self.class_log_hazard = nn.Parameter(torch.zeros(cfg.n_classes))
         else:  # no bias: the Cox partial likelihood is invariant to a shift of the log-hazard
@@ -331,7 +368,13 @@ class FusionModel(nn.Module):
 
     def representation(self, image: torch.Tensor, serology: torch.Tensor) -> torch.Tensor:
         """The fused feature vector [B, hidden] both heads read."""
-        parts = []
+        return self._features(image, serology)[0]
+
+    def _features(
+        self, image: torch.Tensor, serology: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(fused features [B, hidden], the wide path's logits [B, n_classes] or None)."""
+        parts, wide = [], []
         ser = self.serology_encoder(serology) if self.config.use_serology else None
         if self.config.use_image:
             h, fmap, excess = self.image_encoder(image)
@@ -342,18 +385,25 @@ class FusionModel(nn.Module):
             if self.config.pool == "avgmax":  # small bright lesions vanish in an average
                 pooled.append(fmap.flatten(2).amax(dim=2))
             parts.append(self.image_dropout(torch.cat(pooled, dim=1)))
-            if self.config.lesion_regions:  # regional lesion load, read off the lesion map
+            if self.image_encoder.lesions.out_features:  # lesion load and count per region
                 parts.append(self.image_encoder.lesions.regional(excess))
+                wide.append(parts[-1])
         if ser is not None:
             parts.append(ser)
-        return self.trunk(torch.cat(parts, dim=1))
+            wide.insert(0, serology)
+        z = self.trunk(torch.cat(parts, dim=1))
+        return z, (None if self.wide_head is None else self.wide_head(torch.cat(wide, dim=1)))
+
+    def _logits(self, z: torch.Tensor, wide: torch.Tensor | None) -> torch.Tensor:
+        logits = self.diagnosis_head(z)
+        return logits if wide is None else logits + wide
 
     def forward_all(
         self, image: torch.Tensor, serology: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (diagnosis logits [B, n_classes], log-hazard [B])."""
-        z = self.representation(image, serology)
-        logits = self.diagnosis_head(z)
+        z, wide = self._features(image, serology)
+        logits = self._logits(z, wide)
         if self.config.risk == "mixture":
             return logits, self.mixture_log_hazard(logits)
         return logits, self.risk_head(z).squeeze(1)
@@ -364,4 +414,4 @@ class FusionModel(nn.Module):
 
     def forward(self, image: torch.Tensor, serology: torch.Tensor) -> torch.Tensor:
         """Diagnosis logits [B, n_classes] (the output Captum explains)."""
-        return self.diagnosis_head(self.representation(image, serology))
+        return self._logits(*self._features(image, serology))

@@ -111,6 +111,49 @@ def test_lesion_load_counts_a_lesion_in_its_region_only() -> None:
     assert float(grad[inside].sum()) > 0.9 * float(grad.clamp(min=0).sum())
 
 
+def test_lesion_count_counts_lesions_not_their_size() -> None:
+    torch.manual_seed(0)
+    count = LesionLoad(regions=(2, 1, 1), contrast=2.5, window=5, count=True)
+    head = _head()
+    assert float(count(head).abs().max()) == 0.0
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in (32, 40, 32)], indexing="ij"))
+
+    def blob(center: tuple[int, int, int], sigma: float) -> torch.Tensor:
+        d2 = ((grid - torch.tensor(center).view(3, 1, 1, 1)) ** 2).sum(0)
+        return 6.0 * torch.exp(-d2 / (2 * sigma**2))
+
+    # three lesions of very different sizes in the first half, one in the second
+    lesions = head + blob((6, 18, 14), 0.6) + blob((9, 12, 21), 1.2) + blob((8, 27, 12), 2.0)
+    lesions = lesions + blob((23, 20, 15), 1.0)
+    got = torch.expm1(count(lesions))[0]  # [load of each half, lesion count]
+    assert got.shape == (3,)
+    assert 3.7 < float(got[2]) < 4.05
+    assert float(got[0]) > float(got[1])  # the load is a volume: three lesions, one bigger
+    one = torch.expm1(count(head + blob((23, 20, 15), 1.0)))[0]
+    assert 0.9 < float(one[2]) < 1.02
+    # differentiable at the peaks: a brighter peak counts (a little) more
+    x = lesions.clone().requires_grad_(True)
+    count(x)[0, 2].backward()
+    assert float(x.grad[0, 0, 6, 18, 14]) > 0
+
+
+def test_wide_path_adds_a_linear_function_of_labs_and_lesion_features() -> None:
+    cfg = ModelConfig(lesion_regions=(2, 2, 2), lesion_count=True, **SMALL)
+    model = FusionModel(cfg).eval()
+    with torch.no_grad():  # silence the deep path: the logits are the wide path alone
+        model.diagnosis_head.weight.zero_()
+        model.diagnosis_head.bias.zero_()
+    image, serology = _head((16, 16, 16)).repeat(2, 1, 1, 1, 1), torch.randn(2, 6)
+    lesion_features = model.image_encoder.lesions(image)
+    expected = torch.cat([serology, lesion_features], dim=1) @ model.wide_head.weight.T
+    torch.testing.assert_close(model(image, serology), expected)
+    assert lesion_features.shape[1] == 8 + 1
+    # configs written before the wide path and the count load without them
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("wide", "lesion_count")}
+    assert FusionModel(ModelConfig.from_dict(old)).wide_head is None
+    assert ModelConfig.from_dict(old).lesion_count is False
+
+
 def test_lesion_load_surroundings_are_a_zero_padded_box_mean() -> None:
     from scipy.ndimage import uniform_filter
 
@@ -123,10 +166,11 @@ def test_lesion_load_surroundings_are_a_zero_padded_box_mean() -> None:
 
 
 def test_lesion_load_feeds_the_fused_representation() -> None:
-    cfg = ModelConfig(lesion_regions=(2, 2, 2), **SMALL)
+    cfg = ModelConfig(lesion_regions=(2, 2, 2), lesion_count=True, **SMALL)
     model = FusionModel(cfg).eval()
-    assert model.trunk[0].in_features == 2 * 8 + 8 + cfg.serology_width
-    off = FusionModel(cfg.variant(lesion_regions=())).eval()
+    # 8 regional loads and the lesion count
+    assert model.trunk[0].in_features == 2 * 8 + 8 + 1 + cfg.serology_width
+    off = FusionModel(cfg.variant(lesion_regions=(), lesion_count=False)).eval()
     assert off.trunk[0].in_features == 2 * 8 + cfg.serology_width
     with pytest.raises(ValueError, match="lesion_window"):
         ModelConfig(lesion_window=4, **SMALL)
