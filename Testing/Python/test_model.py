@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lifelines import CoxPHFitter
 
 from autoimmuneai.losses import class_weights, cox_loss, cox_neg_log_likelihood, diagnosis_loss
-from autoimmuneai.model import FusionModel, LesionLoad, ModelConfig
+from autoimmuneai.model import FusionModel, LesionLoad, ModelConfig, _cube_max
 
 SMALL = {"channels": (4, 8), "strides": (2, 2), "n_serology": 6, "n_classes": 3}
 
@@ -135,6 +135,11 @@ def test_lesion_count_counts_lesions_not_their_size() -> None:
     x = lesions.clone().requires_grad_(True)
     count(x)[0, 2].backward()
     assert float(x.grad[0, 0, 6, 18, 14]) > 0
+
+
+def test_cube_max_is_max_pooling() -> None:
+    x = torch.randn(2, 1, 7, 9, 5)
+    torch.testing.assert_close(_cube_max(x), F.max_pool3d(x, 3, 1, 1), rtol=0, atol=0)
 
 
 def test_wide_path_adds_a_linear_function_of_labs_and_lesion_features() -> None:
