@@ -193,9 +193,7 @@ class LesionLoad(nn.Module):
         # axis, whatever the window; measured 2x faster than avg_pool3d forward and backward
         w, p = self.window, self.window // 2
         for dim in (2, 3, 4):
-            pad = [0] * 6
-            pad[2 * (4 - dim)], pad[2 * (4 - dim) + 1] = p + 1, p
-            running = nn.functional.pad(x, pad).cumsum(dim)
+            running = _pad_axis(x, dim, p + 1, p).cumsum(dim)
             n = x.shape[dim]
             x = (running.narrow(dim, w, n) - running.narrow(dim, 0, n)) / w
         return x
@@ -228,13 +226,20 @@ class LesionLoad(nn.Module):
         return torch.log1p(torch.cat(parts, dim=1))
 
 
+def _pad_axis(
+    x: torch.Tensor, dim: int, before: int, after: int, value: float = 0.0
+) -> torch.Tensor:
+    """``x`` [B, C, D, H, W] padded along one spatial axis ``dim`` (2, 3 or 4) only."""
+    pad = [0] * 6  # F.pad lists the last axis first
+    pad[2 * (4 - dim)], pad[2 * (4 - dim) + 1] = before, after
+    return nn.functional.pad(x, pad, value=value)
+
+
 def _cube_max(x: torch.Tensor) -> torch.Tensor:
     """Maximum over each voxel's 3-voxel cube, [B, C, D, H, W]: ``max_pool3d(x, 3, 1, 1)``,
     as three one-axis maxima (the same values; measured 6x faster on CPU)."""
     for dim in (2, 3, 4):
-        pad = [0] * 6
-        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = 1
-        padded = nn.functional.pad(x, pad, value=float("-inf"))
+        padded = _pad_axis(x, dim, 1, 1, value=float("-inf"))
         n = x.shape[dim]
         x = torch.maximum(padded.narrow(dim, 0, n), padded.narrow(dim, 1, n))
         x = torch.maximum(x, padded.narrow(dim, 2, n))
