@@ -14,6 +14,7 @@ import torch
 
 from .calibration import softmax
 from .dataset import CaseArrays, build_arrays
+from .model import INFERENCE_BATCH_SIZE
 
 WHICH = ("fused", "image_only")
 
@@ -37,7 +38,7 @@ def infer(
     bundle,
     data,
     which: str = "fused",
-    batch_size: int = 16,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     *,
     progress: bool = False,
 ) -> Outputs:
@@ -59,15 +60,6 @@ def infer(
         )
     else:  # a Cohort
         arrays = build_arrays(data, bundle.grid, bundle.encoder, progress=progress)
-    model.eval()
-    logits, risk = [], []
-    with torch.no_grad():
-        for start in range(0, len(arrays), batch_size):
-            sl = slice(start, start + batch_size)
-            lg, r = model.forward_all(arrays.images[sl].float(), arrays.serology[sl].float())
-            logits.append(lg.double().numpy())
-            risk.append(r.double().numpy())
-    n_classes = model.config.n_classes
-    lg = np.concatenate(logits) if logits else np.zeros((0, n_classes))
-    rk = np.concatenate(risk) if risk else np.zeros(0)
+    lg_t, risk_t = model.predict(arrays.images, arrays.serology, batch_size)
+    lg, rk = lg_t.double().numpy(), risk_t.double().numpy()
     return Outputs(lg, softmax(lg, temperature), rk, list(arrays.case_ids), float(temperature))

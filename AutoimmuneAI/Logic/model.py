@@ -61,6 +61,11 @@ class ModelConfig:
     # a soft count of the lesions (local peaks of the lesion map) beside the regional loads:
     # how many lesions, not only how much lesion, tells these diseases apart
     lesion_count: bool = True
+    # the read-out again on the image averaged over 2x2x2 voxels, at each of these windows
+    # (odd, in those coarse voxels: 5 and 7 span 10 and 14 voxels of the grid), as the total
+    # load and the count: a lesion as wide as the base window hides from it, so how load and
+    # count change with the window tells small sharp lesions from large soft ones
+    lesion_coarse_windows: tuple[int, ...] = (5, 7)
     pool: str = "avgmax"  # global pooling of the last block: "avg" or "avgmax" (avg + max)
     norm: str = "instance"  # "instance" or "group" (never batch: Captum and DDP need purity)
     serology_width: int = 32
@@ -82,8 +87,11 @@ class ModelConfig:
         self.lesion_regions = tuple(int(r) for r in self.lesion_regions)
         if self.lesion_regions and (len(self.lesion_regions) != 3 or min(self.lesion_regions) < 1):
             raise ValueError("lesion_regions must be three positive sizes, or empty")
-        if self.lesion_window < 3 or self.lesion_window % 2 == 0:
-            raise ValueError("lesion_window must be an odd number of voxels >= 3")
+        self.lesion_coarse_windows = tuple(int(w) for w in self.lesion_coarse_windows)
+        if any(w < 3 or w % 2 == 0 for w in (self.lesion_window, *self.lesion_coarse_windows)):
+            raise ValueError(
+                "lesion_window and lesion_coarse_windows must be odd numbers of voxels >= 3"
+            )
         self.strides = tuple(int(s) for s in self.strides)
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
@@ -110,13 +118,20 @@ class ModelConfig:
         d["channels"] = list(self.channels)
         d["strides"] = list(self.strides)
         d["lesion_regions"] = list(self.lesion_regions)
+        d["lesion_coarse_windows"] = list(self.lesion_coarse_windows)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         # configs written before these existed
-        d = {"risk": "linear", "wide": False, "lesion_count": False, **d}
+        d = {
+            "risk": "linear",
+            "wide": False,
+            "lesion_count": False,
+            "lesion_coarse_windows": (),
+            **d,
+        }
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def variant(self, **changes: object) -> ModelConfig:
@@ -167,7 +182,11 @@ class LesionLoad(nn.Module):
     the lesions, ``log1p(sum of tanh(excess / COUNT_SCALE))`` over the local peaks of the excess
     (each the maximum of its 3-voxel cube), so a lesion counts about 1 whatever its size and a
     faint noise peak almost 0 (measured on the 1000-case demo: r = 0.91 with the true lesion
-    count on log scale). It has no weights (nothing to overfit) and is differentiable (the
+    count on log scale). Each of the ``coarse`` windows adds the total load and the count of
+    the lesion map of the image averaged over 2x2x2 voxels, with that window's surroundings:
+    the size and edge of the lesions (measured on the 1000-case demo, logistic regression on
+    the labs and the read-out: balanced accuracy 0.781 without, 0.80-0.81 with windows 5
+    and 7). It has no weights (nothing to overfit) and is differentiable (the
     count where the peaks are), so attributions flow back to the lesion voxels themselves.
     """
 
@@ -179,51 +198,90 @@ class LesionLoad(nn.Module):
         contrast: float,
         window: int,
         count: bool = False,
+        coarse: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.regions = tuple(int(r) for r in regions)
         self.count = bool(count)
         self.contrast = float(contrast)
         self.window = int(window)
-        self.out_features = (int(np.prod(self.regions)) if self.regions else 0) + int(self.count)
+        self.coarse = tuple(int(w) for w in coarse)
+        self.out_features = (
+            (int(np.prod(self.regions)) if self.regions else 0)
+            + int(self.count)
+            + 2 * len(self.coarse)
+        )
 
-    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _mean(x: torch.Tensor, w: int) -> torch.Tensor:
         # a separable box mean from running sums (zero-padded, so excess() divides by the
-        # tissue's own mean and the edges come out right): one cumsum and one subtraction per
-        # axis, whatever the window; measured 2x faster than avg_pool3d forward and backward
-        w, p = self.window, self.window // 2
+        # tissue's own mean and the edges come out right): one running sum and one subtraction
+        # per axis, whatever the window; measured 2x faster than avg_pool3d forward and backward
+        p = w // 2
         for dim in (2, 3, 4):
-            running = _pad_axis(x, dim, p + 1, p).cumsum(dim)
+            running = _running_sum(_pad_axis(x, dim, p + 1, p), dim)
             n = x.shape[dim]
             x = (running.narrow(dim, w, n) - running.narrow(dim, 0, n)) / w
         return x
 
-    def excess(self, image: torch.Tensor, tissue: torch.Tensor | None = None) -> torch.Tensor:
+    def excess(
+        self, image: torch.Tensor, tissue: torch.Tensor | None = None, window: int | None = None
+    ) -> torch.Tensor:
         """Voxel-wise lesion evidence [B, 1, D, H, W] of the first channel (>= 0).
 
-        ``tissue``: :func:`tissue_mask` of ``image`` when the caller already has it.
+        ``tissue``: :func:`tissue_mask` of ``image`` when the caller already has it;
+        ``window``: of the surroundings (default: the base window).
         """
         x = image[:, :1]
         tissue = tissue_mask(image) if tissue is None else tissue
-        surroundings = self._mean(x * tissue) / self._mean(tissue).clamp_min(1e-3)
+        w = self.window if window is None else window
+        surroundings = self._mean(x * tissue, w) / self._mean(tissue, w).clamp_min(1e-3)
         return torch.relu(x - surroundings - self.contrast) * tissue
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Regional lesion loads and counts of ``image`` (see :meth:`regional`)."""
-        return self.regional(self.excess(image))
+    def forward(
+        self,
+        image: torch.Tensor,
+        tissue: torch.Tensor | None = None,
+        excess: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The read-out [B, out_features], all ``log1p``: the base lesion map summed per
+        region, its soft lesion count, then the total load and count of each coarse map.
 
-    def regional(self, e: torch.Tensor) -> torch.Tensor:
-        """log1p of the lesion map ``e`` (from :meth:`excess`) summed per region, then log1p
-        of the soft lesion count: [B, out_features]."""
+        ``tissue`` and ``excess`` (the base lesion map): pass them when already computed.
+        """
+        tissue = tissue_mask(image) if tissue is None else tissue
+        e = self.excess(image, tissue) if excess is None else excess
         parts = []
         if self.regions:
             block = e.shape[2] * e.shape[3] * e.shape[4] / np.prod(self.regions)
             parts.append(nn.functional.adaptive_avg_pool3d(e, self.regions).flatten(1) * block)
         if self.count:
-            with torch.no_grad():
-                peak = (e == _cube_max(e)) & (e > 0)
-            parts.append((peak * torch.tanh(e / self.COUNT_SCALE)).flatten(1).sum(1, keepdim=True))
+            parts.append(self._count(e))
+        if self.coarse:
+            small = nn.functional.avg_pool3d(image[:, :1], 2, ceil_mode=True)
+            small_tissue = tissue_mask(small)
+            for window in self.coarse:
+                coarse = self.excess(small, small_tissue, window)
+                parts += [coarse.flatten(1).sum(1, keepdim=True), self._count(coarse)]
         return torch.log1p(torch.cat(parts, dim=1))
+
+    def _count(self, e: torch.Tensor) -> torch.Tensor:
+        """Soft count [B, 1] of the local peaks of the lesion map ``e``."""
+        with torch.no_grad():
+            peak = (e == _cube_max(e)) & (e > 0)
+        return (peak * torch.tanh(e / self.COUNT_SCALE)).flatten(1).sum(1, keepdim=True)
+
+
+def _running_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.cumsum(dim)``. Without autograd and along an outer axis, as one in-place sum per
+    slice: measured 2-3x faster on CPU than ``cumsum`` across strides (the lesion read-out
+    runs on every training batch, with no gradient to keep)."""
+    if x.requires_grad or dim == x.ndim - 1:
+        return x.cumsum(dim)
+    out = x.clone()
+    for i in range(1, out.shape[dim]):
+        out.select(dim, i).add_(out.select(dim, i - 1))
+    return out
 
 
 def _pad_axis(
@@ -255,7 +313,11 @@ class ImageEncoder(nn.Module):
         self.coords = cfg.coords
         self.lesion_channel = cfg.lesion_channel
         self.lesions = LesionLoad(
-            cfg.lesion_regions, cfg.lesion_contrast, cfg.lesion_window, cfg.lesion_count
+            cfg.lesion_regions,
+            cfg.lesion_contrast,
+            cfg.lesion_window,
+            cfg.lesion_count,
+            cfg.lesion_coarse_windows,
         )
         c_in = cfg.image_channels + (1 if cfg.lesion_channel else 0) + (3 if cfg.coords else 0)
         for i, (c_out, stride) in enumerate(zip(cfg.channels, cfg.strides)):
@@ -283,12 +345,13 @@ class ImageEncoder(nn.Module):
         self.out_channels = cfg.channels[-1]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (trunk features, last-block feature map, lesion map [B, 1, D, H, W]).
+        """Return (trunk features, last-block feature map, lesion read-out [B, n]).
 
         The stem sees the image with its background set to 0 (the z-scored background, about
         -7, would otherwise dominate every filter's response at the head's edge and drown
         the lesions: measured, a network then does not even fit its training set), the
-        lesion map and the voxel coordinates.
+        lesion map and the voxel coordinates. The read-out is :class:`LesionLoad`'s
+        (``n = lesions.out_features``, possibly 0).
         """
         tissue = tissue_mask(image)
         excess = self.lesions.excess(image, tissue)
@@ -298,7 +361,12 @@ class ImageEncoder(nn.Module):
         if self.coords:
             parts.append(_coordinates(image))
         h = self.trunk(torch.cat(parts, dim=1))
-        return h, self.last_block(h), excess
+        readout = (
+            self.lesions(image, tissue, excess)
+            if self.lesions.out_features
+            else image.new_zeros(image.shape[0], 0)
+        )
+        return h, self.last_block(h), readout
 
 
 class SerologyMLP(nn.Module):
@@ -338,6 +406,12 @@ class FiLM(nn.Module):
 
 def _gap(fmap: torch.Tensor) -> torch.Tensor:
     return fmap.flatten(2).mean(dim=2)
+
+
+# CPU inference is fastest in small batches (measured on the 64x80x64 grid, 2 cores: 0.18 s
+# per 16 cases in batches of 4, 0.25 s in batches of 16, 0.42 s one at a time): the
+# activations of a few cases stay in cache
+INFERENCE_BATCH_SIZE = 4
 
 
 class FusionModel(nn.Module):
@@ -393,7 +467,7 @@ class FusionModel(nn.Module):
             wide.append(serology)
         ser = self.serology_encoder(serology) if self.config.use_serology else None
         if self.config.use_image:
-            h, fmap, excess = self.image_encoder(image)
+            h, fmap, lesions = self.image_encoder(image)
             if self.config.uses_film:
                 context = torch.cat([_gap(h), ser], dim=1)
                 fmap = self.film_act(self.film(fmap, context))
@@ -401,8 +475,7 @@ class FusionModel(nn.Module):
             if self.config.pool == "avgmax":  # small bright lesions vanish in an average
                 pooled.append(fmap.flatten(2).amax(dim=2))
             parts.append(self.image_dropout(torch.cat(pooled, dim=1)))
-            if self.image_encoder.lesions.out_features:  # regional loads and the lesion count
-                lesions = self.image_encoder.lesions.regional(excess)
+            if self.image_encoder.lesions.out_features:  # regional loads, lesion counts
                 parts.append(lesions)
                 wide.append(lesions)
         if ser is not None:
@@ -423,6 +496,29 @@ class FusionModel(nn.Module):
         if self.config.risk == "mixture":
             return logits, self.mixture_log_hazard(logits)
         return logits, self.risk_head(z).squeeze(1)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        serology: torch.Tensor,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [n, C], log-hazard [n]) in eval mode, float32 on the CPU, ``batch_size``
+        cases at a time (each batch converted to float and moved to the model's device)."""
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        logits, risk = [], []
+        for start in range(0, len(images), batch_size):
+            sl = slice(start, start + batch_size)
+            lg, r = self.forward_all(images[sl].float().to(device), serology[sl].float().to(device))
+            logits.append(lg.float().cpu())
+            risk.append(r.float().cpu())
+        self.train(was_training)
+        if not logits:
+            return torch.zeros(0, self.config.n_classes), torch.zeros(0)
+        return torch.cat(logits), torch.cat(risk)
 
     def mixture_log_hazard(self, logits: torch.Tensor) -> torch.Tensor:
         """``log sum_k softmax(logits)_k exp(a_k)`` [B]: the hazard over the differential."""

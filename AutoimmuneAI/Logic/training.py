@@ -44,7 +44,7 @@ from .atomic import write_with
 from .dataset import CaseArrays
 from .errors import InputError
 from .losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
-from .model import FusionModel, ModelConfig
+from .model import INFERENCE_BATCH_SIZE, FusionModel, ModelConfig
 from .risk_head import crude_class_log_hazards, fit_class_log_hazards
 
 CHECKPOINT_DIR = "checkpoints"
@@ -296,26 +296,11 @@ def batch_loss(
     return loss, value + cox_weight * float(cox.detach())
 
 
-@torch.no_grad()
 def predict_arrays(
-    model: FusionModel, arrays: CaseArrays, batch_size: int = 16, device: torch.device | None = None
+    model: FusionModel, arrays: CaseArrays, batch_size: int = INFERENCE_BATCH_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [n, C], log-hazard [n]) on CPU, in eval mode, float32."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logits, risk = [], []
-    for start in range(0, len(arrays), batch_size):
-        sl = slice(start, start + batch_size)
-        lg, r = model.forward_all(
-            arrays.images[sl].float().to(device), arrays.serology[sl].to(device)
-        )
-        logits.append(lg.float().cpu())
-        risk.append(r.float().cpu())
-    model.train(was_training)
-    if not logits:
-        return torch.zeros(0, model.config.n_classes), torch.zeros(0)
-    return torch.cat(logits), torch.cat(risk)
+    """(logits [n, C], log-hazard [n]) on CPU, in eval mode, float32 (:meth:`FusionModel.predict`)."""
+    return model.predict(arrays.images, arrays.serology, batch_size)
 
 
 def evaluation_loss(
@@ -323,7 +308,7 @@ def evaluation_loss(
     arrays: CaseArrays,
     weights: torch.Tensor,
     cox_weight: float,
-    batch_size: int = 16,
+    batch_size: int = INFERENCE_BATCH_SIZE,
 ) -> float:
     """Weighted CE + cox_weight * Cox (risk sets over all of ``arrays``), in eval mode."""
     logits, eta = predict_arrays(model, arrays, batch_size)
@@ -473,9 +458,7 @@ def fit(
                 )
             train_loss = running / max(count, 1)
             val_loss = (
-                evaluation_loss(judged, val, weights, cfg.cox_weight, cfg.batch_size)
-                if len(val)
-                else train_loss
+                evaluation_loss(judged, val, weights, cfg.cox_weight) if len(val) else train_loss
             )
             improved = val_loss < best_loss - 1e-6
             if improved:
@@ -511,7 +494,7 @@ def fit(
                 break
         bar.close()
     if model_cfg.risk == "mixture" and len(train):
-        best_state = _refit_class_log_hazards(model_cfg, best_state, train, cfg.batch_size)
+        best_state = _refit_class_log_hazards(model_cfg, best_state, train)
     seconds = time.perf_counter() - t0
     return FitResult(
         state_dict=best_state,
@@ -524,13 +507,11 @@ def fit(
     )
 
 
-def _refit_class_log_hazards(
-    model_cfg: ModelConfig, state: dict, train: CaseArrays, batch_size: int
-) -> dict:
+def _refit_class_log_hazards(model_cfg: ModelConfig, state: dict, train: CaseArrays) -> dict:
     """The best weights with the mixture head's class log-hazards at their Cox optimum."""
     model = FusionModel(model_cfg)
     model.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
-    logits, _ = predict_arrays(model, train, batch_size, device=torch.device("cpu"))
+    logits, _ = predict_arrays(model, train)
     fitted = fit_class_log_hazards(
         logits, train.times, train.events, init=model.class_log_hazard.detach()
     )
@@ -656,7 +637,7 @@ def _cross_validate(
         model = FusionModel(model_cfg)
         model.load_state_dict(res.state_dict)
         test = arrays.subset(held)
-        logits, risk = predict_arrays(model, test, cfg.batch_size)
+        logits, risk = predict_arrays(model, test)
         m = _summary_metrics(
             softmax(logits.numpy()), test.labels, risk, test.times, test.events, classes
         )
@@ -770,7 +751,7 @@ def train_bundle(
 
         calib = val if len(val) else train
         y_cal = calib.labels.numpy()
-        lg_val, _ = predict_arrays(model, calib, cfg.batch_size)
+        lg_val, _ = predict_arrays(model, calib)
         temperature = fit_temperature(lg_val.numpy(), y_cal)
         probs_val = softmax(lg_val.numpy(), temperature)
         if cfg.conformal_method == "raps" and cfg.conformal_lam is None:
@@ -787,14 +768,14 @@ def train_bundle(
                 class_conditional=cfg.class_conditional, lam=cfg.conformal_lam,
                 k_reg=cfg.conformal_k_reg, seed=cfg.seed,
             )  # fmt: skip
-        io_lg_val, io_risk_val = predict_arrays(image_only, calib, cfg.batch_size)
+        io_lg_val, io_risk_val = predict_arrays(image_only, calib)
         io_temperature = fit_temperature(io_lg_val.numpy(), y_cal)
 
         t_tr, e_tr = train.times.numpy(), train.events.numpy()
-        _, risk_train = predict_arrays(model, train, cfg.batch_size)
+        _, risk_train = predict_arrays(model, train)
         hazard = breslow_baseline(risk_train.numpy(), t_tr, e_tr)
         cutoffs = risk_cutoffs(risk_train.numpy())
-        _, io_risk_train = predict_arrays(image_only, train, cfg.batch_size)
+        _, io_risk_train = predict_arrays(image_only, train)
         io_hazard = breslow_baseline(io_risk_train.numpy(), t_tr, e_tr)
 
         # baselines on the same training cases
@@ -815,7 +796,7 @@ def train_bundle(
             baselines["oracle"] = oracle.to_dict()
 
         # validation summary: fused vs baselines on the same cases
-        _, risk_val = predict_arrays(model, calib, cfg.batch_size)
+        _, risk_val = predict_arrays(model, calib)
         t_cal, e_cal = calib.times.numpy(), calib.events.numpy()
         cal_idx = va_idx if len(val) else tr_idx
         validation = {

@@ -137,6 +137,30 @@ def test_lesion_count_counts_lesions_not_their_size() -> None:
     assert float(x.grad[0, 0, 6, 18, 14]) > 0
 
 
+def test_coarse_read_out_sees_the_large_soft_lesion_the_base_window_misses() -> None:
+    torch.manual_seed(0)
+    load = LesionLoad(regions=(), contrast=2.5, window=5, count=True, coarse=(5, 7))
+    head = _head()
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in (32, 40, 32)], indexing="ij"))
+    d2 = ((grid - torch.tensor([16, 20, 16]).view(3, 1, 1, 1)) ** 2).sum(0)
+    sharp = head + 6.0 * torch.exp(-d2 / 2.0)  # sigma 1 voxel
+    soft = head + 4.0 * torch.exp(-d2 / (2 * 3.5**2))  # sigma 3.5 voxels, dimmer: "fluffy"
+    assert load.out_features == 1 + 2 * 2
+    assert float(load(head).abs().max()) == 0.0
+    # [count, then load and count at coarse windows 5 and 7]
+    got_sharp, got_soft = torch.expm1(load(sharp))[0], torch.expm1(load(soft))[0]
+    assert 0.9 < float(got_sharp[0]) < 1.02 and float(got_sharp[4]) > 0.5
+    assert float(got_soft[:3].abs().max()) == 0.0  # as wide as the window: no excess
+    assert float(got_soft[3]) > float(got_sharp[3]) and 0.5 < float(got_soft[4]) < 1.02
+    # the coarse maps are the base read-out of the 2x2x2-averaged image, window for window
+    small = F.avg_pool3d(soft, 2)
+    torch.testing.assert_close(got_soft[3], load.excess(small, window=7).sum())
+    # and the gradient reaches the lesion's voxels through the averaging
+    x = soft.clone().requires_grad_(True)
+    load(x)[0, 3].backward()
+    assert float(x.grad[0, 0, 16, 20, 16]) > 0
+
+
 def test_cube_max_is_max_pooling() -> None:
     x = torch.randn(2, 1, 7, 9, 5)
     torch.testing.assert_close(_cube_max(x), F.max_pool3d(x, 3, 1, 1), rtol=0, atol=0)
@@ -152,11 +176,13 @@ def test_wide_path_adds_a_linear_function_of_labs_and_lesion_features() -> None:
     lesion_features = model.image_encoder.lesions(image)
     expected = torch.cat([serology, lesion_features], dim=1) @ model.wide_head.weight.T
     torch.testing.assert_close(model(image, serology), expected)
-    assert lesion_features.shape[1] == 8 + 1
-    # configs written before the wide path and the count load without them
-    old = {k: v for k, v in cfg.to_dict().items() if k not in ("wide", "lesion_count")}
+    assert lesion_features.shape[1] == 8 + 1 + 2 * 2
+    # configs written before the wide path, the count and the coarse read-out load without
+    new = ("wide", "lesion_count", "lesion_coarse_windows")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in new}
     assert FusionModel(ModelConfig.from_dict(old)).wide_head is None
     assert ModelConfig.from_dict(old).lesion_count is False
+    assert ModelConfig.from_dict(old).lesion_coarse_windows == ()
 
 
 def test_lesion_load_surroundings_are_a_zero_padded_box_mean() -> None:
@@ -165,7 +191,7 @@ def test_lesion_load_surroundings_are_a_zero_padded_box_mean() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 1, 9, 12, 7)).astype(np.float32)
     load = LesionLoad(regions=(1, 1, 1), contrast=2.5, window=5)
-    got = load._mean(torch.from_numpy(x)).numpy()
+    got = load._mean(torch.from_numpy(x), 5).numpy()
     expected = uniform_filter(x.astype(np.float64), size=(1, 1, 5, 5, 5), mode="constant")
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -173,12 +199,16 @@ def test_lesion_load_surroundings_are_a_zero_padded_box_mean() -> None:
 def test_lesion_load_feeds_the_fused_representation() -> None:
     cfg = ModelConfig(lesion_regions=(2, 2, 2), lesion_count=True, **SMALL)
     model = FusionModel(cfg).eval()
-    # 8 regional loads and the lesion count
-    assert model.trunk[0].in_features == 2 * 8 + 8 + 1 + cfg.serology_width
-    off = FusionModel(cfg.variant(lesion_regions=(), lesion_count=False)).eval()
+    # 8 regional loads, the lesion count, load and count at each of 2 coarse windows
+    assert model.trunk[0].in_features == 2 * 8 + 8 + 1 + 4 + cfg.serology_width
+    off = FusionModel(
+        cfg.variant(lesion_regions=(), lesion_count=False, lesion_coarse_windows=())
+    ).eval()
     assert off.trunk[0].in_features == 2 * 8 + cfg.serology_width
     with pytest.raises(ValueError, match="lesion_window"):
         ModelConfig(lesion_window=4, **SMALL)
+    with pytest.raises(ValueError, match="lesion_coarse_windows"):
+        ModelConfig(lesion_coarse_windows=(6,), **SMALL)
 
 
 # ----------------------------------------------------------------------------- losses
