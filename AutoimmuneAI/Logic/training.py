@@ -751,7 +751,7 @@ def train_bundle(
 
         calib = val if len(val) else train
         y_cal = calib.labels.numpy()
-        lg_val, _ = predict_arrays(model, calib)
+        lg_val, risk_val = predict_arrays(model, calib)
         temperature = fit_temperature(lg_val.numpy(), y_cal)
         probs_val = softmax(lg_val.numpy(), temperature)
         if cfg.conformal_method == "raps" and cfg.conformal_lam is None:
@@ -796,7 +796,6 @@ def train_bundle(
             baselines["oracle"] = oracle.to_dict()
 
         # validation summary: fused vs baselines on the same cases
-        _, risk_val = predict_arrays(model, calib)
         t_cal, e_cal = calib.times.numpy(), calib.events.numpy()
         cal_idx = va_idx if len(val) else tr_idx
         validation = {
