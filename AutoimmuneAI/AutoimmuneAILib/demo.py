@@ -65,8 +65,8 @@ def prepareDemo(
             ),
             logic,
         )
-    from autoimmuneai.cohort import read_manifest
-    from autoimmuneai.panel import load_panel
+    from autoimmuneai.data.cohort import read_manifest
+    from autoimmuneai.data.panel import load_panel
 
     table = read_manifest(manifest)
     row = table.iloc[0]
@@ -95,8 +95,8 @@ def _run(command: list[str], logic: AutoimmuneAILogic) -> None:
 
 def loadDemoVolume(scene, demo: DemoCase, name: str = "AutoimmuneAIDemo FLAIR"):
     """The demo case's FLAIR image as a scalar volume node of ``scene``."""
-    from autoimmuneai.imaging import load_volume
-    from autoimmuneai.mrml import volume_to_node
+    from autoimmuneai.data.imaging import load_volume
+    from autoimmuneai.output.mrml import volume_to_node
 
     return volume_to_node(scene, load_volume(demo.imagePath), name)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoimmuneai.data.labvalues import LabValue, format_lab_value, parse_lab_value
+from autoimmuneai.data.panel import Feature, Panel
 from autoimmuneai.errors import InputError
-from autoimmuneai.labvalues import LabValue, format_lab_value, parse_lab_value
-from autoimmuneai.panel import Feature, Panel
 
 TABLE_COLUMNS = ("feature", "label", "value", "unit")
 
@@ -102,7 +102,7 @@ def requireValid(values: dict[str, str], panel: Panel) -> None:
 
 def readCohortCase(manifestPath: str | Path, caseId: str, panel: Panel) -> dict[str, str]:
     """The raw serology strings of one case of a cohort manifest ("load from cohort file")."""
-    from autoimmuneai.cohort import read_manifest
+    from autoimmuneai.data.cohort import read_manifest
 
     table = read_manifest(manifestPath)
     if "case_id" not in table.columns:
@@ -116,7 +116,7 @@ def readCohortCase(manifestPath: str | Path, caseId: str, panel: Panel) -> dict[
 
 def caseIds(manifestPath: str | Path) -> list[str]:
     """The case ids of a manifest, in file order (for the "load from cohort file" picker)."""
-    from autoimmuneai.cohort import read_manifest
+    from autoimmuneai.data.cohort import read_manifest
 
     table = read_manifest(manifestPath)
     if "case_id" not in table.columns:

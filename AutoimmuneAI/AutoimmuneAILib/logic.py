@@ -37,8 +37,8 @@ from .resultnodes import addDifferentialNodes, addLabContributionNodes, addSurvi
 
 registerPackage()
 
+from autoimmuneai.data.panel import Panel, load_panel, panel_from_dict  # noqa: E402
 from autoimmuneai.errors import BundleError, InputError  # noqa: E402
-from autoimmuneai.panel import Panel, load_panel, panel_from_dict  # noqa: E402
 
 log = logging.getLogger("AutoimmuneAI")
 
@@ -285,7 +285,7 @@ class AutoimmuneAILogic(_LogicBase):
     def importCase(self, caseDir: Path, prediction: dict, inputVolumeNode=None) -> dict:
         """Load a case's output files into the scene; return the nodes by role.
 
-        With an explanation (``scene.mrml`` present) ``autoimmuneai.mrml.import_case_outputs``
+        With an explanation (``scene.mrml`` present) ``autoimmuneai.output.mrml.import_case_outputs``
         loads image, attribution, evidence segmentation, tables and charts; without one, the
         differential and survival charts are built from ``prediction.json``. When the input
         was already a node of this scene, the reloaded copy of it is dropped and the evidence
@@ -295,7 +295,7 @@ class AutoimmuneAILogic(_LogicBase):
         prefix = str(prediction.get("case_id", caseDir.name))
         nodes: dict = {}
         if (caseDir / "scene.mrml").is_file():
-            from autoimmuneai.mrml import import_case_outputs
+            from autoimmuneai.output.mrml import import_case_outputs
 
             nodes.update(import_case_outputs(self.scene, caseDir))
         for role, build in (
@@ -492,8 +492,8 @@ def writeCaseInputs(workDir: Path, caseId: str, volumeNode, serology: dict, pane
 
     ``volumeNode`` is a volume node for a one-channel panel, or a dict channel -> node.
     """
-    from autoimmuneai.imaging import save_volume
-    from autoimmuneai.mrml import node_to_volume
+    from autoimmuneai.data.imaging import save_volume
+    from autoimmuneai.output.mrml import node_to_volume
 
     nodes = volumeNode if isinstance(volumeNode, dict) else {panel.channels[0]: volumeNode}
     missing = [c for c in panel.channels if nodes.get(c) is None]

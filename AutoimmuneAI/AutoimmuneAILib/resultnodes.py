@@ -1,6 +1,6 @@
 """Result nodes built from ``prediction.json``: the differential, survival and lab charts.
 
-With ``--explain`` the package writes these tables itself and ``autoimmuneai.mrml`` imports
+With ``--explain`` the package writes these tables itself and ``autoimmuneai.output.mrml`` imports
 them; a prediction without explanation has only ``prediction.json``, and these builders turn
 it into the same roles (``probabilities``, ``probability_chart``, ``survival``,
 ``survival_chart``, ``lab_contributions``, ``lab_chart``) so the module shows every result the

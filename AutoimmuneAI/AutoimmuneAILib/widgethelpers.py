@@ -9,7 +9,7 @@ from __future__ import annotations
 import qt
 import slicer
 
-from autoimmuneai.panel import Panel
+from autoimmuneai.data.panel import Panel
 
 from .labform import checkEntry, formRows, readTable, writeTable
 from .logic import PredictionResult

@@ -197,7 +197,7 @@ def _bands(text: str) -> tuple[float, ...]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .workflows.demo import run_demo
 
     return run_demo(
         args.out,
@@ -228,7 +228,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .validate import validate_manifest
+    from .workflows.validate import validate_manifest
 
     report = validate_manifest(args.cohort, args.panel, allow_outside_root=args.allow_outside_root)
     print(report.render())
@@ -249,7 +249,7 @@ def _raps_lam(text: str) -> float | None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train_bundle
+    from .training.trainer import TrainConfig, train_bundle
 
     config = TrainConfig(
         folds=args.folds,
@@ -272,11 +272,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_bundle
+    from .workflows.evaluate import evaluate_bundle
 
     metrics = evaluate_bundle(args.bundle, args.cohort, args.out, split=args.split)
     if args.explain_quality:
-        from .explain_quality import measure_explanation_quality
+        from .explain.quality import measure_explanation_quality
 
         measure_explanation_quality(
             args.bundle, args.cohort, args.out, split=args.split, n_cases=args.explain_cases
@@ -290,7 +290,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .pipeline import predict_cohort
+    from .inference.cohort_run import predict_cohort
 
     result = predict_cohort(
         args.bundle,
@@ -311,7 +311,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .output.report import build_report
 
     path = build_report(args.eval_dir, args.out)
     print(f"report: {path}")

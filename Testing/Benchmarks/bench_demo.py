@@ -71,9 +71,9 @@ def subset_manifest(manifest: Path, case_ids: list[str], name: str) -> Path:
 
 def latency_figures(demo_dir: Path, n_cases: int) -> dict:
     """Median per-case seconds of predict, predict+explain, and predict+explain+snapshot."""
-    from autoimmuneai.cohort import load_cohort
-    from autoimmuneai.pipeline import run_case
-    from autoimmuneai.predict import Predictor
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.inference.cohort_run import run_case
+    from autoimmuneai.inference.predictor import Predictor
 
     predictor = Predictor(demo_dir / "bundle")
     ids = test_case_ids(demo_dir, n_cases)
@@ -116,7 +116,7 @@ def latency_figures(demo_dir: Path, n_cases: int) -> dict:
 
 def throughput_figures(demo_dir: Path, n_plain: int, n_explain: int) -> dict:
     """Cases per minute of the batch command, with and without explanations."""
-    from autoimmuneai.pipeline import predict_cohort
+    from autoimmuneai.inference.cohort_run import predict_cohort
 
     manifest = demo_dir / "cohort" / "manifest.csv"
     out: dict = {}
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    from autoimmuneai.demo import run_demo
+    from autoimmuneai.workflows.demo import run_demo
 
     demo_dir = args.demo_dir or args.out.parent / "demo_run"
     t0 = time.perf_counter()

@@ -28,15 +28,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "Python"))
 
-from autoimmuneai.explain import DEFAULT_METHOD, explain, input_gradients_only  # noqa: E402
-from autoimmuneai.explain_quality import (  # noqa: E402
+from autoimmuneai.data.imaging import Volume  # noqa: E402
+from autoimmuneai.explain.attribution import DEFAULT_METHOD, explain, input_gradients_only  # noqa: E402
+from autoimmuneai.explain.quality import (  # noqa: E402
     measure_explanation_quality,
     quality_for_cases,
 )
-from autoimmuneai.imaging import Volume  # noqa: E402
-from autoimmuneai.model import FusionModel, ModelConfig  # noqa: E402
-from autoimmuneai.model_grid import ModelGrid  # noqa: E402
-from autoimmuneai.overlay import evidence_regions  # noqa: E402
+from autoimmuneai.explain.regions import evidence_regions  # noqa: E402
+from autoimmuneai.model.fusion import FusionModel, ModelConfig  # noqa: E402
+from autoimmuneai.preprocess.model_grid import ModelGrid  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -50,7 +50,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def speed(model, encoder, grid: ModelGrid, volume: Volume, labs: dict, serology, monai: bool):
     """Ratios of the explain step to one forward+backward pass, and to MONAI occlusion."""
-    from autoimmuneai.mrml import SegmentSpec, write_case_scene
+    from autoimmuneai.output.mrml import SegmentSpec, write_case_scene
 
     model.eval()
     sample = grid.to_model(volume)
@@ -139,10 +139,10 @@ def bundle_speed(bundle_path: Path, cohort_path: Path, monai: bool) -> dict:
     IG's step count (adaptive) and convergence delta depend on the weights, so this is the
     figure to report; :func:`demo_speed` times an untrained network.
     """
-    from autoimmuneai.bundle import load_bundle
-    from autoimmuneai.cohort import load_cohort
-    from autoimmuneai.imaging import load_volume
-    from autoimmuneai.predict import Predictor
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.data.imaging import load_volume
+    from autoimmuneai.inference.predictor import Predictor
+    from autoimmuneai.model.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
     cohort = load_cohort(cohort_path, bundle.panel)
@@ -160,7 +160,7 @@ def demo_speed(monai: bool) -> dict:
     """Speed on the demo grid with the default network (timing does not depend on weights)."""
     from test_explain import MS, PANEL, encode, head_image, parsed_labs, toy_labs
 
-    from autoimmuneai.serology import SerologyEncoder
+    from autoimmuneai.data.serology import SerologyEncoder
 
     rng = np.random.default_rng(0)
     values, missing = toy_labs(rng, MS)

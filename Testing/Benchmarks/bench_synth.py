@@ -33,8 +33,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from autoimmuneai.labvalues import parse_lab_value
-from autoimmuneai.panel import load_panel
+from autoimmuneai.data.labvalues import parse_lab_value
+from autoimmuneai.data.panel import load_panel
 from autoimmuneai.synth import SynthConfig, generate_cohort, sample_latent_cohort
 from autoimmuneai.synth.anatomy import REGION_NAMES
 from autoimmuneai.synth.serology import FEATURES

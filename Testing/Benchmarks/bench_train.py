@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
 
-    from autoimmuneai.training import TrainConfig, train_bundle
+    from autoimmuneai.training.trainer import TrainConfig, train_bundle
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     figures: dict = {"cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()[0]}
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     )
     if args.evaluate:
-        from autoimmuneai.evaluate import evaluate_bundle
+        from autoimmuneai.workflows.evaluate import evaluate_bundle
 
         t = time.perf_counter()
         m = evaluate_bundle(bundle_dir, cohort, work / "evaluation", split="test", progress=False)

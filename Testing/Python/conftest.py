@@ -33,7 +33,7 @@ TINY_VOXEL_MM = 4.0
 
 def tiny_train_config():
     """A TrainConfig that trains in seconds: small encoder, coarse grid, two epochs."""
-    from autoimmuneai.training import TrainConfig
+    from autoimmuneai.training.trainer import TrainConfig
 
     return TrainConfig(
         epochs=2,
@@ -62,7 +62,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_cohort: Path) -> Path:
     """Bundle folder trained on ``tiny_cohort`` (fused model + baselines), once per session."""
-    from autoimmuneai.training import train_bundle
+    from autoimmuneai.training.trainer import train_bundle
 
     out = tiny_cohort.parent.parent / "bundle"
     return Path(train_bundle(tiny_cohort, out, tiny_train_config()))
@@ -82,7 +82,7 @@ def tiny_demo(tiny_cohort: Path, tiny_bundle: Path, tmp_path_factory: pytest.Tem
     """
     import json
 
-    from autoimmuneai.demo import STAGES_FILE, demo_config, run_demo
+    from autoimmuneai.workflows.demo import STAGES_FILE, demo_config, run_demo
 
     root = tmp_path_factory.mktemp("tiny_demo")
     shutil.copytree(tiny_cohort.parent, root / "cohort")

@@ -13,7 +13,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from autoimmuneai.baselines import (
+from autoimmuneai.data.panel import load_panel, panel_from_dict
+from autoimmuneai.stats.baselines import (
     CriteriaBaseline,
     OracleBaseline,
     SerologyBaseline,
@@ -21,8 +22,7 @@ from autoimmuneai.baselines import (
     fit_baselines,
     truth_feature_columns,
 )
-from autoimmuneai.panel import load_panel, panel_from_dict
-from autoimmuneai.survival import survival_curves
+from autoimmuneai.stats.survival import survival_curves
 
 
 def _problem(n: int = 300, d: int = 6, c: int = 4, seed: int = 0):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import read_rows, write_rows
 
-from autoimmuneai.pipeline import predict_cohort
+from autoimmuneai.inference.cohort_run import predict_cohort
 
 N_CASES = 3
 

@@ -10,15 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from autoimmuneai.bundle import IMAGE_ONLY_FILE, METADATA, MODEL_FILE, load_bundle, save_bundle
-from autoimmuneai.calibration import softmax
-from autoimmuneai.conformal import fit_conformal_tuned
+from autoimmuneai.data.panel import load_panel
+from autoimmuneai.data.serology import SerologyEncoder
 from autoimmuneai.errors import BundleError
-from autoimmuneai.inference import infer
-from autoimmuneai.model import FusionModel, ModelConfig
-from autoimmuneai.model_grid import ModelGrid
-from autoimmuneai.panel import load_panel
-from autoimmuneai.serology import SerologyEncoder
+from autoimmuneai.inference.batch import infer
+from autoimmuneai.model.bundle import (
+    IMAGE_ONLY_FILE,
+    METADATA,
+    MODEL_FILE,
+    load_bundle,
+    save_bundle,
+)
+from autoimmuneai.model.fusion import FusionModel, ModelConfig
+from autoimmuneai.preprocess.model_grid import ModelGrid
+from autoimmuneai.stats.calibration import softmax
+from autoimmuneai.stats.conformal import fit_conformal_tuned
 
 
 @pytest.fixture()
@@ -154,8 +160,8 @@ def test_missing_bundle_is_refused(tmp_path: Path) -> None:
 
 
 def test_infer_on_a_cohort_matches_arrays(tiny_bundle: Path, tiny_cohort: Path) -> None:
-    from autoimmuneai.cohort import load_cohort
-    from autoimmuneai.dataset import build_arrays
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.data.dataset import build_arrays
 
     bundle = load_bundle(tiny_bundle)
     cohort = load_cohort(tiny_cohort, panel=bundle.panel).subset(

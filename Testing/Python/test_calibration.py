@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoimmuneai.calibration import (
+from autoimmuneai.stats.calibration import (
     expected_calibration_error,
     fit_temperature,
     reliability_curve,

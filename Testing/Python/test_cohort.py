@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoimmuneai.cohort import load_cohort, read_manifest
+from autoimmuneai.data.cohort import load_cohort, read_manifest
+from autoimmuneai.data.panel import load_panel
+from autoimmuneai.data.serology import SerologyEncoder
 from autoimmuneai.errors import InputError
-from autoimmuneai.panel import load_panel
-from autoimmuneai.serology import SerologyEncoder
-from autoimmuneai.validate import validate_manifest
+from autoimmuneai.workflows.validate import validate_manifest
 
 PANEL = load_panel("cns_autoimmune")
 

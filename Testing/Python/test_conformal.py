@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from autoimmuneai.calibration import softmax
-from autoimmuneai.conformal import (
+from autoimmuneai.stats.calibration import softmax
+from autoimmuneai.stats.conformal import (
     RAPS_K_REGS,
     RAPS_LAMBDAS,
     ConformalPredictor,

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from toy_problem import N_CLASSES, N_SEROLOGY, toy_problem
 
-from autoimmuneai.training import TrainConfig, fit, init_distributed
+from autoimmuneai.training.trainer import TrainConfig, fit, init_distributed
 
 # 37 training cases: global batches of 8 split 4/4, and a last batch of 5 split 3/2
 N_TRAIN, N_VAL = 37, 12
@@ -76,7 +76,7 @@ def test_train_command_under_torchrun(tiny_cohort: Path, tmp_path: Path) -> None
         textwrap.dedent(
             f"""
             import torch
-            from autoimmuneai.training import TrainConfig, train_bundle
+            from autoimmuneai.training.trainer import TrainConfig, train_bundle
             torch.set_num_threads(1)
             cfg = TrainConfig(epochs=1, batch_size=8, channels=(4, 8), strides=(2, 2),
                               grid_shape=(16, 20, 16), grid_spacing=10.0)
@@ -97,6 +97,6 @@ def test_train_command_under_torchrun(tiny_cohort: Path, tmp_path: Path) -> None
         (tmp_path / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8")
     )
     assert meta["training"]["world_size"] == 2
-    from autoimmuneai.bundle import load_bundle
+    from autoimmuneai.model.bundle import load_bundle
 
     assert load_bundle(tmp_path / "bundle").image_only is not None

@@ -16,16 +16,16 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from autoimmuneai.data.imaging import Volume, foreground_mask
+from autoimmuneai.data.labvalues import LabValue
+from autoimmuneai.data.panel import load_panel
+from autoimmuneai.data.serology import SerologyEncoder
 from autoimmuneai.errors import InputError
-from autoimmuneai.explain import METHODS, explain, image_baseline, what_if
-from autoimmuneai.explain_quality import QualityCase, randomised_model
-from autoimmuneai.imaging import Volume, foreground_mask
-from autoimmuneai.labvalues import LabValue
-from autoimmuneai.model import FusionModel, ModelConfig
-from autoimmuneai.model_grid import ModelGrid
-from autoimmuneai.overlay import evidence_regions
-from autoimmuneai.panel import load_panel
-from autoimmuneai.serology import SerologyEncoder
+from autoimmuneai.explain.attribution import METHODS, explain, image_baseline, what_if
+from autoimmuneai.explain.quality import QualityCase, randomised_model
+from autoimmuneai.explain.regions import evidence_regions
+from autoimmuneai.model.fusion import FusionModel, ModelConfig
+from autoimmuneai.preprocess.model_grid import ModelGrid
 
 GRID = ModelGrid(shape=(24, 28, 24), spacing=6.0)
 PANEL = load_panel("cns_autoimmune")
@@ -210,7 +210,7 @@ def test_integrated_gradients_is_complete_and_converged(toy):
     assert e.relative_delta is not None and e.relative_delta <= 0.05
     with torch.no_grad():
         base = image_baseline(image)
-        from autoimmuneai.explain import serology_baseline
+        from autoimmuneai.explain.attribution import serology_baseline
 
         f = model(
             torch.cat([image, base]), torch.cat([serology, serology_baseline(encoder, serology)])

@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_explain import MS, encode, toy_case, toy_quality_cases, trained_toy
 
-from autoimmuneai.explain import image_baseline
-from autoimmuneai.explain_quality import (
+from autoimmuneai.explain.attribution import image_baseline
+from autoimmuneai.explain.quality import (
     DELETION_WINDOW,
     deletion_curves,
     pointing_hit,

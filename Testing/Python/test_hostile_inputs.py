@@ -321,7 +321,7 @@ def _metadata(bundle: Path) -> Path:
 
 def _other_panel(bundle: Path) -> None:
     """The bundle's panel becomes the rheumatoid-arthritis panel (other classes, channel, labs)."""
-    from autoimmuneai.panel import load_panel
+    from autoimmuneai.data.panel import load_panel
 
     meta = json.loads(_metadata(bundle).read_text(encoding="utf-8"))
     meta["panel"] = load_panel("rheumatoid_arthritis").to_dict()

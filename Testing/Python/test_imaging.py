@@ -13,8 +13,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from autoimmuneai.errors import ImageError, InputError
-from autoimmuneai.imaging import (
+from autoimmuneai.data.imaging import (
     Volume,
     describe_volume,
     foreground_threshold,
@@ -24,7 +23,8 @@ from autoimmuneai.imaging import (
     save_volume,
     voxel_to_ras,
 )
-from autoimmuneai.model_grid import ModelGrid
+from autoimmuneai.errors import ImageError, InputError
+from autoimmuneai.preprocess.model_grid import ModelGrid
 
 # ---------------------------------------------------------------------------------------
 # A phantom: a uniform ellipsoid "head" (100) holding a bright cube (400) whose centre is at

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from autoimmuneai.labvalues import LabValueError, format_lab_value, parse_lab_value
-from autoimmuneai.panel import load_panel
+from autoimmuneai.data.labvalues import LabValueError, format_lab_value, parse_lab_value
+from autoimmuneai.data.panel import load_panel
 
 PANEL = load_panel("cns_autoimmune")
 

@@ -9,9 +9,9 @@ import pytest
 from lifelines.utils import concordance_index
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from autoimmuneai.calibration import expected_calibration_error, softmax
-from autoimmuneai.metrics import diagnosis_metrics, progression_metrics
-from autoimmuneai.survival import breslow_baseline, integrated_brier_score, survival_curves
+from autoimmuneai.stats.calibration import expected_calibration_error, softmax
+from autoimmuneai.stats.metrics import diagnosis_metrics, progression_metrics
+from autoimmuneai.stats.survival import breslow_baseline, integrated_brier_score, survival_curves
 
 CLASSES = ["MS", "NMOSD", "MOGAD", "NPSLE", "SVD"]
 
@@ -100,16 +100,16 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
     import csv
 
     from autoimmuneai.atomic import json_safe
-    from autoimmuneai.baselines import CriteriaBaseline
-    from autoimmuneai.calibration import fit_temperature
-    from autoimmuneai.conformal import fit_conformal
-    from autoimmuneai.evaluate import (
+    from autoimmuneai.stats.baselines import CriteriaBaseline
+    from autoimmuneai.stats.calibration import fit_temperature
+    from autoimmuneai.stats.conformal import fit_conformal
+    from autoimmuneai.stats.survival import risk_cutoffs
+    from autoimmuneai.workflows.evaluate import (
         ModelOutputs,
         evaluate_predictions,
         predictions_table,
         write_figures,
     )
-    from autoimmuneai.survival import risk_cutoffs
 
     rng = np.random.default_rng(7)
     n = 240
@@ -202,8 +202,8 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
 def test_evaluate_predictions_on_an_unlabelled_cohort_without_follow_up(tmp_path):
     """An external cohort at prediction time: no diagnosis, no follow-up; nothing fails."""
     from autoimmuneai.atomic import json_safe
-    from autoimmuneai.conformal import fit_conformal
-    from autoimmuneai.evaluate import ModelOutputs, evaluate_predictions, write_figures
+    from autoimmuneai.stats.conformal import fit_conformal
+    from autoimmuneai.workflows.evaluate import ModelOutputs, evaluate_predictions, write_figures
 
     rng = np.random.default_rng(8)
     n = 20

@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from lifelines import CoxPHFitter
 
-from autoimmuneai.losses import class_weights, cox_loss, cox_neg_log_likelihood, diagnosis_loss
-from autoimmuneai.model import FusionModel, LesionLoad, ModelConfig, _cube_max
+from autoimmuneai.model.fusion import FusionModel, LesionLoad, ModelConfig, _cube_max
+from autoimmuneai.model.losses import (
+    class_weights,
+    cox_loss,
+    cox_neg_log_likelihood,
+    diagnosis_loss,
+)
 
 SMALL = {"channels": (4, 8), "strides": (2, 2), "n_serology": 6, "n_classes": 3}
 

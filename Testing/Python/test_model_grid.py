@@ -20,8 +20,8 @@ from test_imaging import (
     make_phantom,
 )
 
-from autoimmuneai.imaging import Volume, foreground_mask, voxel_to_ras
-from autoimmuneai.model_grid import GridSample, ModelGrid
+from autoimmuneai.data.imaging import Volume, foreground_mask, voxel_to_ras
+from autoimmuneai.preprocess.model_grid import GridSample, ModelGrid
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 slicer = pytest.importorskip("slicer")
 slicerio = pytest.importorskip("slicerio")
 
-from autoimmuneai import mrml  # noqa: E402
+from autoimmuneai.data.imaging import Volume, load_volume  # noqa: E402
 from autoimmuneai.errors import InputError  # noqa: E402
-from autoimmuneai.imaging import Volume, load_volume  # noqa: E402
+from autoimmuneai.output import mrml  # noqa: E402
 
 SHAPE = (40, 48, 40)
 BLOBS = {1: ((12, 14, 10), 5.0), 2: ((27, 31, 26), 6.0)}  # label: (centre ijk, radius vox)
@@ -297,8 +297,8 @@ def test_module_imports_without_slicer() -> None:
         "import sys\n"
         "for name in ('slicer', 'vtk', 'vtkmodules', 'slicer_core'):\n"
         "    sys.modules[name] = None\n"
-        "import autoimmuneai.mrml, autoimmuneai.snapshot\n"
-        "print(autoimmuneai.mrml.SegmentSpec(1, 'a', (1, 0, 0)).name)\n"
+        "import autoimmuneai.output.mrml, autoimmuneai.output.snapshot\n"
+        "print(autoimmuneai.output.mrml.SegmentSpec(1, 'a', (1, 0, 0)).name)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -3,8 +3,8 @@
 import numpy as np
 from conftest import read_rows
 
-from autoimmuneai.imaging import Volume, load_volume
-from autoimmuneai.predict import Predictor
+from autoimmuneai.data.imaging import Volume, load_volume
+from autoimmuneai.inference.predictor import Predictor
 
 
 def _case(tiny_cohort):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autoimmuneai.errors import InputError
-from autoimmuneai.overlay import evidence_regions, smooth_in_mm, voxel_volume_ml
+from autoimmuneai.explain.regions import evidence_regions, smooth_in_mm, voxel_volume_ml
 
 
 def _affine() -> np.ndarray:

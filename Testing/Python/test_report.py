@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from autoimmuneai.cli import main
-from autoimmuneai.report import BASELINES, SYNTHETIC_STATEMENT, build_report
+from autoimmuneai.output.report import BASELINES, SYNTHETIC_STATEMENT, build_report
 
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
 
@@ -231,7 +231,7 @@ def test_report_on_a_plain_evaluate_folder(tiny_demo: Path, tmp_path: Path) -> N
 
 
 def test_demo_records_every_stage(tiny_demo: Path) -> None:
-    from autoimmuneai.demo import STAGES_FILE
+    from autoimmuneai.workflows.demo import STAGES_FILE
 
     stages = json.loads((tiny_demo / STAGES_FILE).read_text(encoding="utf-8"))
     names = ["cohort", "train", "evaluate", "quality", "explain", "report"]
@@ -247,7 +247,7 @@ def test_demo_records_every_stage(tiny_demo: Path) -> None:
 
 
 def test_demo_resume_reuses_finished_stages(tiny_demo: Path) -> None:
-    from autoimmuneai.demo import run_demo
+    from autoimmuneai.workflows.demo import run_demo
 
     before = {p: p.stat().st_mtime_ns for p in tiny_demo.rglob("*") if p.is_file()}
     stages = json.loads((tiny_demo / "stages.json").read_text(encoding="utf-8"))["config"]

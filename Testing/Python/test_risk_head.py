@@ -10,9 +10,9 @@ import pytest
 import torch
 from lifelines import CoxPHFitter
 
-from autoimmuneai.losses import cox_neg_log_likelihood
-from autoimmuneai.model import FusionModel, ModelConfig
-from autoimmuneai.risk_head import (
+from autoimmuneai.model.fusion import FusionModel, ModelConfig
+from autoimmuneai.model.losses import cox_neg_log_likelihood
+from autoimmuneai.model.risk_head import (
     _sorted_cox_nll,
     crude_class_log_hazards,
     fit_class_log_hazards,
@@ -122,8 +122,8 @@ def test_refit_with_uncertain_diagnoses_maximises_the_mixture_likelihood() -> No
 def test_prediction_explains_its_risk_by_class(tiny_bundle, tiny_cohort) -> None:
     from conftest import read_rows
 
-    from autoimmuneai.imaging import load_volume
-    from autoimmuneai.predict import Predictor
+    from autoimmuneai.data.imaging import load_volume
+    from autoimmuneai.inference.predictor import Predictor
 
     predictor = Predictor(tiny_bundle)
     rows, _ = read_rows(tiny_cohort)

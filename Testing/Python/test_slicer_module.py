@@ -302,7 +302,7 @@ def test_logic_folder_is_registered_as_autoimmuneai_when_not_installed():
     module = registerPackage("autoimmuneai_registered_copy", MODULE_DIR / "Logic")
     try:
         assert module.__registeredFrom__ == str(MODULE_DIR / "Logic")
-        from autoimmuneai_registered_copy.panel import load_panel  # relative imports work
+        from autoimmuneai_registered_copy.data.panel import load_panel  # relative imports work
 
         assert load_panel().classes[:2] == ("MS", "NMOSD")
         with pytest.raises(ImportError):
@@ -368,7 +368,7 @@ def test_cancel_kills_the_whole_process_tree():
 # -- serology form -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def panel():
-    from autoimmuneai.panel import load_panel
+    from autoimmuneai.data.panel import load_panel
 
     return load_panel("cns_autoimmune")
 
@@ -464,8 +464,8 @@ def test_bundle_is_checked_and_its_panel_read(tmp_path, panel):
 def test_case_inputs_are_written_in_the_cohort_contract(tmp_path, panel):
     from AutoimmuneAILib.logic import writeCaseInputs
 
-    from autoimmuneai.imaging import Volume, load_volume
-    from autoimmuneai.mrml import volume_to_node
+    from autoimmuneai.data.imaging import Volume, load_volume
+    from autoimmuneai.output.mrml import volume_to_node
 
     scene = slicer.vtkMRMLScene()
     array = np.zeros((20, 24, 16), np.float32)
@@ -496,8 +496,8 @@ def test_a_bad_lab_value_is_refused_before_anything_runs(tmp_path, panel):
 
 def write_case(case_dir: Path, panel) -> tuple[dict, np.ndarray]:
     """A case folder as ``predict --explain`` writes it, with the package's own writer."""
-    from autoimmuneai import mrml
-    from autoimmuneai.imaging import Volume
+    from autoimmuneai.data.imaging import Volume
+    from autoimmuneai.output import mrml
 
     image = np.random.default_rng(0).normal(100, 5, (24, 28, 20)).astype(np.float32)
     labelmap = np.zeros(image.shape, np.uint8)
@@ -545,8 +545,8 @@ def test_case_outputs_become_nodes_and_the_scene_survives_save_and_reload(tmp_pa
     from AutoimmuneAILib.demo import checkReloaded
     from AutoimmuneAILib.logic import AutoimmuneAILogic, PredictionResult, loadScene, saveScene
 
-    from autoimmuneai.imaging import Volume
-    from autoimmuneai.mrml import volume_to_node
+    from autoimmuneai.data.imaging import Volume
+    from autoimmuneai.output.mrml import volume_to_node
 
     prediction, image = write_case(tmp_path / "c1", panel)
     scene = slicer.vtkMRMLScene()
@@ -580,7 +580,7 @@ def test_case_outputs_become_nodes_and_the_scene_survives_save_and_reload(tmp_pa
     seg2 = reloaded.GetFirstNodeByName(seg.GetName())
     assert seg2.GetSegmentation().GetNumberOfSegments() == 2
     broken = reloaded.GetFirstNodeByName(volume.GetName())
-    from autoimmuneai.mrml import node_to_volume
+    from autoimmuneai.output.mrml import node_to_volume
 
     np.testing.assert_allclose(node_to_volume(broken).array, image, rtol=1e-6)
 
@@ -662,7 +662,7 @@ def test_what_if_and_cohort_batch_on_the_demo(demo_run):
     from AutoimmuneAILib.demo import loadDemoVolume, prepareDemo
     from AutoimmuneAILib.logic import AutoimmuneAILogic
 
-    from autoimmuneai.cohort import read_manifest
+    from autoimmuneai.data.cohort import read_manifest
 
     work, before, _ = demo_run
     demo = prepareDemo(work)

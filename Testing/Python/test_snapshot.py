@@ -13,9 +13,9 @@ pytest.importorskip("slicer")
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
 from vtkmodules.vtkIOImage import vtkPNGReader  # noqa: E402
 
-from autoimmuneai.imaging import Volume  # noqa: E402
-from autoimmuneai.mrml import SegmentSpec  # noqa: E402
-from autoimmuneai.snapshot import render_snapshot  # noqa: E402
+from autoimmuneai.data.imaging import Volume  # noqa: E402
+from autoimmuneai.output.mrml import SegmentSpec  # noqa: E402
+from autoimmuneai.output.snapshot import render_snapshot  # noqa: E402
 
 SHAPE = (48, 48, 30)
 SIDE = 256

@@ -9,7 +9,7 @@ from lifelines import CoxPHFitter
 from lifelines.utils import concordance_index
 from scipy.integrate import trapezoid
 
-from autoimmuneai.survival import (
+from autoimmuneai.stats.survival import (
     baseline_to_dict,
     breslow_baseline,
     concordance,

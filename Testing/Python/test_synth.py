@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
+from autoimmuneai.data.labvalues import parse_lab_value
+from autoimmuneai.data.panel import load_panel
 from autoimmuneai.errors import InputError
-from autoimmuneai.labvalues import parse_lab_value
-from autoimmuneai.panel import load_panel
 from autoimmuneai.synth import (
     MANIFEST_COLUMNS,
     TRUTH_COLUMNS,

@@ -11,9 +11,15 @@ import torch
 from toy_problem import N_CLASSES, N_SEROLOGY, toy_problem
 
 from autoimmuneai.errors import InputError
-from autoimmuneai.model import FusionModel
-from autoimmuneai.risk_head import fit_class_log_hazards
-from autoimmuneai.training import TrainConfig, assign_splits, epoch_batches, fit, predict_arrays
+from autoimmuneai.model.fusion import FusionModel
+from autoimmuneai.model.risk_head import fit_class_log_hazards
+from autoimmuneai.training.trainer import (
+    TrainConfig,
+    assign_splits,
+    epoch_batches,
+    fit,
+    predict_arrays,
+)
 
 
 def _balanced_accuracy(model: FusionModel, arrays) -> float:
@@ -141,7 +147,7 @@ def test_batches_cover_cases_once_and_drop_singletons() -> None:
 
 
 def test_splits_from_manifest_and_stratified(tiny_cohort: Path) -> None:
-    from autoimmuneai.cohort import load_cohort
+    from autoimmuneai.data.cohort import load_cohort
 
     cohort = load_cohort(tiny_cohort)
     split, source = assign_splits(cohort, TrainConfig())
@@ -158,7 +164,7 @@ def test_splits_from_manifest_and_stratified(tiny_cohort: Path) -> None:
 
 
 def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: Path) -> None:
-    from autoimmuneai.bundle import load_bundle
+    from autoimmuneai.model.bundle import load_bundle
 
     meta = json.loads((tiny_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     tr = meta["training"]
@@ -184,8 +190,8 @@ def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: 
 def test_test_split_is_never_loaded_and_folds_are_reported(
     tiny_cohort: Path, tmp_path: Path
 ) -> None:
-    from autoimmuneai.cohort import load_cohort
-    from autoimmuneai.training import train_bundle
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.training.trainer import train_bundle
 
     cfg = _small_cfg(epochs=1, folds=2, grid_shape=(16, 20, 16), grid_spacing=10.0)
     cfg.cache_dir = str(tmp_path / "cache")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoimmuneai.dataset import CaseArrays
+from autoimmuneai.data.dataset import CaseArrays
 
 N_SEROLOGY = 6
 N_CLASSES = 4

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import Bundle, load_bundle
-from .calibration import softmax
-from .errors import InputError
-from .imaging import Volume, describe_volume
-from .labvalues import LabValue, LabValueError, parse_lab_value
-from .model_grid import GridSample
+from ..data.imaging import Volume, describe_volume
+from ..data.labvalues import LabValue, LabValueError, parse_lab_value
+from ..errors import InputError
+from ..model.bundle import Bundle, load_bundle
+from ..preprocess.model_grid import GridSample
+from ..stats.calibration import softmax
+from ..stats.survival import risk_groups, survival_curves
 from .ood import out_of_distribution_warnings
-from .survival import risk_groups, survival_curves
 
 SURVIVAL_POINTS = 61
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 KINDS = ("binary", "titer", "continuous", "categorical")
 DEFAULT_PANEL = "cns_autoimmune"
@@ -19,7 +19,7 @@ DEFAULT_PANEL = "cns_autoimmune"
 
 def panels_dir() -> Path:
     """The folder of built-in panels (``AutoimmuneAI/Resources/Panels``)."""
-    return Path(__file__).resolve().parent.parent / "Resources" / "Panels"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Panels"
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import ensure_writable_folder, write_text
-from .errors import InputError
+from ..atomic import ensure_writable_folder, write_text
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -355,20 +355,20 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
     n = config.cases
 
     def cohort(resume: bool) -> dict:
-        from .synth import generate_cohort
+        from ..synth import generate_cohort
 
         if cohort_dir.exists():  # a half-written cohort: generation is deterministic, redo it
             shutil.rmtree(cohort_dir)
         options = dict(config.synth_options)
         if config.full and "config" not in options:
-            from .synth.config import SynthConfig
+            from ..synth.config import SynthConfig
 
             options["config"] = SynthConfig(split_fractions=dict(FULL_SPLITS))
         generate_cohort(cohort_dir, n, config.seed, **options)
         return {"cases": n}
 
     def train(resume: bool) -> dict:
-        from .training import TrainConfig, train_bundle
+        from ..training.trainer import TrainConfig, train_bundle
 
         train_config = TrainConfig(**training_settings(config))
         train_bundle(manifest, bundle_dir, train_config, resume=resume and bundle_dir.exists())
@@ -381,7 +381,7 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
         return {}
 
     def quality(resume: bool) -> dict:
-        from .explain_quality import measure_explanation_quality
+        from ..explain.quality import measure_explanation_quality
 
         options = {"methods": config.quality_methods} if config.quality_methods else {}
         measure_explanation_quality(
@@ -390,7 +390,7 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
         return {"cases": config.quality_cases}
 
     def explain(resume: bool) -> dict:
-        from .pipeline import predict_cohort
+        from ..inference.cohort_run import predict_cohort
 
         chosen = write_explain_manifest(manifest, eval_dir, cohort_dir / EXPLAIN_MANIFEST)
         result = predict_cohort(
@@ -402,7 +402,7 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
         return {"cases": chosen, "seconds_per_case": round(result.seconds / max(1, len(chosen)), 2)}
 
     def report(resume: bool) -> dict:
-        from .report import build_report
+        from ..output.report import build_report
 
         build_report(out)
         return {}

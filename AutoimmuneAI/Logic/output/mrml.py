@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .imaging import Volume
+    from ..data.imaging import Volume
 
 ROLE_ATTRIBUTE = "AutoimmuneAI.Role"
 """Node attribute naming a node's role in a case scene (image, attribution, ...)."""
@@ -158,7 +158,7 @@ def node_to_volume(node: Any) -> Volume:
     """The inverse of :func:`volume_to_node`: the node's voxels [i, j, k] and IJKToRAS."""
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-    from .imaging import Volume
+    from ..data.imaging import Volume
 
     image = node.GetImageData()
     if image is None:

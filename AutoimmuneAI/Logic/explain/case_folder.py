@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .imaging import Volume
-from .mrml import SegmentSpec, write_case_scene
-from .overlay import evidence_regions
+from ..data.imaging import Volume
+from ..output.mrml import SegmentSpec, write_case_scene
+from .regions import evidence_regions
 
 
 def explain_into(
@@ -29,7 +29,7 @@ def explain_into(
     bands: tuple[float, ...] | None = None,
 ) -> dict:
     """Write the explanation files of one case and return their summary for prediction.json."""
-    from .explain import DELTA_TOLERANCE, explain
+    from .attribution import DELTA_TOLERANCE, explain
 
     bundle = predictor.bundle
     classes = predictor.classes
@@ -64,7 +64,7 @@ def explain_into(
         class_name=target_name,
     )
     if snapshot:
-        from .snapshot import render_snapshot
+        from ..output.snapshot import render_snapshot
 
         center = regions[0].centroid_ras if regions else _center_ras(volume)
         render_snapshot(volume, labelmap, segments, tuple(center), case_dir / "snapshot.png")

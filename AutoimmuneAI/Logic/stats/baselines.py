@@ -22,8 +22,8 @@ import pandas as pd
 from lifelines import CoxPHFitter
 from sklearn.linear_model import LogisticRegression
 
+from ..data.panel import Panel
 from .calibration import softmax
-from .panel import Panel
 from .survival import baseline_to_dict, breslow_baseline
 
 # --------------------------------------------------------------------------------------

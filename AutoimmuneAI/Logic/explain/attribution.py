@@ -41,8 +41,8 @@ from captum.attr import (
     Occlusion,
 )
 
-from .errors import InputError
-from .labvalues import LabValue, format_lab_value
+from ..data.labvalues import LabValue, format_lab_value
+from ..errors import InputError
 
 METHODS = ("integrated_gradients", "gradient_shap", "occlusion", "layer_gradcam")
 DEFAULT_METHOD = "integrated_gradients"

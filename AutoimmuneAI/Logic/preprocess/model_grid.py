@@ -24,7 +24,7 @@ from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import TraceKeys
 from scipy.ndimage import gaussian_filter
 
-from .imaging import Volume, foreground_threshold, ras_to_voxel, voxel_to_ras
+from ..data.imaging import Volume, foreground_threshold, ras_to_voxel, voxel_to_ras
 
 _CENTRING = "foreground"
 _INTENSITY = "foreground_zscore"

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
-from .errors import ImageError
+from ..atomic import atomic_path
+from ..errors import ImageError
 
 
 @dataclass

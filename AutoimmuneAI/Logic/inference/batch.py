@@ -1,7 +1,7 @@
 """Batch inference with a loaded bundle: logits, calibrated probabilities and log-hazards.
 
 Accepts a cohort (images are brought to the bundle's model grid, labs encoded with the
-bundle's encoder), ready :class:`~autoimmuneai.dataset.CaseArrays`, or a pair of tensors
+bundle's encoder), ready :class:`~autoimmuneai.data.dataset.CaseArrays`, or a pair of tensors
 ``(images [n, C, D, H, W], serology [n, d])``.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .calibration import softmax
-from .dataset import CaseArrays, build_arrays
-from .model import INFERENCE_BATCH_SIZE
+from ..data.dataset import CaseArrays, build_arrays
+from ..model.fusion import INFERENCE_BATCH_SIZE
+from ..stats.calibration import softmax
 
 WHICH = ("fused", "image_only")
 

@@ -19,7 +19,7 @@ from skimage.filters import gaussian
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-from .errors import InputError
+from ..errors import InputError
 
 BAND_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.90, 0.10, 0.10),  # strongest band: red

@@ -29,14 +29,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from . import __version__
-from .atomic import json_safe, write_bytes, write_text
-from .conformal import ConformalPredictor
-from .errors import BundleError
-from .model import FusionModel, ModelConfig
-from .model_grid import ModelGrid
-from .panel import Panel, load_panel, panel_from_dict
-from .serology import SerologyEncoder
+from .. import __version__
+from ..atomic import json_safe, write_bytes, write_text
+from ..data.panel import Panel, load_panel, panel_from_dict
+from ..data.serology import SerologyEncoder
+from ..errors import BundleError
+from ..preprocess.model_grid import ModelGrid
+from ..stats.conformal import ConformalPredictor
+from .fusion import FusionModel, ModelConfig
 
 METADATA = Path("configs") / "metadata.json"
 MODEL_FILE = "models/model.safetensors"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .panel import Panel
+from ..data.panel import Panel
 
 
 def training_distribution(

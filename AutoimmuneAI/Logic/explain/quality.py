@@ -49,16 +49,16 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from .atomic import write_text
-from .errors import InputError
-from .explain import (
+from ..atomic import write_text
+from ..data.imaging import foreground_mask, voxel_to_ras
+from ..errors import InputError
+from .attribution import (
     DEFAULT_METHOD,
     METHODS,
     explain,
     image_baseline,
     without_hyperintensities,
 )
-from .imaging import foreground_mask, voxel_to_ras
 
 SANITY_MAX_SPEARMAN = 0.2
 POINTING_TOLERANCE_MM = 2.5  # one model-grid voxel
@@ -183,7 +183,7 @@ def deletion_curves(
 
     Order: attribution magnitude (largest first; ties at random) vs a random permutation.
     A deleted voxel takes the image's grey-level opening. ``floor`` is the probability
-    with the pseudo-healthy image (:func:`~autoimmuneai.explain.image_baseline`) and the same
+    with the pseudo-healthy image (:func:`~autoimmuneai.explain.attribution.image_baseline`) and the same
     labs. Areas are trapezoid areas over the deleted fraction divided by its range (mean
     values): ``<order>_auc`` of the probability, ``<order>_excess_auc`` of
     |probability - floor|. ``opened`` is the image's opening when the caller already has it.
@@ -373,10 +373,10 @@ def measure_explanation_quality(
 
     The explained class is each case's true diagnosis (the true lesions are its evidence).
     """
-    from .bundle import load_bundle
-    from .cohort import load_cohort
-    from .imaging import load_volume
-    from .predict import Predictor
+    from ..data.cohort import load_cohort
+    from ..data.imaging import load_volume
+    from ..inference.predictor import Predictor
+    from ..model.bundle import load_bundle
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

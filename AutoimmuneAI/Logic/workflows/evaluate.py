@@ -21,19 +21,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import figures
-from .atomic import json_safe, write_text
-from .baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline, baseline_from_dict
-from .calibration import expected_calibration_error, softmax
-from .conformal import ConformalPredictor, coverage, mean_set_size
-from .errors import BundleError, InputError
-from .metrics import diagnosis_metrics, progression_metrics
-from .survival import default_times_grid, risk_groups, survival_curves
+from ..atomic import json_safe, write_text
+from ..errors import BundleError, InputError
+from ..output import figures
+from ..stats.baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline, baseline_from_dict
+from ..stats.calibration import expected_calibration_error, softmax
+from ..stats.conformal import ConformalPredictor, coverage, mean_set_size
+from ..stats.metrics import diagnosis_metrics, progression_metrics
+from ..stats.survival import default_times_grid, risk_groups, survival_curves
 
 if TYPE_CHECKING:
-    from .bundle import Bundle
-    from .cohort import Cohort
-    from .inference import Outputs
+    from ..data.cohort import Cohort
+    from ..inference.batch import Outputs
+    from ..model.bundle import Bundle
 
 SINGLE_MODALITY = ("serology_only", "image_only")
 
@@ -333,10 +333,10 @@ def evaluate_bundle(
     ``split`` keeps only the cases whose manifest ``split`` equals it (e.g. ``test``).
     Returns the metrics written to ``out_dir/metrics.json``.
     """
-    from .bundle import load_bundle
-    from .cohort import load_cohort
-    from .dataset import build_arrays
-    from .inference import infer
+    from ..data.cohort import load_cohort
+    from ..data.dataset import build_arrays
+    from ..inference.batch import infer
+    from ..model.bundle import load_bundle
 
     out_dir = Path(out_dir)
     steps = tqdm(total=6, desc="evaluate", unit="step", disable=not progress, leave=False)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import ensure_writable_folder, write_text
-from .cohort import Case, load_cohort
-from .errors import InputError
-from .imaging import Volume, load_volume
+from ..atomic import ensure_writable_folder, write_text
+from ..data.cohort import Case, load_cohort
+from ..data.imaging import Volume, load_volume
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def predict_cohort(
     bands: tuple[float, ...] | None = None,
 ) -> BatchResult:
     """Predict (and explain) every case of a manifest; see the module docstring."""
-    from .predict import Predictor
+    from .predictor import Predictor
 
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
@@ -168,7 +168,7 @@ def run_case(
     prepared = predictor.prepare(volume, case.labs)
     prediction = predictor.predict_prepared(prepared, oid).to_json()
     if explain:
-        from .explain_case import explain_into
+        from ..explain.case_folder import explain_into
 
         prediction.update(
             explain_into(

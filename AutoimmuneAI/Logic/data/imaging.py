@@ -23,8 +23,8 @@ import SimpleITK as sitk
 from nibabel.affines import obliquity
 from skimage.filters import threshold_otsu
 
-from .atomic import atomic_path
-from .errors import ImageError
+from ..atomic import atomic_path
+from ..errors import ImageError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")

@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 from lifelines import KaplanMeierFitter  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
-from .calibration import expected_calibration_error, reliability_curve  # noqa: E402
-from .survival import RISK_GROUPS  # noqa: E402
+from ..atomic import atomic_path  # noqa: E402
+from ..stats.calibration import expected_calibration_error, reliability_curve  # noqa: E402
+from ..stats.survival import RISK_GROUPS  # noqa: E402
 
 GROUP_COLOURS = {"low": "tab:green", "intermediate": "tab:orange", "high": "tab:red"}
 

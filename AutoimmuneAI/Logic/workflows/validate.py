@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cohort import Cohort, load_cohort
-from .errors import InputError
-from .panel import load_panel
+from ..data.cohort import Cohort, load_cohort
+from ..data.panel import load_panel
+from ..errors import InputError
 
 
 @dataclass

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import InputError
+from ..atomic import atomic_path
+from ..errors import InputError
 from .mrml import SegmentSpec, _slicer, segmentation_from_labelmap, volume_to_node
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .imaging import Volume
+    from ..data.imaging import Volume
 
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
 FILL_OPACITY = 0.6
@@ -34,7 +34,7 @@ def default_fov_mm(volume: Volume, center_ras: tuple[float, float, float]) -> fl
     distance from it to the corners of the foreground's bounding box (the whole volume when
     no foreground stands out), plus a 5% margin.
     """
-    from .imaging import foreground_mask
+    from ..data.imaging import foreground_mask
 
     array = np.asarray(volume.array)
     mask = foreground_mask(array)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .atomic import write_bytes, write_text
-from .errors import InputError
+from .. import __version__
+from ..atomic import write_bytes, write_text
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 from .labvalues import LabValue, LabValueError, parse_lab_value
 from .panel import Panel, load_panel
 

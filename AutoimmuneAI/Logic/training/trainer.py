@@ -1,6 +1,6 @@
 """Training: the epoch loop (checkpoints, resume, early stopping, DDP) and the ``train`` command.
 
-``fit`` trains one :class:`~autoimmuneai.model.FusionModel` on :class:`CaseArrays`. It is
+``fit`` trains one :class:`~autoimmuneai.model.fusion.FusionModel` on :class:`CaseArrays`. It is
 deterministic for a given seed on CPU: the shuffling, the augmentation and the dropout of
 epoch e are drawn from generators seeded by (seed, e), so a run resumed from the checkpoint
 of epoch e (model, optimiser, early-stopping state) ends with the same weights as an
@@ -40,12 +40,12 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .atomic import write_with
-from .dataset import CaseArrays
-from .errors import InputError
-from .losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
-from .model import INFERENCE_BATCH_SIZE, FusionModel, ModelConfig
-from .risk_head import crude_class_log_hazards, fit_class_log_hazards
+from ..atomic import write_with
+from ..data.dataset import CaseArrays
+from ..errors import InputError
+from ..model.fusion import INFERENCE_BATCH_SIZE, FusionModel, ModelConfig
+from ..model.losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
+from ..model.risk_head import crude_class_log_hazards, fit_class_log_hazards
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -594,8 +594,8 @@ def assign_splits(cohort, cfg: TrainConfig) -> tuple[np.ndarray, str]:
 
 
 def _summary_metrics(probs, labels, risk, times, events, classes) -> dict:
-    from .metrics import diagnosis_metrics
-    from .survival import concordance
+    from ..stats.metrics import diagnosis_metrics
+    from ..stats.survival import concordance
 
     d = diagnosis_metrics(np.asarray(probs), np.asarray(labels), classes)
     return {
@@ -613,7 +613,7 @@ def _cross_validate(
     """K-fold CV of the fused model on train+val (inner val split for early stopping)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    from .calibration import softmax
+    from ..stats.calibration import softmax
 
     labels = arrays.labels.numpy()
     _, counts = np.unique(labels, return_counts=True)
@@ -677,17 +677,17 @@ def train_bundle(
     """
     import shutil
 
-    from .baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline
-    from .bundle import save_bundle
-    from .calibration import expected_calibration_error, fit_temperature, softmax
-    from .cohort import load_cohort
-    from .conformal import fit_conformal, fit_conformal_tuned
-    from .dataset import build_arrays
-    from .model_grid import ModelGrid
-    from .ood import training_distribution
-    from .panel import load_panel
-    from .serology import SerologyEncoder
-    from .survival import breslow_baseline, risk_cutoffs
+    from ..data.cohort import load_cohort
+    from ..data.dataset import build_arrays
+    from ..data.panel import load_panel
+    from ..data.serology import SerologyEncoder
+    from ..inference.ood import training_distribution
+    from ..model.bundle import save_bundle
+    from ..preprocess.model_grid import ModelGrid
+    from ..stats.baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline
+    from ..stats.calibration import expected_calibration_error, fit_temperature, softmax
+    from ..stats.conformal import fit_conformal, fit_conformal_tuned
+    from ..stats.survival import breslow_baseline, risk_cutoffs
 
     cfg = config or TrainConfig()
     t_start = time.perf_counter()

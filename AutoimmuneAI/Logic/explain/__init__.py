@@ -1,0 +1,1 @@
+"""Why the model decided: Captum attributions, evidence regions, per-case outputs, and explanation quality."""

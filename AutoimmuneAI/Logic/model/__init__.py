@@ -1,0 +1,1 @@
+"""The fusion network, its losses and risk head, and the bundle that stores a trained model."""

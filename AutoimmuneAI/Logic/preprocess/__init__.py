@@ -1,0 +1,1 @@
+"""From a patient's image to the model grid: every step invertible, so results map back."""

@@ -1,0 +1,1 @@
+"""Statistics of the predictions: calibration, conformal sets, survival, metrics, and the baselines."""

@@ -1,0 +1,1 @@
+"""Training the fusion network and everything a bundle needs."""

@@ -1,0 +1,1 @@
+"""The commands that chain the stages: validate, evaluate and the demo."""
