@@ -2,9 +2,16 @@
 
 import math
 
+import numpy as np
 import pytest
+from example_panel import write_example_panel
 
-from autoimmuneai.data.labvalues import LabValueError, format_lab_value, parse_lab_value
+from autoimmuneai.data.labvalues import (
+    LabValueError,
+    format_lab_value,
+    model_value,
+    parse_lab_value,
+)
 from autoimmuneai.data.panel import load_panel
 
 PANEL = load_panel("cns_autoimmune")
@@ -82,8 +89,53 @@ def test_format_round_trip():
     assert format_lab_value(parse("esr", ""), PANEL.feature("esr")) == "missing"
 
 
-def test_second_panel_needs_no_code():
-    ra = load_panel("rheumatoid_arthritis")
-    assert ra.classes == ("RA", "PsA", "OA")
-    assert parse_lab_value("45 kIU/L", ra.feature("rf")).value == 45.0
-    assert ra.feature("anti_ccp").is_positive(parse_lab_value("85", ra.feature("anti_ccp")).value)
+def test_second_panel_needs_no_code(tmp_path):
+    """A panel file the package has never seen loads by path and parses its own units."""
+    other = load_panel(write_example_panel(tmp_path))
+    assert other.classes == ("RA", "PsA", "OA") and other.channels == ("t1",)
+    assert parse_lab_value("45 kIU/L", other.feature("rf")).value == 45.0
+    assert parse_lab_value("1.2 mg/dL", other.feature("crp")).value == pytest.approx(12.0)
+    assert other.feature("anti_ccp").is_positive(
+        parse_lab_value("85", other.feature("anti_ccp")).value
+    )
+    assert not other.feature("anti_ccp").is_positive(
+        parse_lab_value("12", other.feature("anti_ccp")).value
+    )
+
+
+@pytest.mark.parametrize(
+    ("feature", "raw", "expected"),
+    [("crp", "<5", 2.5), ("crp", ">800", 800.0), ("crp", "12", 12.0), ("aqp4_igg", "<1:10", 5.0)],
+)
+def test_model_value_halves_a_lower_limit_and_keeps_an_upper_bound(feature, raw, expected):
+    assert model_value(parse(feature, raw)) == pytest.approx(expected)
+
+
+def test_model_value_refuses_a_missing_value():
+    with pytest.raises(ValueError, match="missing"):
+        model_value(parse("crp", ""))
+
+
+def test_training_and_prediction_read_a_censored_lab_alike(
+    tiny_cohort, tiny_bundle, cohort_copy, tmp_path
+):
+    """The cohort matrix (training) and the predictor (prediction) see the same number for "<5"."""
+    from conftest import write_rows
+
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.data.imaging import load_volume
+    from autoimmuneai.inference.predictor import Predictor
+
+    manifest, rows = cohort_copy(tmp_path, n=1)
+    rows[0]["crp"] = "<5"
+    write_rows(manifest, rows, cohort_copy.columns)
+    cohort = load_cohort(manifest)
+    values, missing = cohort.lab_matrix()
+    j = cohort.panel.feature_names.index("crp")
+    assert values[0, j] == pytest.approx(2.5) and not missing[0, j]
+
+    predictor = Predictor(tiny_bundle)
+    labs = {name: rows[0][name] for name in predictor.panel.feature_names}
+    prepared = predictor.prepare(load_volume(manifest.parent / rows[0]["image_flair"]), labs)
+    np.testing.assert_allclose(prepared.values, values[0], equal_nan=True)
+    np.testing.assert_array_equal(prepared.missing, missing[0])

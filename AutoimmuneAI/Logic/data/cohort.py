@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .labvalues import LabValue, LabValueError, parse_lab_value
+from .labvalues import LabValue, LabValueError, model_value, parse_lab_value
 from .panel import Panel, load_panel
 
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -66,8 +66,7 @@ class Cohort:
         """Values [n, features] in canonical units and the missing mask.
 
         Categorical values are category indices. A value reported below an assay limit
-        ("<10") is taken as half the limit, the usual convention for left-censored labs;
-        ">800" keeps the bound.
+        ("<10") is taken as half the limit and ">800" keeps the bound (``model_value``).
         """
         names = self.panel.feature_names
         values = np.full((len(self.cases), len(names)), np.nan)
@@ -77,7 +76,7 @@ class Cohort:
                 lab = case.labs.get(name)
                 if lab is None or lab.missing:
                     continue
-                values[i, j] = lab.value / 2.0 if lab.censor == "<" else lab.value
+                values[i, j] = model_value(lab)
                 missing[i, j] = False
         return values, missing
 

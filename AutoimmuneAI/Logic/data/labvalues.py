@@ -80,6 +80,18 @@ def parse_lab_value(raw: object, feature: Feature) -> LabValue:
     return _check(_parse_continuous(text, feature), feature)
 
 
+def model_value(lab: LabValue) -> float:
+    """The number the model sees for a parsed, present lab value, in the canonical unit.
+
+    A value reported below an assay's limit ("<10") is taken as half the limit, the usual
+    convention for left-censored labs; ">800" keeps its bound. Training (``Cohort.lab_matrix``)
+    and prediction (``Predictor.prepare``) both call this, so the two cannot drift apart.
+    """
+    if lab.missing:
+        raise ValueError("a missing lab value has no model value")
+    return lab.value / 2.0 if lab.censor == "<" else lab.value
+
+
 def format_lab_value(value: LabValue, feature: Feature) -> str:
     """A short human-readable form of a parsed value, in the panel's unit."""
     if value.missing:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.imaging import Volume, describe_volume
-from ..data.labvalues import LabValue, LabValueError, parse_lab_value
+from ..data.labvalues import LabValue, LabValueError, model_value, parse_lab_value
 from ..errors import InputError
 from ..model.bundle import Bundle, load_bundle
 from ..preprocess.model_grid import GridSample
@@ -116,7 +116,7 @@ class Predictor:
         for j, name in enumerate(names):
             lab = labs[name]
             if not lab.missing:
-                values[j] = lab.value / 2.0 if lab.censor == "<" else lab.value
+                values[j] = model_value(lab)
                 missing[j] = False
         sample = self.bundle.grid.to_model(volume)
         image = sample.tensor.unsqueeze(0).float()
