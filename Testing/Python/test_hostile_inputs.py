@@ -320,11 +320,11 @@ def _metadata(bundle: Path) -> Path:
 
 
 def _other_panel(bundle: Path) -> None:
-    """The bundle's panel becomes the rheumatoid-arthritis panel (other classes, channel, labs)."""
-    from autoimmuneai.data.panel import load_panel
+    """The bundle's panel becomes a test panel of another disease family (other classes, channel, labs)."""
+    from example_panel import EXAMPLE_PANEL
 
     meta = json.loads(_metadata(bundle).read_text(encoding="utf-8"))
-    meta["panel"] = load_panel("rheumatoid_arthritis").to_dict()
+    meta["panel"] = EXAMPLE_PANEL
     _metadata(bundle).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 

@@ -445,6 +445,7 @@ def fake_bundle(tmp_path: Path, panel_value) -> Path:
 
 def test_bundle_is_checked_and_its_panel_read(tmp_path, panel):
     from AutoimmuneAILib.logic import checkBundle, panelForBundle
+    from example_panel import EXAMPLE_PANEL
 
     from autoimmuneai.errors import BundleError
 
@@ -456,9 +457,13 @@ def test_bundle_is_checked_and_its_panel_read(tmp_path, panel):
     assert panelForBundle(bundle).feature_names == panel.feature_names
     assert checkBundle(bundle / "configs" / "metadata.json") == bundle
     (bundle / "configs" / "metadata.json").write_text(
-        json.dumps({"panel": "rheumatoid_arthritis"}), encoding="utf-8"
+        json.dumps({"panel": EXAMPLE_PANEL}), encoding="utf-8"
     )
-    assert panelForBundle(bundle).name == "rheumatoid_arthritis"
+    assert panelForBundle(bundle).classes == ("RA", "PsA", "OA")  # a family the code never names
+    (bundle / "configs" / "metadata.json").write_text(
+        json.dumps({"panel": "cns_autoimmune"}), encoding="utf-8"
+    )
+    assert panelForBundle(bundle).name == "cns_autoimmune"  # a built-in panel named by the bundle
 
 
 def test_case_inputs_are_written_in_the_cohort_contract(tmp_path, panel):
