@@ -7,10 +7,13 @@ A run killed at any moment leaves either the old file, the complete new one, or 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import math
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,91 @@ def write_with(path: str | Path, writer: Callable[[Path], object]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+# Cells a spreadsheet reads as a formula (OWASP "CSV injection"): a leading =, +, -, @, or a
+# tab / carriage return that some spreadsheets skip before looking for one of those.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+SPREADSHEET_TEXT_PREFIX = "'"
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that no spreadsheet runs as a formula.
+
+    Text starting with one of ``FORMULA_START`` gets a leading apostrophe (the spreadsheet
+    "this is text" mark, OWASP's advice), unless the text is a plain number such as ``-0.25``
+    or ``+3e-2``: negative numbers in numeric columns stay numbers. Text that already starts
+    with apostrophes before such a character gets one more, so ``unescape_cell`` restores
+    every cell exactly when the product reads its own CSV back. Non-text values are returned
+    unchanged.
+    """
+    if not isinstance(value, str):
+        return value
+    if not value.lstrip(SPREADSHEET_TEXT_PREFIX).startswith(FORMULA_START):
+        return value
+    if _PLAIN_NUMBER.match(value):
+        return value
+    return SPREADSHEET_TEXT_PREFIX + value
+
+
+def unescape_cell(text: str) -> str:
+    """The cell as it was before ``spreadsheet_safe`` (``'=x`` -> ``=x``; others unchanged)."""
+    if text.startswith(SPREADSHEET_TEXT_PREFIX) and text.lstrip(SPREADSHEET_TEXT_PREFIX).startswith(
+        FORMULA_START
+    ):
+        return text[1:]
+    return text
+
+
+def _cell(value: object) -> object:
+    """A value as written in a CSV cell: floats with 6 significant digits, text made safe."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        return f"{v:.6g}" if math.isfinite(v) else ""
+    if isinstance(value, np.integer):
+        return int(value)
+    if value is None:
+        return ""
+    return spreadsheet_safe(value if isinstance(value, int | str) else str(value))
+
+
+def csv_text(
+    rows: Iterable[Mapping[str, object] | Sequence[object]],
+    columns: Sequence[str],
+    *,
+    delimiter: str = ",",
+) -> str:
+    """CSV text with a header: every cell through ``spreadsheet_safe`` (see ``write_csv``).
+
+    A row is a mapping (missing columns left blank, extra keys ignored) or a sequence in the
+    order of ``columns``.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+    writer.writerow([spreadsheet_safe(str(c)) for c in columns])
+    for row in rows:
+        values = [row.get(c, "") for c in columns] if isinstance(row, Mapping) else list(row)
+        writer.writerow([_cell(v) for v in values])
+    return buf.getvalue()
+
+
+def write_csv(
+    path: str | Path,
+    rows: Iterable[Mapping[str, object] | Sequence[object]],
+    columns: Sequence[str],
+    *,
+    delimiter: str = ",",
+) -> Path:
+    """Write a CSV atomically with every text cell neutralised for spreadsheets.
+
+    The one writer for every CSV the product produces (predictions, errors, manifests it
+    writes, truth tables): a case id such as ``=HYPERLINK(...)`` opened in a spreadsheet
+    shows as text and runs nothing.
+    """
+    return write_text(path, csv_text(rows, columns, delimiter=delimiter))
 
 
 def json_safe(obj: object) -> object:

@@ -1,15 +1,26 @@
 """The ``autoimmuneai`` command line: demo, synth, validate, train, evaluate, predict, report.
 
-Each command imports its machinery lazily so that ``--help`` is instant. User errors
-(InputError) print one line and exit with status 2; ``--debug`` shows the traceback.
+Each command imports its machinery lazily so that ``--help`` is instant. Exit status, the
+same for every command (the README's "Exit codes" table)::
+
+    0    done
+    1    unexpected internal error (a bug: the traceback is printed)
+    2    bad input: a manifest, image, lab value, bundle or option (one line names it);
+         ``validate`` also when any row is unusable
+    3    ``predict`` finished, but some cases failed (listed in errors.csv)
+    130  interrupted (Ctrl-C)
+
+``--debug`` prints the traceback of a bad-input error too and keeps its status.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,8 +28,11 @@ from . import __version__
 from .errors import InputError
 
 log = logging.getLogger("autoimmuneai")
-EXIT_USER_ERROR = 2
+EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1  # a bug: the traceback is printed
+EXIT_USER_ERROR = 2  # bad input (also what argparse uses for a bad command line)
 EXIT_PARTIAL = 3  # batch finished but some cases failed
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,16 +48,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
     except InputError as exc:
-        if args.debug:
-            raise
         _close_progress_bars()
+        if args.debug:
+            traceback.print_exc()
         print(f"autoimmuneai {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"autoimmuneai {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: keep the traceback so that it can be reported
+        _close_progress_bars()
+        traceback.print_exc()
+        print(
+            f"autoimmuneai {args.command}: internal error ({type(exc).__name__}: {exc}); "
+            "this is a bug, please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
 
 
 def _close_progress_bars() -> None:
@@ -143,9 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--explain-cases", type=int, default=10)
 
-    p = command("predict", "Predict (and explain) every case of a cohort.", _predict)
+    p = command(
+        "predict",
+        "Predict (and explain) every case of a cohort manifest, or one image with its labs.",
+        _predict,
+    )
     p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--cohort", type=Path, default=None, help="manifest (CSV, TSV or XLSX)")
+    p.add_argument(
+        "--image", type=Path, default=None, help="one case without a manifest: its image file"
+    )
+    p.add_argument(
+        "--lab",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a lab value of the --image case, as on a lab sheet (repeatable): "
+        "--lab aqp4_igg=1:160 --lab ocb=neg; labs not given are missing",
+    )
+    p.add_argument(
+        "--labs",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help='the --image case\'s labs as a JSON object: {"aqp4_igg": "1:160", "ocb": "neg"}',
+    )
+    p.add_argument("--case-id", default=None, help="id of the --image case (default: file name)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--explain", action="store_true", help="attributions, evidence segments, scene")
     p.add_argument(
@@ -213,7 +260,7 @@ def _synth(args: argparse.Namespace) -> int:
     from .synth import generate_cohort
 
     if args.cases < 1:
-        raise InputError("--cases must be at least 1", field="--cases")
+        raise InputError("must be at least 1", field="--cases")
     manifest = generate_cohort(
         args.out,
         args.cases,
@@ -232,7 +279,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     report = validate_manifest(args.cohort, args.panel, allow_outside_root=args.allow_outside_root)
     print(report.render())
-    return 0 if report.usable else 1
+    return EXIT_OK if report.usable else EXIT_USER_ERROR
 
 
 def _raps_lam(text: str) -> float | None:
@@ -274,6 +321,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .workflows.evaluate import evaluate_bundle
 
+    _check_bundle_folder(args.bundle)
     metrics = evaluate_bundle(args.bundle, args.cohort, args.out, split=args.split)
     if args.explain_quality:
         from .explain.quality import measure_explanation_quality
@@ -292,10 +340,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .inference.cohort_run import predict_cohort
 
+    _check_bundle_folder(args.bundle)
+    labs = _single_case_labs(args)
     result = predict_cohort(
         args.bundle,
         args.cohort,
         args.out,
+        image=args.image,
+        labs=labs,
+        case_id=args.case_id,
         explain=args.explain,
         method=args.method,
         target=args.target,
@@ -307,7 +360,50 @@ def _predict(args: argparse.Namespace) -> int:
         bands=args.bands,
     )
     print(result.summary())
-    return EXIT_PARTIAL if result.n_failed else 0
+    return EXIT_PARTIAL if result.n_failed else EXIT_OK
+
+
+def _check_bundle_folder(path: Path) -> None:
+    """``--bundle`` must be the bundle folder; a file inside it gets a pointed message."""
+    if path.is_file():
+        folder = path.parent.parent if path.name == "metadata.json" else path.parent
+        raise InputError(
+            f"is a file; pass the bundle folder (the one holding configs/ and models/), "
+            f"e.g. --bundle {folder}",
+            file=path,
+            field="--bundle",
+        )
+
+
+def _single_case_labs(args: argparse.Namespace) -> dict[str, object] | None:
+    """The labs of ``predict --image``: ``--labs`` JSON, then each ``--lab NAME=VALUE``."""
+    if (args.cohort is None) == (args.image is None):
+        raise InputError(
+            "give either --cohort (a manifest) or --image (one case), not "
+            + ("both" if args.image is not None else "neither"),
+            field="--cohort",
+        )
+    if args.cohort is not None:
+        if args.lab or args.labs or args.case_id:
+            raise InputError("--lab, --labs and --case-id go with --image only", field="--lab")
+        return None
+    labs: dict[str, object] = {}
+    if args.labs is not None:
+        try:
+            data = json.loads(args.labs.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError("labs file not found", file=args.labs, field="--labs") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"not readable JSON ({exc})", file=args.labs, field="--labs") from None
+        if not isinstance(data, dict):
+            raise InputError('expected a JSON object such as {"aqp4_igg": "1:160"}', file=args.labs)
+        labs.update({str(k): "" if v is None else v for k, v in data.items()})
+    for item in args.lab:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"expected NAME=VALUE, got {item!r}", field="--lab")
+        labs[name.strip()] = value.strip()
+    return labs
 
 
 def _report(args: argparse.Namespace) -> int:

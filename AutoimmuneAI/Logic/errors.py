@@ -34,8 +34,13 @@ class InputError(Exception):
         if self.row is not None:
             where.append(f"row {self.row}")
         if self.field:
-            where.append(f"column {self.field}")
+            where.append(describe_field(self.field))
         return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+
+def describe_field(name: str) -> str:
+    """``column c3`` for a manifest column, ``option --alpha`` for a command-line option."""
+    return f"option {name}" if name.startswith("-") else f"column {name}"
 
 
 class ImageError(InputError):

@@ -6,20 +6,35 @@ message such as ``manifest.csv, row 7, column c3: ...`` points at the cell to fi
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import unescape_cell
 from ..errors import InputError
 from .labvalues import LabValue, LabValueError, model_value, parse_lab_value
 from .panel import Panel, load_panel
 
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TRUTH_FILE = "truth.csv"
+# Columns the manifest contract defines besides the images and the panel's lab features.
+OPTIONAL_COLUMNS = ("diagnosis", "event_time", "event", "split", "mask_lesions")
+
+
+def case_id_slug(text: str) -> str:
+    """``text`` made a valid case id (and a safe file or HTML id): other characters -> ``_``.
+
+    The one slug rule for case ids derived from file or node names and for ids in pages.
+    """
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+    cleaned = cleaned.strip("._-")[:128]
+    return cleaned if cleaned and CASE_ID_PATTERN.match(cleaned) else "case"
 
 
 @dataclass
@@ -27,7 +42,7 @@ class Case:
     """One validated manifest row."""
 
     case_id: str
-    row: int
+    row: int | None  # the spreadsheet row; None for a case given on the command line
     images: dict[str, Path]
     labs: dict[str, LabValue]
     diagnosis: str | None = None
@@ -46,6 +61,7 @@ class Cohort:
     cases: list[Case]
     problems: list[InputError] = field(default_factory=list)
     failed: dict[str, InputError] = field(default_factory=dict)  # case_id -> first problem
+    warnings: list[str] = field(default_factory=list)  # see manifest_warnings
 
     @property
     def root(self) -> Path:
@@ -129,10 +145,73 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"cannot read manifest ({reason})", file=path) from None
-    table.columns = [str(c).strip().lstrip("\ufeff") for c in table.columns]
+    table.columns = [unescape_cell(str(c).strip().lstrip("\ufeff")) for c in table.columns]
     if table.empty:
         raise InputError("manifest has no cases", file=path)
-    return table.fillna("")
+    # A CSV this product wrote marks formula-like text with an apostrophe (atomic.write_csv).
+    return table.fillna("").apply(
+        lambda col: col.map(lambda v: unescape_cell(v) if isinstance(v, str) else v)
+    )
+
+
+def manifest_warnings(table: pd.DataFrame, panel: Panel, path: str | Path) -> list[str]:
+    """One line per column the panel does not know and per lab feature missing on every row.
+
+    A misspelt lab column (``AQP4`` for ``aqp4_igg``) would otherwise be ignored without a
+    word, and the model would see that lab as "not done" for every case. Unknown columns are
+    named with the closest panel column ("did you mean aqp4_igg?"); a feature whose column is
+    absent or empty on every row is named with its label. Used by ``validate``, ``predict``
+    and the Slicer module (through :func:`cohort_warnings`).
+    """
+    known = ["case_id", *[f"image_{ch}" for ch in panel.channels], *OPTIONAL_COLUMNS]
+    known += list(panel.feature_names)
+    lines: list[str] = []
+    for column in table.columns:
+        if column in known:
+            continue
+        guess = closest_column(column, panel, known)
+        hint = f"; did you mean {guess}?" if guess else " (not a panel feature)"
+        lines.append(f"{path}, column {column}: unknown column, ignored{hint}")
+    for feature in panel.features:
+        present = feature.name in table.columns
+        if present and table[feature.name].astype(str).str.strip().ne("").any():
+            continue
+        why = "is empty on every row" if present else "is not in the manifest"
+        lines.append(
+            f"{path}, column {feature.name}: {feature.label} {why}; the model sees it as "
+            "not done for every case"
+        )
+    return lines
+
+
+def closest_column(column: str, panel: Panel, known: list[str]) -> str | None:
+    """The known column closest to ``column`` (by name or feature label), or None.
+
+    Compared case- and punctuation-blind (``AQP4`` ~ ``aqp4_igg`` ~ "AQP4-IgG") with
+    difflib's similarity ratio.
+    """
+
+    def norm(text: str) -> str:
+        return re.sub(r"[^0-9a-z]", "", text.lower())
+
+    candidates: dict[str, str] = {norm(k): k for k in known}
+    candidates.update({norm(f.label): f.name for f in panel.features if norm(f.label)})
+    target = norm(column)
+    if not target:
+        return None
+    if target in candidates:
+        return candidates[target]
+    prefixed = [name for key, name in candidates.items() if key.startswith(target)]
+    if len(prefixed) == 1 and len(target) >= 3:
+        return prefixed[0]
+    match = difflib.get_close_matches(target, list(candidates), n=1, cutoff=0.6)
+    return candidates[match[0]] if match else None
+
+
+def cohort_warnings(manifest: str | Path, panel: Panel | str | Path | None = None) -> list[str]:
+    """:func:`manifest_warnings` for a manifest file (for callers without a loaded cohort)."""
+    panel = panel if isinstance(panel, Panel) else load_panel(panel or "cns_autoimmune")
+    return manifest_warnings(read_manifest(manifest), panel, manifest)
 
 
 def _sniff_delimiter(path: Path) -> str:
@@ -142,6 +221,53 @@ def _sniff_delimiter(path: Path) -> str:
     counts = {sep: header.count(sep) for sep in ("\t", ";", ",")}
     best = max(counts, key=counts.get)
     return best if counts[best] else ","
+
+
+def single_case_cohort(
+    image: str | Path,
+    labs: Mapping[str, object],
+    panel: Panel | str | Path | None = None,
+    *,
+    case_id: str | None = None,
+    option: str = "--lab",
+) -> Cohort:
+    """A one-case cohort from the command line: an image file and ``{feature: lab text}``.
+
+    The labs are parsed exactly as manifest cells are; a name the panel does not know is
+    refused with the closest feature ("did you mean aqp4_igg?"), and features not given are
+    missing. The case id defaults to the image's file name without its suffixes.
+    """
+    panel = panel if isinstance(panel, Panel) else load_panel(panel or "cns_autoimmune")
+    if len(panel.channels) != 1:
+        raise InputError(
+            f"panel {panel.name!r} needs {len(panel.channels)} images "
+            f"({', '.join(panel.channels)}); use a manifest (--cohort)",
+            field="--image",
+        )
+    path = Path(image).resolve()
+    if not path.exists():
+        raise InputError("image not found", file=image, field="--image")
+    known = list(panel.feature_names)
+    for name in labs:
+        if name not in known:
+            guess = closest_column(name, panel, known)
+            hint = f"; did you mean {guess}?" if guess else f" (panel labs: {', '.join(known)})"
+            raise InputError(f"{name!r} is not a lab of panel {panel.name}{hint}", field=option)
+    parsed: dict[str, LabValue] = {}
+    for feature in panel.features:
+        try:
+            parsed[feature.name] = parse_lab_value(labs.get(feature.name, ""), feature)
+        except LabValueError as exc:
+            raise InputError(str(exc), field=f"{option} {feature.name}") from None
+    if case_id is None:
+        case_id = case_id_slug(path.name.split(".")[0])
+    elif not CASE_ID_PATTERN.match(case_id):
+        raise InputError(
+            f"case id {case_id!r} may use only letters, digits, '.', '_' and '-'",
+            field="--case-id",
+        )
+    case = Case(case_id, None, {panel.channels[0]: path}, parsed)
+    return Cohort(path, panel, [case])
 
 
 def load_cohort(
@@ -191,7 +317,8 @@ def load_cohort(
                 failed[case_id] = parsed[0]
             if strict:
                 raise parsed[0]
-    return Cohort(path, panel, cases, problems, failed)
+    warnings = manifest_warnings(table, panel, path)
+    return Cohort(path, panel, cases, problems, failed, warnings)
 
 
 def _check_columns(table: pd.DataFrame, panel: Panel, path: Path, require_labels: bool) -> None:

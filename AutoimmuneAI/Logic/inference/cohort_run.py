@@ -8,26 +8,26 @@ written atomically (temporary name + rename).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from ..atomic import ensure_writable_folder, write_text
-from ..data.cohort import Case, load_cohort
+from ..atomic import ensure_writable_folder, write_csv, write_text
+from ..data.cohort import Case, load_cohort, single_case_cohort
 from ..data.imaging import Volume, load_volume
-from ..errors import InputError
+from ..errors import InputError, describe_field
 
 log = logging.getLogger(__name__)
 
 CASE_FILES_EXPLAIN = ("attribution.nii.gz", "evidence.seg.nrrd", "scene.mrml")
+ERROR_COLUMNS = ["case_id", "row", "field", "reason"]
+SHOWN_FAILURES = 5  # failures named in the summary line; errors.csv lists them all
 
 
 @dataclass
@@ -39,6 +39,7 @@ class BatchResult:
     errors: list[dict] = field(default_factory=list)
     skipped: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # about the manifest as a whole
 
     @property
     def n_failed(self) -> int:
@@ -51,7 +52,24 @@ class BatchResult:
         )
         if self.errors:
             text += f"; failures in {self.out_dir / 'errors.csv'}"
+            for error in self.errors[:SHOWN_FAILURES]:
+                text += "\n  " + _failure_line(error)
+            if len(self.errors) > SHOWN_FAILURES:
+                text += f"\n  ... and {len(self.errors) - SHOWN_FAILURES} more"
+        if self.warnings:
+            text += f"\n{len(self.warnings)} warning(s) about the manifest:"
+            text += "".join(f"\n  {w}" for w in self.warnings)
         return text
+
+
+def _failure_line(error: dict) -> str:
+    """``case X, row 7, column c3: reason``: one errors.csv row as the summary shows it."""
+    where = [f"case {error['case_id']}"] if error.get("case_id") else []
+    if error.get("row") not in ("", None):
+        where.append(f"row {error['row']}")
+    if error.get("field"):
+        where.append(describe_field(str(error["field"])))
+    return f"{', '.join(where)}: {error['reason']}" if where else str(error["reason"])
 
 
 def output_id(case_id: str, salt: str | None) -> str:
@@ -71,7 +89,7 @@ def case_complete(case_dir: Path, explain: bool, snapshot: bool) -> bool:
 
 def predict_cohort(
     bundle_path: str | Path,
-    cohort_path: str | Path,
+    cohort_path: str | Path | None,
     out_dir: str | Path,
     *,
     explain: bool = False,
@@ -84,8 +102,15 @@ def predict_cohort(
     progress: bool = True,
     alpha: float | None = None,
     bands: tuple[float, ...] | None = None,
+    image: str | Path | None = None,
+    labs: Mapping[str, object] | None = None,
+    case_id: str | None = None,
 ) -> BatchResult:
-    """Predict (and explain) every case of a manifest; see the module docstring."""
+    """Predict (and explain) every case of a manifest; see the module docstring.
+
+    Without a manifest (``cohort_path`` None) the one case is ``image`` with ``labs``
+    (``{feature: lab text}``, parsed as manifest cells are against the bundle's panel).
+    """
     from .predictor import Predictor
 
     start = time.perf_counter()
@@ -96,16 +121,25 @@ def predict_cohort(
         raise InputError(
             f"unknown class {target!r} (one of {', '.join(predictor.classes)})", field="--target"
         )
-    cohort = load_cohort(
-        cohort_path,
-        predictor.panel,
-        check_images=False,
-        allow_outside_root=allow_outside_root,
-        strict=False,
-    )
-    result = BatchResult(out_dir)
+    manifest: Path | None = None  # errors inside the manifest need no file name
+    if cohort_path is None:
+        if image is None:
+            raise InputError("give a manifest (--cohort) or an image (--image)", field="--cohort")
+        cohort = single_case_cohort(image, labs or {}, predictor.panel, case_id=case_id)
+    else:
+        cohort = load_cohort(
+            cohort_path,
+            predictor.panel,
+            check_images=False,
+            allow_outside_root=allow_outside_root,
+            strict=False,
+        )
+        manifest = cohort.path
+    result = BatchResult(out_dir, warnings=list(cohort.warnings))
+    for warning in cohort.warnings:
+        log.warning("warning: %s", warning)
     for case_id, problem in cohort.failed.items():
-        result.errors.append(_error_row(output_id(case_id, hash_salt), problem))
+        result.errors.append(_error_row(output_id(case_id, hash_salt), problem, manifest))
 
     for case in tqdm(cohort.cases, desc="predict", unit="case", disable=not progress):
         oid = output_id(case.case_id, hash_salt)
@@ -128,7 +162,7 @@ def predict_cohort(
             )
         except InputError as exc:
             log.warning("case %s failed: %s", oid, exc.reason)
-            result.errors.append(_error_row(oid, exc))
+            result.errors.append(_error_row(oid, exc, manifest))
             continue
         except Exception as exc:  # a bug or an unforeseen file: record it, keep going
             log.debug("case %s failed", oid, exc_info=True)
@@ -136,7 +170,7 @@ def predict_cohort(
             result.errors.append(
                 {
                     "case_id": oid,
-                    "row": case.row,
+                    "row": "" if case.row is None else case.row,
                     "field": "",
                     "reason": f"{type(exc).__name__}: {exc}",
                 }
@@ -188,16 +222,13 @@ def run_case(
 
 def _load_case_image(case: Case, channel: str) -> Volume:
     path = case.images.get(channel)
+    column = f"image_{channel}" if case.row is not None else "--image"
     if path is None:
-        raise InputError(
-            f"no image for channel {channel!r}", row=case.row, field=f"image_{channel}"
-        )
+        raise InputError(f"no image for channel {channel!r}", row=case.row, field=column)
     try:
         return load_volume(path)
     except InputError as exc:
-        raise InputError(
-            exc.reason, file=exc.file, row=case.row, field=f"image_{channel}"
-        ) from None
+        raise InputError(exc.reason, file=exc.file, row=case.row, field=column) from None
 
 
 def _row(prediction: dict) -> dict:
@@ -215,28 +246,18 @@ def _row_from_json(path: Path) -> dict:
     return _row(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _error_row(case_id: str, problem: InputError) -> dict:
+def _error_row(case_id: str, problem: InputError, manifest: Path | None = None) -> dict:
+    """An errors.csv row; the reason names the file at fault (an image) unless it is the
+    manifest itself, which the row number already points into."""
+    reason = problem.reason
+    if problem.file and (manifest is None or Path(problem.file) != manifest):
+        reason = f"{problem.file}: {reason}"
     return {
         "case_id": case_id,
         "row": problem.row if problem.row is not None else "",
         "field": problem.field or "",
-        "reason": problem.reason,
+        "reason": reason,
     }
-
-
-def _csv_text(rows: list[dict], columns: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
-    return buf.getvalue()
-
-
-def _fmt(value: object) -> object:
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.6g}"
-    return value
 
 
 def _write_tables(out_dir: Path, result: BatchResult, classes: list[str]) -> None:
@@ -250,7 +271,5 @@ def _write_tables(out_dir: Path, result: BatchResult, classes: list[str]) -> Non
         "warnings",
     ]
     rows = sorted(result.rows, key=lambda r: r["case_id"])
-    write_text(out_dir / "predictions.csv", _csv_text(rows, columns))
-    write_text(
-        out_dir / "errors.csv", _csv_text(result.errors, ["case_id", "row", "field", "reason"])
-    )
+    write_csv(out_dir / "predictions.csv", rows, columns)
+    write_csv(out_dir / "errors.csv", result.errors, ERROR_COLUMNS)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data.cohort import Cohort, load_cohort
 from ..data.panel import load_panel
-from ..errors import InputError
+from ..errors import InputError, describe_field
 
 
 @dataclass
@@ -20,6 +20,7 @@ class ValidationReport:
     n_rows: int
     problems: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # usable, but probably not as meant
 
     @property
     def usable(self) -> bool:
@@ -27,10 +28,15 @@ class ValidationReport:
 
     def render(self) -> str:
         lines = [f"cohort {self.manifest}: {self.n_rows} rows", *self.summary]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s):")
+            lines += [f"  {w}" for w in self.warnings]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  {p}" for p in self.problems]
             lines.append("NOT usable: fix the rows above.")
+        elif self.warnings:
+            lines.append("usable, but read the warnings above.")
         else:
             lines.append("usable: no problems found.")
         return "\n".join(lines)
@@ -52,6 +58,7 @@ def validate_manifest(
     report = ValidationReport(Path(manifest), n_rows)
     report.problems = [_row_first(p) for p in cohort.problems]
     report.summary = summarize(cohort)
+    report.warnings = [_after_file(w, cohort.path) for w in cohort.warnings]
     return report
 
 
@@ -60,8 +67,14 @@ def _row_first(problem: InputError) -> str:
     if problem.row is not None:
         parts.append(f"row {problem.row}")
     if problem.field:
-        parts.append(f"column {problem.field}")
+        parts.append(describe_field(problem.field))
     return f"{', '.join(parts)}: {problem.reason}" if parts else problem.reason
+
+
+def _after_file(line: str, path: Path) -> str:
+    """A warning without its leading manifest path (the report's first line names it)."""
+    prefix = f"{path}, "
+    return line[len(prefix) :] if line.startswith(prefix) else line
 
 
 def summarize(cohort: Cohort) -> list[str]:
