@@ -11,7 +11,10 @@ Per method, averaged over cases:
   the trained model's map and the randomised model's map is computed over the head
   (foreground of the model-grid image). ``randomisation_spearman`` uses the signed maps (the
   paper's "no ABS" variant, which is what the product shows: evidence for vs against);
-  ``randomisation_spearman_abs`` is reported beside it. A method whose |Spearman| exceeds
+  ``randomisation_spearman_abs`` (the magnitudes) is reported beside it, computed over the
+  head voxels where either map is non-zero: most voxels are exactly 0 in both maps (the
+  "hyperintensity" baseline differs from the image only at bright spots), and counted in,
+  those shared zeros alone would make it near 1. A method whose |Spearman| exceeds
   ``SANITY_MAX_SPEARMAN`` (a strong negative correlation is structure too) fails the check
   and is flagged.
 - Faithfulness: the deletion curve against the same curve for a random order. Head voxels
@@ -271,8 +274,9 @@ def quality_for_cases(
             for stage, rmodel in randomised.items():
                 r = explain(rmodel, case.image, case.serology, **kwargs).image_map
                 row[f"spearman_{stage}"] = rank_correlation(model_map, r, head_model)
+                support = head_model & ((model_map != 0) | (r != 0))
                 row[f"spearman_abs_{stage}"] = rank_correlation(
-                    np.abs(model_map), np.abs(r), head_model
+                    np.abs(model_map), np.abs(r), support
                 )
             curves = deletion_curves(
                 model, case.image, case.serology, model_map, e.target, head_model,
