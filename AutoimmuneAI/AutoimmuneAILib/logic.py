@@ -39,11 +39,11 @@ registerPackage()
 
 from autoimmuneai.data.panel import Panel, load_panel, panel_from_dict  # noqa: E402
 from autoimmuneai.errors import BundleError, InputError  # noqa: E402
+from autoimmuneai.explain.methods import METHODS  # noqa: E402, F401 (the settings' choices)
 
 log = logging.getLogger("AutoimmuneAI")
 
 EXIT_PARTIAL = 3  # the command line's status when some cases failed
-METHODS = ("integrated_gradients", "gradient_shap", "occlusion", "layer_gradcam")
 
 try:  # Inside Slicer: the conventional base class (parameter node, module name).
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from lifelines import CoxPHFitter
 
-from autoimmuneai.model.fusion import FusionModel, LesionLoad, ModelConfig, _cube_max
+from autoimmuneai.model.fusion import FusionModel, LesionLoad, ModelConfig, cube_max
 from autoimmuneai.model.losses import (
     class_weights,
     cox_loss,
@@ -166,9 +166,16 @@ def test_coarse_read_out_sees_the_large_soft_lesion_the_base_window_misses() -> 
     assert float(x.grad[0, 0, 16, 20, 16]) > 0
 
 
-def test_cube_max_is_max_pooling() -> None:
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_cube_max_is_max_pooling(size: int) -> None:
     x = torch.randn(2, 1, 7, 9, 5)
-    torch.testing.assert_close(_cube_max(x), F.max_pool3d(x, 3, 1, 1), rtol=0, atol=0)
+    expected = F.max_pool3d(x, size, stride=1, padding=size // 2)
+    torch.testing.assert_close(cube_max(x, size), expected, rtol=0, atol=0)
+
+
+def test_cube_max_refuses_an_even_cube() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        cube_max(torch.zeros(1, 1, 4, 4, 4), 4)
 
 
 def test_wide_path_adds_a_linear_function_of_labs_and_lesion_features() -> None:

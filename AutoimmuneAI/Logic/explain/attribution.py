@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from captum.attr import (
     FeatureAblation,
     GradientShap,
@@ -43,9 +42,9 @@ from captum.attr import (
 
 from ..data.labvalues import LabValue, format_lab_value
 from ..errors import InputError
+from ..model.fusion import cube_max
+from .methods import DEFAULT_METHOD, METHODS
 
-METHODS = ("integrated_gradients", "gradient_shap", "occlusion", "layer_gradcam")
-DEFAULT_METHOD = "integrated_gradients"
 CONTRIBUTION_UNITS = "logit"
 BASELINES = ("hyperintensity", "opened", "blur", "zero")
 DEFAULT_BASELINE = "hyperintensity"
@@ -91,7 +90,7 @@ def image_baseline(image: torch.Tensor, kind: str = DEFAULT_BASELINE) -> torch.T
         return torch.zeros_like(image)
     with torch.no_grad():
         if kind in ("opened", "hyperintensity"):
-            opened = _cube_max(-_cube_max(-image))  # erosion, then dilation
+            opened = cube_max(-cube_max(-image, OPENING_SIZE), OPENING_SIZE)  # erode, dilate
             if kind == "opened":
                 return opened.contiguous()
             return without_hyperintensities(image, opened)
@@ -109,15 +108,6 @@ def without_hyperintensities(image: torch.Tensor, opened: torch.Tensor) -> torch
         tophat = image - opened
         threshold = float(np.quantile(tophat.numpy().reshape(-1), EXCESS_PERCENTILE / 100))
         return (image - torch.clamp(tophat - threshold, min=0.0)).contiguous()
-
-
-def _cube_max(x: torch.Tensor) -> torch.Tensor:
-    """Maximum over an ``OPENING_SIZE`` cube around each voxel, one axis at a time (a cube's
-    maximum is separable: the same result as one 3D pooling, at under half the cost)."""
-    k, p = OPENING_SIZE, OPENING_SIZE // 2
-    for kernel, pad in (((k, 1, 1), (p, 0, 0)), ((1, k, 1), (0, p, 0)), ((1, 1, k), (0, 0, p))):
-        x = F.max_pool3d(x, kernel, stride=1, padding=pad)
-    return x
 
 
 def serology_baseline(encoder, like: torch.Tensor) -> torch.Tensor:
@@ -395,60 +385,3 @@ def lab_contributions(
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return rows
-
-
-# ----------------------------------------------------------------------------------------
-# What-if
-
-
-def what_if(
-    model,
-    image: torch.Tensor,
-    values: np.ndarray,
-    missing: np.ndarray,
-    encoder,
-    feature: str,
-    new_value: LabValue,
-    temperature: float = 1.0,
-) -> dict:
-    """Probabilities before and after changing one lab value (e.g. AQP4-IgG -> negative).
-
-    ``values``/``missing`` are the patient's canonical values [features] (as
-    ``Cohort.lab_matrix``); a value reported as "<x" is taken as x/2, as in training.
-    """
-    panel = encoder.panel
-    names = [f.name for f in panel.features]
-    if feature not in names:
-        raise InputError(f"unknown lab feature {feature!r} for panel {panel.name}", field=feature)
-    if temperature <= 0:
-        raise InputError(f"temperature must be positive, got {temperature}")
-    j = names.index(feature)
-    values = np.asarray(values, dtype=np.float64).reshape(-1).copy()
-    missing = np.asarray(missing, dtype=bool).reshape(-1).copy()
-    before_lab = LabValue.absent() if missing[j] else LabValue(float(values[j]))
-    after_values, after_missing = values.copy(), missing.copy()
-    after_missing[j] = bool(new_value.missing)
-    if new_value.missing:
-        after_values[j] = np.nan
-    else:
-        after_values[j] = new_value.value / 2.0 if new_value.censor == "<" else new_value.value
-    encoded = encoder.transform(
-        np.stack([values, after_values]), np.stack([missing, after_missing])
-    )
-    with torch.no_grad():
-        model.eval()
-        logits = model(image.float().expand(2, -1, -1, -1, -1), torch.as_tensor(encoded))
-        probs = torch.softmax(logits.double() / temperature, dim=1).numpy()
-    classes = list(panel.classes)
-    f = panel.feature(feature)
-    return {
-        "feature": feature,
-        "label": f.label,
-        "value_before": format_lab_value(before_lab, f),
-        "value_after": format_lab_value(new_value, f),
-        "probabilities_before": {c: float(p) for c, p in zip(classes, probs[0])},
-        "probabilities_after": {c: float(p) for c, p in zip(classes, probs[1])},
-        "delta": {c: float(probs[1, i] - probs[0, i]) for i, c in enumerate(classes)},
-        "predicted_before": classes[int(np.argmax(probs[0]))],
-        "predicted_after": classes[int(np.argmax(probs[1]))],
-    }

@@ -29,14 +29,12 @@ def explain_into(
     bands: tuple[float, ...] | None = None,
 ) -> dict:
     """Write the explanation files of one case and return their summary for prediction.json."""
-    from .attribution import DELTA_TOLERANCE, explain
+    from .attribution import DEFAULT_METHOD, DELTA_TOLERANCE, explain
 
     bundle = predictor.bundle
     classes = predictor.classes
     target_name = target or prediction["predicted"]
-    method = method or bundle.metadata.get("explain", {}).get(
-        "default_method", "integrated_gradients"
-    )
+    method = method or bundle.metadata.get("explain", {}).get("default_method", DEFAULT_METHOD)
     explanation = explain(
         predictor.model,
         prepared.image,

@@ -268,7 +268,7 @@ class LesionLoad(nn.Module):
     def _count(self, e: torch.Tensor) -> torch.Tensor:
         """Soft count [B, 1] of the local peaks of the lesion map ``e``."""
         with torch.no_grad():
-            peak = (e == _cube_max(e)) & (e > 0)
+            peak = (e == cube_max(e, 3)) & (e > 0)
         return (peak * torch.tanh(e / self.COUNT_SCALE)).flatten(1).sum(1, keepdim=True)
 
 
@@ -293,14 +293,25 @@ def _pad_axis(
     return nn.functional.pad(x, pad, value=value)
 
 
-def _cube_max(x: torch.Tensor) -> torch.Tensor:
-    """Maximum over each voxel's 3-voxel cube, [B, C, D, H, W]: ``max_pool3d(x, 3, 1, 1)``,
-    as three one-axis maxima (the same values; measured 6x faster on CPU)."""
+def cube_max(x: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """Maximum over the ``size``-voxel cube (odd) around each voxel, [B, C, D, H, W].
+
+    The same values as ``F.max_pool3d(x, size, stride=1, padding=size // 2)``, computed as
+    three one-axis maxima of shifted views: a cube's maximum is separable, and on the CPU
+    elementwise maxima of views are several times faster than ``max_pool3d`` (one 3D or
+    three 1D poolings) at the model grid (see the README's figures). The lesion count uses
+    ``size=3`` (local peaks), the explanation's grey-level opening its own, larger cube.
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"cube size must be an odd number of voxels, got {size}")
+    p = size // 2
     for dim in (2, 3, 4):
-        padded = _pad_axis(x, dim, 1, 1, value=float("-inf"))
+        padded = _pad_axis(x, dim, p, p, value=float("-inf"))
         n = x.shape[dim]
-        x = torch.maximum(padded.narrow(dim, 0, n), padded.narrow(dim, 1, n))
-        x = torch.maximum(x, padded.narrow(dim, 2, n))
+        out = padded.narrow(dim, 0, n)
+        for shift in range(1, size):
+            out = torch.maximum(out, padded.narrow(dim, shift, n))
+        x = out
     return x
 
 
