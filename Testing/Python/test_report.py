@@ -69,8 +69,10 @@ def numbers_in(obj: object) -> set[str]:
     """Every number in a JSON value, formatted as the report may show it (0-3 decimals)."""
     out: set[str] = set()
     if isinstance(obj, dict):
-        for v in obj.values():
+        for k, v in obj.items():
             out |= numbers_in(v)
+            if str(k).isdigit():  # keys such as set_size_counts' "1".."5"
+                out.add(str(k))
     elif isinstance(obj, list):
         for v in obj:
             out |= numbers_in(v)
@@ -125,9 +127,7 @@ def test_report_states_synthetic_data_and_research_use(report: Path) -> None:
 def test_comparison_table_matches_metrics_json(report: Path, metrics: dict) -> None:
     cells = parse(report).cells
     models = {model for model, _ in cells}
-    assert "fused" in models
-    assert {"image_only", "serology_only", "criteria", "oracle"} <= models | set(), models
-    assert set(BASELINES) <= models
+    assert models == {"fused", *BASELINES}, models
     evaluation = json.loads(
         (report.parent / "evaluation" / "metrics.json").read_text(encoding="utf-8")
     )
@@ -197,9 +197,167 @@ def test_every_explained_case_is_shown(report: Path, metrics: dict, tiny_demo: P
 
 
 def test_explanation_quality_table(report: Path, metrics: dict) -> None:
-    assert metrics.get("explanation_quality"), "explain_quality.json was not picked up"
-    ids = {a.get("id") for _, a in parse(report).tags}
-    assert "explanation-quality" in ids or "explanation-quality-summary" in ids
+    """Measures as rows, methods as columns: the table is as wide as the methods are many,
+    so "passes sanity check" and "seconds per case" stay on the page."""
+    quality = metrics.get("explanation_quality")
+    assert quality, "explain_quality.json was not picked up"
+    rows = table_rows(report, "explanation-quality")
+    assert rows[0] == ["Measure", "Integrated Gradients"]
+    by_label = {r[0]: r[1:] for r in rows[1:]}
+    ig = quality["methods"]["integrated_gradients"]
+    assert by_label["Passes sanity check"] == ["yes" if ig["passes_sanity"] else "no"]
+    assert by_label["Seconds per case"] == [f"{ig['seconds_per_case']:.3f}"]
+    summary = dict(table_rows(report, "explanation-quality-summary"))
+    failing = ", ".join(quality["failing_sanity"]) or "none"
+    assert summary["Methods failing the sanity check"] == failing
+
+
+class Tables(HTMLParser):
+    """The text of every cell of every table, by table id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "table":
+            self._table = dict(attrs).get("id") or f"table{len(self.tables)}"
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table:
+            self.tables[self._table][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def table_rows(path: Path, table_id: str) -> list[list[str]]:
+    tables = Tables()
+    tables.feed(path.read_text(encoding="utf-8"))
+    assert table_id in tables.tables, sorted(tables.tables)
+    return tables.tables[table_id]
+
+
+def visible_text(path: Path) -> str:
+    return " ".join(" ".join(parse(path).text).split())
+
+
+def test_no_raw_keys_or_python_reprs_on_the_page(report: Path) -> None:
+    text = visible_text(report)
+    for raw in ("ece_before_calibration", "set_size_counts", "failing_sanity", "=None",
+                "={}", "synth_options", "target_coverage", "{'", "[]", "None"):  # fmt: skip
+        assert raw not in text, raw
+    assert "ECE before temperature scaling" in text
+    settings = [t for t in parse(report).text if t.startswith("Settings:")]
+    assert (
+        settings and "epochs: 2" in settings[0] and "cohort generator options: none" in settings[0]
+    )
+
+
+def test_explained_cases_show_truth_and_whether_right(
+    report: Path, metrics: dict, tiny_demo: Path
+) -> None:
+    with open(tiny_demo / "cohort" / "manifest.csv", newline="", encoding="utf-8") as f:
+        truth = {r["case_id"]: r["diagnosis"] for r in csv.DictReader(f)}
+    html_text = report.read_text(encoding="utf-8")
+    verdicts = set()
+    for case_id, shown in metrics["explained_cases"].items():
+        assert shown["true_diagnosis"] == truth[case_id]
+        assert shown["correct"] == (shown["predicted"] == truth[case_id])
+        assert shown["true_in_set"] == (truth[case_id] in shown["prediction_set"])
+        block = html_text.split(f'id="case-{case_id}"')[1].split('<div class="case"')[0]
+        assert f"True diagnosis: <strong>{truth[case_id]}</strong>" in block
+        verdict = "right" if shown["correct"] else "wrong"
+        assert f"the most likely class is {verdict}" in block
+        verdicts.add(verdict)
+        regions = [r["name"] for r in shown["regions"]]
+        assert regions, case_id
+        for name in regions:  # every evidence region is named in the case's table
+            assert f'<td class="name">{name}</td>' in block.replace("&#39;", "'"), name
+
+
+TARGETS = [
+    {"name": "mean_set_size", "target": "<= 2.0", "measured": 1.734, "ci": [1.52, 1.96],
+     "met": True, "note": "mean over 50 cases"},
+    {"name": "ece", "target": "<= 0.08", "measured": 0.121, "ci": [0.07, 0.18],
+     "met": False, "note": "<b>bold</b> & co"},
+    {"name": "coverage_NMOSD", "target": ">= 0.80", "measured": 0.75, "ci": [0.41, 0.93],
+     "met": None, "note": "too few cases to tell (8 < 30)"},
+    {"name": "c_index_vs_serology", "target": ">= 0", "measured": None, "ci": None,
+     "met": None, "note": "not computable"},
+]  # fmt: skip
+
+
+def test_targets_table_compares_each_target_with_its_result(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = tmp_path / "eval"
+    shutil.copytree(tiny_demo / "evaluation", folder)
+    metrics_path = folder / "metrics.json"
+    data = json.loads(metrics_path.read_text(encoding="utf-8"))
+    data["targets"] = TARGETS
+    data["conformal"]["guarantee"] = "class-conditional: each class its own 90% coverage"
+    metrics_path.write_text(json.dumps(data), encoding="utf-8")
+    path = build_report(folder)
+    rows = table_rows(path, "targets")
+    assert rows[0] == ["Target", "Goal", "Measured (95% CI)", "Verdict", "Note"]
+    body = {r[0]: r[1:] for r in rows[1:]}
+    assert body["Mean set size"] == [
+        "<= 2.0",
+        "1.734 (1.520 to 1.960)",
+        "met",
+        "mean over 50 cases",
+    ]
+    assert body["Ece"][1:3] == ["0.121 (0.070 to 0.180)", "not met"]
+    assert body["Coverage NMOSD"][2] == "too few cases to measure"
+    assert body["C index vs serology"][1:3] == ["n/a", "not measurable on these cases"]
+    html_text = path.read_text(encoding="utf-8")
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html_text and "<b>bold</b>" not in html_text
+    assert "Guarantee: class-conditional: each class its own 90% coverage." in visible_text(path)
+    # Every number of the targets table is in metrics.json too.
+    merged = json.loads(metrics_path.read_text(encoding="utf-8"))
+    assert merged["targets"] == TARGETS
+
+
+def test_report_without_targets_says_so(report: Path, metrics: dict) -> None:
+    if "targets" in metrics:  # evaluate writes them: check the table instead
+        assert len(table_rows(report, "targets")) == len(metrics["targets"]) + 1
+    else:
+        assert "holds no measured targets" in visible_text(report)
+
+
+def test_confusion_matrix_drawn_with_readable_numbers(tmp_path: Path) -> None:
+    """scikit-learn's display with 13-pt counts, shaded by the row fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from autoimmuneai.output.figures import draw_confusion
+
+    cm = np.array([[8, 2, 0], [1, 1, 0], [0, 0, 0]])
+    fig, ax = plt.subplots()
+    draw_confusion(ax, cm, ["MS", "NMOSD", "SVD"])
+    texts = {t.get_text(): t for t in ax.texts}
+    assert {"8", "2", "1", "0"} <= set(texts)
+    assert all(t.get_fontsize() >= 12 for t in ax.texts)
+    assert texts["8"].get_color() == "white" and texts["2"].get_color() == "black"
+    assert ax.get_xlabel() == "Predicted class" and ax.get_ylabel() == "True class"
+    plt.close(fig)
 
 
 def test_report_command_rebuilds_from_saved_results(

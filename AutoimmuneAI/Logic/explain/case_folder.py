@@ -65,7 +65,15 @@ def explain_into(
         from ..output.snapshot import render_snapshot
 
         center = regions[0].centroid_ras if regions else _center_ras(volume)
-        render_snapshot(volume, labelmap, segments, tuple(center), case_dir / "snapshot.png")
+        render_snapshot(
+            volume,
+            labelmap,
+            segments,
+            tuple(center),
+            case_dir / "snapshot.png",
+            case_id=str(prediction["case_id"]),
+            synthetic="oracle" in bundle.baselines,  # trained with a generator's ground truth
+        )
     positive = attribution[attribution > 0]
     warnings = list(prediction.get("warnings", []))
     if explanation.relative_delta is not None and explanation.relative_delta > DELTA_TOLERANCE:

@@ -14,7 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from lifelines import KaplanMeierFitter  # noqa: E402
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    confusion_matrix,
+    roc_auc_score,
+    roc_curve,
+)
 
 from ..atomic import atomic_path  # noqa: E402
 from ..stats.calibration import expected_calibration_error, reliability_curve  # noqa: E402
@@ -84,7 +89,7 @@ def reliability_diagram(
 def confusion_matrix_plot(
     labels: np.ndarray, preds: np.ndarray, classes: list[str], path: str | Path
 ) -> Path:
-    """Row-normalised confusion matrix with counts (rows = true class)."""
+    """Confusion matrix with counts (rows = true class), coloured by the row's fraction."""
     labels = np.asarray(labels).astype(np.int64)
     preds = np.asarray(preds).astype(np.int64)
     keep = labels >= 0
@@ -93,26 +98,29 @@ def confusion_matrix_plot(
         cm = confusion_matrix(labels[keep], preds[keep], labels=list(range(c)))
     else:
         cm = np.zeros((c, c), dtype=int)
+    fig, ax = plt.subplots(figsize=(1.1 * c + 2.8, 1.0 * c + 2.2))
+    draw_confusion(ax, cm, classes)
+    return _save(fig, path)
+
+
+def draw_confusion(ax: plt.Axes, cm: np.ndarray, classes: list[str]) -> None:
+    """scikit-learn's ConfusionMatrixDisplay of the counts, shaded by each true class's
+    fraction (so rare classes read as clearly as common ones), with numbers large enough to
+    read in the report."""
+    cm = np.asarray(cm).astype(int)
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2.5, 1.0 * len(classes) + 2))
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(
-                j,
-                i,
-                f"{cm[i, j]}",
-                ha="center",
-                va="center",
-                color="white" if frac[i, j] > 0.5 else "black",
-                fontsize=9,
-            )
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true")
-    ax.set_title("Confusion matrix")
-    return _save(fig, path)
+    display = ConfusionMatrixDisplay(cm, display_labels=list(classes))
+    display.plot(ax=ax, cmap="Blues", colorbar=False, values_format="d", text_kw={"fontsize": 13})
+    display.im_.set_data(frac)
+    display.im_.set_clim(0, 1)
+    for (i, j), text in np.ndenumerate(display.text_):
+        text.set_color("white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=10)
+    ax.set_yticks(range(len(classes)), classes, fontsize=10)
+    ax.set_xlabel("Predicted class", fontsize=11)
+    ax.set_ylabel("True class", fontsize=11)
+    ax.set_title("Confusion matrix (counts; shade: share of the true class)", fontsize=10)
 
 
 def km_by_risk_group(

@@ -1,5 +1,8 @@
 """The HTML report: one self-contained file (inline CSS, images as data URIs, no links out).
 
+The page is the Jinja2 template ``templates/report.html.j2`` rendered with autoescaping, from
+a view of the metrics in which every key has a human label (no raw keys, no Python reprs).
+
 ``build_report`` reads saved results only (it never trains or predicts), so
 ``autoimmuneai report --eval DIR`` rebuilds the same page later. It accepts a demo folder
 (``evaluation/``, ``cases/``, ``cohort/``, ``bundle/`` inside) or a plain ``evaluate``
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
 import logging
@@ -26,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from markupsafe import Markup
 
 from .. import __version__
-from ..atomic import write_bytes, write_text
+from ..atomic import json_safe, write_bytes, write_text
+from ..data.cohort import case_id_slug
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,9 @@ tr.fused td{font-weight:600;background:#eef6ff}
 figure img{width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}
 .case{border:1px solid #ddd;border-radius:6px;padding:.8em 1em;margin:1.2em 0}
 .set{font-weight:600;color:#0b5394}.warn{color:#a61c00}.small{font-size:.85em;color:#666}
+.scroll{overflow-x:auto;max-width:100%}th{white-space:normal;max-width:14em}
+td.note{font-size:.9em;max-width:28em}.right,tr.met td.verdict{color:#1e7b34;font-weight:600}
+.wrong,tr.missed td.verdict{color:#a61c00;font-weight:600}tr.unknown td.verdict{color:#8a6d00}
 """
 
 
@@ -170,7 +177,7 @@ def build_report(eval_dir: str | Path, out: str | Path | None = None) -> Path:
     metrics["report_figures"] = [f"figures/{f.key}.png" for f in figures] + [
         f"figures/{f.key}.png" for c in cases for f in c.figures
     ]
-    metrics = _clean(metrics)
+    metrics = json_safe(metrics)
     page = render_html(metrics, figures, cases)
     fig_dir = out.parent / "figures"
     _remove_stale_figures(out.parent, set(metrics["report_figures"]))
@@ -340,12 +347,8 @@ def evaluation_figures(sources: Sources, metrics: dict) -> list[Figure]:
                 figures.append(Figure(key, title, confusion_png(np.array(confusion), classes)))
     for path in pngs:  # any other evaluation figure (e.g. explanation quality)
         if path not in used:
-            figures.append(Figure(_slug(path.stem), path.stem.replace("_", " "), path.read_bytes()))
+            figures.append(Figure(case_id_slug(path.stem), _human(path.stem), path.read_bytes()))
     return figures
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
 
 
 def _new_figure(width: float = 5.0, height: float = 3.6):
@@ -366,18 +369,10 @@ def _png(fig) -> bytes:
 
 def confusion_png(matrix: np.ndarray, classes: list[str]) -> bytes:
     """Confusion matrix (rows true, columns predicted) with counts in the cells."""
-    fig = _new_figure(4.8, 4.2)
-    ax = fig.add_subplot()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("Predicted")
-    ax.set_ylabel("True")
-    high = matrix.max() if matrix.size else 0
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            colour = "white" if matrix[i, j] > high / 2 else "black"
-            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour)
+    from .figures import draw_confusion
+
+    fig = _new_figure(1.1 * len(classes) + 2.8, 1.0 * len(classes) + 2.2)
+    draw_confusion(fig.add_subplot(), np.asarray(matrix), classes)
     return _png(fig)
 
 
@@ -393,8 +388,11 @@ def lab_contribution_png(contributions: list[dict], class_name: str, top: int = 
     ax.barh(range(len(items)), values, color=colours)
     ax.set_yticks(range(len(items)), labels)
     ax.axvline(0, color="#444", lw=0.8)
-    ax.set_xlabel(f"Contribution to {class_name}")
-    ax.set_title("red: pushed towards, blue: away from", fontsize=9)
+    ax.set_xlabel(f"Contribution to the logit of {class_name}")
+    ax.set_title(
+        f"Lab values for and against {class_name}\n(red: towards {class_name}, blue: away)",
+        fontsize=9,
+    )
     return _png(fig)
 
 
@@ -433,18 +431,39 @@ def case_views(sources: Sources) -> list[CaseView]:
     """Every explained case under ``cases/``: its numbers and its figures."""
     if sources.cases_dir is None:
         return []
+    truth = true_diagnoses(sources)
     views = []
     for pred_path in sorted(sources.cases_dir.glob("*/prediction.json")):
         pred = _load_json(pred_path)
-        views.append(case_view(pred, pred_path.parent))
+        views.append(case_view(pred, pred_path.parent, truth.get(str(pred.get("case_id")))))
     return views
 
 
-def case_view(pred: dict, case_dir: Path) -> CaseView:
-    """Numbers shown for one case (also written to metrics.json) and its figures."""
+def true_diagnoses(sources: Sources) -> dict[str, str]:
+    """case_id -> the manifest's diagnosis, where one is recorded (pseudonymised ids match
+    nothing, so their truth stays unknown)."""
+    if sources.manifest is None:
+        return {}
+    with open(sources.manifest, newline="", encoding="utf-8-sig") as f:
+        return {
+            r["case_id"]: r["diagnosis"].strip()
+            for r in csv.DictReader(f)
+            if r.get("case_id") and (r.get("diagnosis") or "").strip()
+        }
+
+
+def case_view(pred: dict, case_dir: Path, truth: str | None = None) -> CaseView:
+    """Numbers shown for one case (also written to metrics.json) and its figures.
+
+    ``truth`` is the true diagnosis when known: the page then says whether the most likely
+    class was right and whether the prediction set holds the truth.
+    """
     case_id = str(pred["case_id"])
     explanation = pred.get("explanation", {})
     numbers = {
+        "true_diagnosis": truth,
+        "correct": None if truth is None else pred.get("predicted") == truth,
+        "true_in_set": None if truth is None else truth in (pred.get("prediction_set") or []),
         "predicted": pred.get("predicted"),
         "probabilities": pred.get("probabilities", {}),
         "prediction_set": pred.get("prediction_set", []),
@@ -464,7 +483,7 @@ def case_view(pred: dict, case_dir: Path) -> CaseView:
         ],
         "warnings": list(pred.get("warnings", [])),
     }
-    key = _slug(case_id)
+    key = case_id_slug(case_id)
     figures = []
     snapshot = case_dir / "snapshot.png"
     if snapshot.is_file():
@@ -500,44 +519,125 @@ def case_view(pred: dict, case_dir: Path) -> CaseView:
 
 # --------------------------------------------------------------------------- HTML
 
+TEMPLATE = "report.html.j2"
+# Labels for the keys of metrics.json that the page shows (raw keys never reach the page).
+CALIBRATION_LABELS = {
+    "ece_before_calibration": "ECE before temperature scaling",
+    "ece_uncalibrated": "ECE before temperature scaling",
+    "ece": "ECE after temperature scaling",
+    "temperature": "Temperature",
+    "ece_validation_before": "ECE on the calibration cases, before",
+    "ece_validation_after": "ECE on the calibration cases, after",
+}
+CONFORMAL_LABELS = {
+    "method": "Score",
+    "alpha": "Error rate alpha",
+    "target_coverage": "Target coverage",
+    "coverage": "Measured coverage",
+    "mean_set_size": "Mean set size (classes)",
+    "class_conditional": "Class-conditional (each class its own threshold)",
+    "threshold": "Threshold",
+    "n_calibration": "Calibration cases",
+    "lam": "RAPS penalty (lambda)",
+    "k_reg": "RAPS classes without penalty (k_reg)",
+}
+CONFORMAL_METHODS = {"raps": "RAPS (regularised adaptive sets)", "aps": "APS (adaptive sets)"}
+METHOD_LABELS = {
+    "integrated_gradients": "Integrated Gradients",
+    "gradient_shap": "GradientShap",
+    "gradientshap": "GradientShap",
+    "occlusion": "Occlusion",
+    "layer_gradcam": "LayerGradCam",
+    "layergradcam": "LayerGradCam",
+    "saliency": "Saliency",
+}
+QUALITY_SUMMARY_LABELS = {
+    "n_cases": "Cases measured",
+    "recommended_default": "Recommended default method",
+    "failing_sanity": "Methods failing the sanity check",
+}
+STAGE_LABELS = {
+    "cohort": "Generate the synthetic cohort",
+    "train": "Train the fused model and baselines",
+    "evaluate": "Evaluate on the test split",
+    "quality": "Measure explanation quality",
+    "explain": "Explain test cases",
+    "report": "Write the report",
+}
+SETTING_LABELS = {
+    "cases": "cases",
+    "seed": "seed",
+    "full": "full configuration",
+    "epochs": "epochs",
+    "quality_cases": "explanation-quality cases",
+    "quality_methods": "explanation-quality methods",
+    "panel": "panel",
+    "synth_options": "cohort generator options",
+    "train_options": "training options",
+}
+VERDICTS = {
+    True: ("met", "met"),
+    False: ("not met", "missed"),
+    None: ("too few cases to measure", "unknown"),
+}
+
 
 def render_html(metrics: dict, figures: list[Figure], cases: list[CaseView]) -> str:
-    """The whole page from the (cleaned) metrics, evaluation figures and case views."""
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>AutoimmuneAI report</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>AutoimmuneAI: MRI + serology differential diagnosis and progression risk</h1>",
-        f'<p class="notice" id="synthetic-statement"><strong>Synthetic data, research use only.'
-        f"</strong> {e(SYNTHETIC_STATEMENT)}</p>",
-    ]
-    if not metrics.get("report", {}).get("synthetic_data", True):
-        parts.append(
-            '<p class="notice">These results come from a cohort without generator ground '
-            "truth; the model remains a research tool and not a clinical device.</p>"
-        )
-    parts += _cohort_section(metrics.get("cohort_summary", {}))
-    parts += _comparison_section(metrics)
-    parts += _figures_section(figures)
-    parts += _conformal_section(metrics.get("conformal", {}))
-    parts += _quality_section(metrics.get("explanation_quality"))
-    parts += _cases_section(cases, metrics.get("explained_cases", {}))
-    parts += _run_section(metrics.get("demo_run"))
-    parts.append(
-        f'<p class="small">Generated by autoimmuneai {e(__version__)}. Every number on this '
-        "page is also in metrics.json beside it; every figure is in figures/ as a PNG.</p>"
+    """The whole page from the (cleaned) metrics, evaluation figures and case views.
+
+    A Jinja2 template with autoescaping: every value is escaped; only the figures' data URIs
+    (built here from PNG bytes) are marked safe.
+    """
+    page = {
+        "css": Markup(CSS),
+        "statement": SYNTHETIC_STATEMENT,
+        "synthetic": metrics.get("report", {}).get("synthetic_data", True),
+        "version": __version__,
+        "cohort_rows": cohort_rows(metrics.get("cohort_summary", {})),
+        "comparison": comparison_view(metrics),
+        "calibration_rows": calibration_rows(metrics),
+        "targets": target_rows(metrics.get("targets")),
+        "figures": [_figure_view(f) for f in figures],
+        "conformal": conformal_view(metrics.get("conformal") or {}),
+        "quality": quality_view(metrics.get("explanation_quality")),
+        "cases": [case_page(c, metrics.get("explained_cases", {})) for c in cases],
+        "run": run_view(metrics.get("demo_run")),
+    }
+    return _template().render(**page)
+
+
+def _template():
+    """The page template, shipped as package data beside this module (no network, no cwd)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+        autoescape=select_autoescape(["html", "j2"], default=True),
+        undefined=StrictUndefined,
+        trim_blocks=False,
+        keep_trailing_newline=True,
     )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return env.get_template(TEMPLATE)
 
 
-def _cohort_section(cohort: dict) -> list[str]:
-    e = html.escape
-    out = ["<h2>Cohort</h2>", '<table id="cohort"><tbody>']
-    rows = []
+def _figure_view(fig: Figure) -> dict:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return {
+        "key": fig.key,
+        "title": fig.title,
+        "caption": fig.caption,
+        "src": Markup(f"data:image/png;base64,{data}"),
+    }
+
+
+def _human(key: str) -> str:
+    """A fallback label for a key the tables above do not name: ``n_cases`` -> "N cases"."""
+    text = str(key).replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def cohort_rows(cohort: dict) -> list[tuple[str, str]]:
+    rows: list[tuple[str, object]] = []
     if "cases" in cohort:
         rows.append(("Cases", cohort["cases"]))
     for name, n in cohort.get("per_class", {}).items():
@@ -553,138 +653,128 @@ def _cohort_section(cohort: dict) -> list[str]:
     rows.append((label, cohort.get("evaluated_cases")))
     for name, n in cohort.get("evaluated_per_class", {}).items():
         rows.append((f"Evaluated {name}", n))
-    for label, value in rows:
-        out.append(f'<tr><td class="name">{e(label)}</td><td>{e(fmt(value, 1))}</td></tr>')
-    out.append("</tbody></table>")
-    return out
+    return [(label, fmt(value, 1)) for label, value in rows]
 
 
-def _comparison_section(metrics: dict) -> list[str]:
-    e = html.escape
-    out = [
-        "<h2>Fused model against baselines</h2>",
-        "<p>Held-out test split; every model evaluated on the same cases in the same run. "
-        "Diagnosis: balanced accuracy, macro one-vs-rest AUROC, expected calibration error "
-        "(lower is better). Progression: Harrell's c-index of the risk score and the "
-        "integrated Brier score of the survival curves (lower is better).</p>",
-        '<table id="comparison"><thead><tr><th class="name">Model</th>',
-    ]
-    out += [f"<th>{e(label)}</th>" for _, _, label in COMPARISON_COLUMNS]
-    out.append("</tr></thead><tbody>")
+def comparison_view(metrics: dict) -> dict:
+    rows = []
+    notes = []
     for key, label, values in comparison_rows(metrics):
-        cells = "".join(
-            f'<td data-metric="{k}">{fmt(v)}</td>'
-            for (_, k, _), v in zip(COMPARISON_COLUMNS, values)
-        )
-        out.append(
-            f'<tr class="{e(key)}" data-model="{e(key)}"><td class="name">{e(label)}</td>{cells}</tr>'
-        )
-    out.append("</tbody></table>")
-    calib = {
-        k: v
-        for k, v in metrics.get("diagnosis", {}).items()
-        if "ece" in k and k != "ece" and _number(v) is not None
-    }
-    calib.update(
-        {
-            f"calibration.{k}": v
-            for k, v in (metrics.get("calibration") or {}).items()
-            if _number(v) is not None
-        }
-    )
-    if calib:
-        out.append('<table id="calibration"><tbody>')
-        for k, v in calib.items():
-            out.append(f'<tr><td class="name">{e(k)}</td><td>{fmt(_number(v))}</td></tr>')
-        out.append("</tbody></table>")
-    return out
+        cells = [(k, fmt(v)) for (_, k, _), v in zip(COMPARISON_COLUMNS, values)]
+        rows.append({"key": key, "label": label, "cells": cells})
+    for name, baseline in (metrics.get("baselines") or {}).items():
+        reason = baseline.get("reason") if isinstance(baseline, dict) else None
+        if reason:
+            notes.append(f"{MODEL_LABELS.get(name, _human(name))}: {reason}.")
+    return {"columns": [label for _, _, label in COMPARISON_COLUMNS], "rows": rows, "notes": notes}
 
 
-def _figures_section(figures: list[Figure]) -> list[str]:
-    if not figures:
+def calibration_rows(metrics: dict) -> list[tuple[str, str]]:
+    """ECE before and after temperature scaling and the calibration's own figures, labelled."""
+    rows = []
+    diagnosis = metrics.get("diagnosis", {})
+    for key, value in diagnosis.items():
+        if "ece" in key and key != "ece" and _number(value) is not None:
+            rows.append((CALIBRATION_LABELS.get(key, _human(key)), fmt(_number(value))))
+    if _number(diagnosis.get("ece")) is not None and rows:
+        rows.append((CALIBRATION_LABELS["ece"], fmt(_number(diagnosis["ece"]))))
+    if _number(metrics.get("temperature")) is not None:
+        rows.append((CALIBRATION_LABELS["temperature"], fmt(_number(metrics["temperature"]))))
+    for key, value in (metrics.get("calibration") or {}).items():
+        if isinstance(value, str) and len(value) < 200:
+            rows.append((CALIBRATION_LABELS.get(key, _human(key)), value))
+        elif _number(value) is not None:
+            rows.append((CALIBRATION_LABELS.get(key, _human(key)), fmt(_number(value))))
+    return rows
+
+
+def target_rows(targets: object) -> list[dict]:
+    """The "Targets" table: goal, measured value with its 95% interval, verdict, note.
+
+    ``targets`` is ``metrics.json``'s list of ``{name, target, measured, ci, met, note}``; an
+    older metrics.json without it gives an empty table (the page says so).
+    """
+    if not isinstance(targets, list):
         return []
-    out = ["<h2>Discrimination, calibration and progression</h2>", '<div class="figs">']
-    out += [_figure_html(f) for f in figures]
-    out.append("</div>")
-    return out
+    rows = []
+    for t in targets:
+        if not isinstance(t, dict):
+            continue
+        measured = _number(t.get("measured"))
+        ci = t.get("ci")
+        text = fmt(measured)
+        if isinstance(ci, list) and len(ci) == 2 and all(_number(x) is not None for x in ci):
+            text += f" ({fmt(ci[0])} to {fmt(ci[1])})"
+        met = t.get("met") if isinstance(t.get("met"), bool) else None
+        verdict, css = VERDICTS[met]
+        if measured is None and met is None:
+            verdict = "not measurable on these cases"
+        rows.append(
+            {
+                "name": str(t.get("name", "")),
+                "label": str(t.get("label") or _human(t.get("name", ""))),
+                "goal": str(t.get("target", "")),
+                "measured": text,
+                "verdict": verdict,
+                "css": css,
+                "note": str(t.get("note") or ""),
+            }
+        )
+    return rows
 
 
-def _figure_html(fig: Figure) -> str:
-    data = base64.b64encode(fig.png).decode("ascii")
-    title = html.escape(fig.title)
-    return (
-        f'<figure id="fig-{html.escape(fig.key)}"><img alt="{title}" '
-        f'src="data:image/png;base64,{data}"><figcaption>{title}</figcaption></figure>'
-    )
-
-
-def _conformal_section(conformal: dict) -> list[str]:
+def conformal_view(conformal: dict) -> dict | None:
+    """Labelled rows, the set-size counts and the per-class coverage of the conformal sets."""
     if not conformal:
-        return []
-    e = html.escape
-    out = [
-        "<h2>Conformal prediction sets</h2>",
-        "<p>Split-conformal sets: the clinician-facing differential. At error rate alpha the "
-        "sets should contain the true diagnosis in at least a fraction one minus alpha of "
-        "the cases (target_coverage).</p>",
-        '<table id="conformal"><tbody>',
-    ]
-    for key, value in _flatten(conformal):
-        out.append(f'<tr><td class="name">{e(key)}</td><td>{e(fmt(value))}</td></tr>')
-    out.append("</tbody></table>")
-    return out
+        return None
+    rows = []
+    for key, value in conformal.items():
+        if isinstance(value, dict | list) or key == "guarantee":
+            continue
+        label = CONFORMAL_LABELS.get(key, _human(key))
+        if key == "method":
+            value = CONFORMAL_METHODS.get(str(value), str(value))
+        rows.append((label, fmt(value)))
+    sizes = conformal.get("set_size_counts") or {}
+    per_class = conformal.get("per_class_coverage") or {}
+    guarantee = conformal.get("guarantee")
+    return {
+        "rows": rows,
+        "set_sizes": [(str(k), fmt(v)) for k, v in sizes.items()],
+        "per_class": [(str(k), fmt(_coverage_value(v))) for k, v in per_class.items()],
+        "guarantee": str(guarantee) if guarantee else "",
+    }
 
 
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
-    """Scalar leaves of a nested dict as (dotted key, value); lists of scalars joined."""
-    out: list[tuple[str, object]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += _flatten(v, key + ".")
-        elif isinstance(v, list):
-            if all(isinstance(x, int | float | str) or x is None for x in v) and len(v) <= 12:
-                out.append((key, ", ".join(fmt(x) for x in v)))
-        else:
-            out.append((key, v))
-    return out
+def _coverage_value(value: object) -> object:
+    """A per-class coverage entry: a number, or a dict holding one under ``coverage``."""
+    if isinstance(value, dict):
+        return value.get("coverage")
+    return value
 
 
-def _quality_section(quality: dict | None) -> list[str]:
+def quality_view(quality: dict | None) -> dict | None:
+    """Explanation quality with measures as rows and methods as columns (fits the page)."""
     if not quality:
-        return []
-    e = html.escape
-    out = [
-        "<h2>Explanation quality</h2>",
-        "<p>Measured on test cases where the true lesions are known: relevance mass "
-        "accuracy and pointing game (localisation, against the lesion-volume fraction a "
-        "random map scores), Spearman correlation with a parameter-randomised model "
-        "(sanity: low is good) and deletion areas (faithfulness: voxels deleted in order of "
-        "attribution magnitude against random order, over the first 5% of the head; the "
-        "image evidence left is the distance of the probability from the probability with "
-        "every hyperintensity removed).</p>",
-    ]
+        return None
     table = _method_table(quality)
+    view: dict = {"methods": [], "rows": [], "summary_rows": []}
     if table is not None:
         methods, columns = table
-        out.append('<table id="explanation-quality"><thead><tr><th class="name">Method</th>')
-        out += [f"<th>{e(QUALITY_COLUMNS.get(c, c))}</th>" for c in columns]
-        out.append("</tr></thead><tbody>")
-        for name, values in methods.items():
-            cells = "".join(f"<td>{e(fmt(values.get(c)))}</td>" for c in columns)
-            out.append(f'<tr><td class="name">{e(name)}</td>{cells}</tr>')
-        out.append("</tbody></table>")
-        rest = {k: v for k, v in quality.items() if k != _method_key(quality)}
-    else:
-        rest = quality
-    rest = {k: v for k, v in rest.items() if k not in ("bundle", "cohort", "cases")}
-    scalars = [(k, v) for k, v in _flatten(rest) if not isinstance(v, str) or len(v) < 120]
-    if scalars:
-        out.append('<table id="explanation-quality-summary"><tbody>')
-        for key, value in scalars:
-            out.append(f'<tr><td class="name">{e(key)}</td><td>{e(fmt(value))}</td></tr>')
-        out.append("</tbody></table>")
-    return out
+        view["methods"] = [METHOD_LABELS.get(m, _human(m)) for m in methods]
+        for column in columns:
+            label = QUALITY_COLUMNS.get(column, _human(column))
+            view["rows"].append((label, [fmt(values.get(column)) for values in methods.values()]))
+    for key in ("n_cases", "recommended_default", "failing_sanity"):
+        if key not in quality:
+            continue
+        value = quality[key]
+        if key == "recommended_default":
+            value = METHOD_LABELS.get(str(value), str(value))
+        elif isinstance(value, list):
+            value = ", ".join(METHOD_LABELS.get(str(m), str(m)) for m in value) or "none"
+        view["summary_rows"].append((QUALITY_SUMMARY_LABELS[key], fmt(value)))
+    return view
 
 
 def _method_key(quality: dict) -> str | None:
@@ -695,7 +785,10 @@ def _method_key(quality: dict) -> str | None:
 
 
 def _method_table(quality: dict) -> tuple[dict[str, dict], list[str]] | None:
-    """A {method: {metric: value}} table from the explanation-quality JSON, if it has one."""
+    """A {method: {metric: value}} table from the explanation-quality JSON, if it has one.
+
+    Only the measures ``QUALITY_COLUMNS`` names are shown, in its order.
+    """
     key = _method_key(quality)
     if key is None:
         return None
@@ -707,76 +800,90 @@ def _method_table(quality: dict) -> tuple[dict[str, dict], list[str]] | None:
         flat = {k: v for k, v in values.items() if not isinstance(v, dict | list)}
         methods[name] = flat
         columns += [c for c in flat if c not in columns]
-    preferred = [c for c in QUALITY_COLUMNS if c in columns]
-    return methods, preferred or columns
+    return methods, [c for c in QUALITY_COLUMNS if c in columns]
 
 
-def _cases_section(cases: list[CaseView], numbers: dict) -> list[str]:
-    if not cases:
-        return []
-    e = html.escape
-    out = [
-        "<h2>Explained cases</h2>",
-        "<p>For each case: the evidence regions over the patient's own image (the Slicer "
-        "view), how each lab value pushed the explained class, the conformal prediction set "
-        "and the predicted progression-free survival.</p>",
+def case_page(case: CaseView, numbers: dict) -> dict:
+    """What the page shows for one explained case (every number from ``numbers``)."""
+    n = numbers.get(case.case_id, {})
+    truth = n.get("true_diagnosis")
+    predicted = n.get("predicted")
+    in_set = n.get("true_in_set")
+    if truth:
+        right = "right" if predicted == truth else "wrong"
+        inside = "in the prediction set" if in_set else "not in the prediction set"
+        verdict = f"the most likely class is {right}, and the true one is {inside}"
+        css = "right" if predicted == truth else "wrong"
+    else:
+        verdict, css = "", ""
+    share = n.get("modality_share")
+    share_text = ""
+    if isinstance(share, dict):
+        parts = [
+            f"{_human(k)} {fmt(_number(v))}" for k, v in share.items() if _number(v) is not None
+        ]
+        share_text = ", ".join(parts)
+    regions = [
+        {
+            "name": str(r.get("name") or "unnamed region"),
+            "band": str(r.get("band") or ""),
+            "volume": fmt(_number(r.get("volume_ml")), 2),
+            "share": fmt(_number(r.get("share"))),
+        }
+        for r in n.get("regions") or []
     ]
-    for case in cases:
-        n = numbers.get(case.case_id, {})
-        out.append(f'<div class="case" id="case-{e(_slug(case.case_id))}">')
-        out.append(f"<h3>Case {e(case.case_id)}</h3>")
-        coverage = n.get("coverage")
-        out.append(
-            f'<p>Prediction set ({e(fmt(coverage, 2))} coverage): <span class="set">'
-            f"{e(' or '.join(n.get('prediction_set') or []) or 'empty')}</span>; most likely "
-            f"{e(str(n.get('predicted')))}. Progression risk group {e(str(n.get('risk_group')))} "
-            f"(risk score {e(fmt(n.get('risk_score')))}).</p>"
-        )
-        probs = n.get("probabilities") or {}
-        if probs:
-            out.append("<table><thead><tr>")
-            out += [f"<th>{e(c)}</th>" for c in probs]
-            out.append("</tr></thead><tbody><tr>")
-            out += [f"<td>{e(fmt(p))}</td>" for p in probs.values()]
-            out.append("</tr></tbody></table>")
-        share = n.get("modality_share")
-        if isinstance(share, dict) and share:
-            text = ", ".join(f"{k} {fmt(v)}" for k, v in share.items() if _number(v) is not None)
-            out.append(f"<p>Modality share: {e(text)}</p>")
-        regions = n.get("regions") or []
-        if regions:
-            out.append("<ul>")
-            out += [f"<li>{e(str(r.get('name')))}</li>" for r in regions]
-            out.append("</ul>")
-        for warning in n.get("warnings") or []:
-            out.append(f'<p class="warn">Warning: {e(str(warning))}</p>')
-        out.append('<div class="figs">')
-        out += [_figure_html(f) for f in case.figures]
-        out.append("</div></div>")
-    return out
+    return {
+        "case_id": case.case_id,
+        "anchor": case_id_slug(case.case_id),
+        "coverage": fmt(n.get("coverage"), 2),
+        "set_text": " or ".join(n.get("prediction_set") or []) or "empty",
+        "predicted": str(predicted),
+        "truth": str(truth) if truth else "",
+        "verdict": verdict,
+        "verdict_css": css,
+        "risk_group": str(n.get("risk_group")),
+        "risk_score": fmt(n.get("risk_score")),
+        "probabilities": [(c, fmt(p)) for c, p in (n.get("probabilities") or {}).items()],
+        "share": share_text,
+        "explained": str(n.get("explained_class") or predicted),
+        "regions": regions,
+        "warnings": [str(w) for w in n.get("warnings") or []],
+        "figures": [_figure_view(f) for f in case.figures],
+    }
 
 
-def _run_section(run: dict | None) -> list[str]:
+def run_view(run: dict | None) -> dict | None:
+    """Stage times and memory, and the run's settings in words (no Python reprs)."""
     if not run:
-        return []
-    e = html.escape
-    out = [
-        "<h2>This run</h2>",
-        '<table id="run"><thead><tr><th class="name">Stage</th><th>Seconds</th>'
-        "<th>Peak memory (MB)</th></tr></thead><tbody>",
+        return None
+    stages = [
+        (
+            STAGE_LABELS.get(name, _human(name)),
+            fmt(s.get("seconds"), 1),
+            fmt(s.get("peak_rss_mb"), 1),
+        )
+        for name, s in run.get("stages", {}).items()
     ]
-    for name, s in run.get("stages", {}).items():
-        out.append(
-            f'<tr><td class="name">{e(name)}</td><td>{fmt(s.get("seconds"), 1)}</td>'
-            f"<td>{fmt(s.get('peak_rss_mb'), 1)}</td></tr>"
-        )
-    out.append("</tbody></table>")
-    config = run.get("config") or {}
-    if config:
-        out.append(
-            f'<p class="small">Settings: {e(", ".join(f"{k}={v}" for k, v in config.items()))}</p>'
-        )
-    return out
+    settings = [
+        (SETTING_LABELS.get(k, _human(k)), _setting_text(k, v))
+        for k, v in (run.get("config") or {}).items()
+    ]
+    return {"stages": stages, "settings": settings}
+
+
+def _setting_text(key: str, value: object) -> str:
+    """``None`` -> "default", ``{}`` -> "none", lists and dicts as plain words."""
+    if value is None:
+        return "all" if key == "quality_methods" else "default"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        if not value:
+            return "none"
+        return ", ".join(f"{_human(k).lower()} {_setting_text(k, v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(METHOD_LABELS.get(str(v), str(v)) for v in value) or "none"
+    return fmt(value)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -792,16 +899,3 @@ def _load_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise InputError("expected a JSON object", file=path)
     return data
-
-
-def _clean(value: object) -> object:
-    """JSON-safe copy: NaN/inf become null, NumPy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -10,6 +10,10 @@ side: axial | coronal | sagittal, in radiological convention (patient right on s
 
 from __future__ import annotations
 
+import ctypes.util
+import io
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +29,43 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
 FILL_OPACITY = 0.6
 """Segment fill opacity in the snapshot (Slicer's default is 0.5; a bit more reads better)."""
+RESEARCH_NOTICE = "Research use only - not for clinical decisions"
+SYNTHETIC_NOTICE = "Synthetic data - research use only"
+LEGEND_COLUMNS = 3
+
+
+def prefer_headless_window() -> None:
+    """On Linux without a display, have VTK create its EGL (else OSMesa) window directly.
+
+    VTK otherwise tries X first and logs "bad X server connection" before falling back,
+    which lands in the middle of a progress bar on every headless machine. An explicit
+    ``VTK_DEFAULT_OPENGL_WINDOW`` is left alone.
+    """
+    if not sys.platform.startswith("linux") or "VTK_DEFAULT_OPENGL_WINDOW" in os.environ:
+        return
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    if ctypes.util.find_library("EGL"):
+        os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
+    elif ctypes.util.find_library("OSMesa"):
+        os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkOSOpenGLRenderWindow"
+
+
+def orientation_letters(slice_to_ras: np.ndarray) -> dict[str, str]:
+    """Anatomical letters at a slice view's left, right, top and bottom edges.
+
+    Screen x (right) and y (up) are the first two columns of the slice-to-RAS matrix; an
+    edge gets the letter of the RAS axis its direction mostly follows (R/L, A/P, S/I).
+    """
+    positive, negative = "RAS", "LPI"
+
+    def letter(direction: np.ndarray) -> str:
+        k = int(np.argmax(np.abs(direction)))
+        return positive[k] if direction[k] > 0 else negative[k]
+
+    m = np.asarray(slice_to_ras, dtype=np.float64)[:3, :3]
+    x, y = m[:, 0], m[:, 1]
+    return {"left": letter(-x), "right": letter(x), "top": letter(y), "bottom": letter(-y)}
 
 
 def default_fov_mm(volume: Volume, center_ras: tuple[float, float, float]) -> float:
@@ -98,7 +139,10 @@ class _SliceView:
         actor.GetProperty().SetDisplayLocationToBackground()
         self.renderer.AddViewProp(actor)
 
-    def show(self, volume_id: str, orientation: str, center_ras: tuple, fov_mm: float) -> None:
+    def show(
+        self, volume_id: str, orientation: str, center_ras: tuple, fov_mm: float
+    ) -> dict[str, str]:
+        """Point the view at ``center_ras``; return its orientation letters."""
         self.logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_id)
         self.node.SetOrientation(orientation)
         self.logic.ResizeSliceNode(self.size, self.size)
@@ -106,6 +150,10 @@ class _SliceView:
         self.node.JumpSliceByCentering(*map(float, center_ras))
         self.node.UpdateMatrices()
         self.mapper.SetInputConnection(self.logic.GetImageDataConnection())
+        matrix = self.node.GetSliceToRAS()
+        return orientation_letters(
+            np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+        )
 
     def capture(self) -> np.ndarray:
         from vtkmodules.util.numpy_support import vtk_to_numpy
@@ -130,20 +178,69 @@ class _SliceView:
         self.window.Finalize()
 
 
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    from vtkmodules.util.numpy_support import numpy_to_vtk
-    from vtkmodules.vtkCommonDataModel import vtkImageData
-    from vtkmodules.vtkIOImage import vtkPNGWriter
+def _annotated_png(
+    canvas: np.ndarray,
+    side: int,
+    top: int,
+    letters: list[dict[str, str]],
+    segments: list[SegmentSpec],
+    case_id: str | None,
+    notice: str,
+) -> bytes:
+    """The panels with their orientation letters, and below them a strip with the case id,
+    the research-use notice and the colour legend of the segments; PNG bytes.
 
-    h, w, _ = rgb.shape
-    image = vtkImageData()
-    image.SetDimensions(w, h, 1)
-    scalars = numpy_to_vtk(np.ascontiguousarray(rgb[::-1]).reshape(-1, 3), deep=True)
-    image.GetPointData().SetScalars(scalars)
-    writer = vtkPNGWriter()
-    writer.SetInputData(image)
-    writer.SetFileName(str(path))
-    writer.Write()
+    Drawn with Matplotlib's Agg canvas at one figure pixel per image pixel, so the panels
+    keep their exact pixel geometry.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    font = max(7.0, side / 28.0)
+    line = int(round(font * 1.9))
+    char = font * 0.62  # a character's width, roughly, in pixels (DejaVu Sans)
+    longest = max((len(str(s.name)) for s in segments), default=1)
+    columns = int(max(1, min(LEGEND_COLUMNS, canvas.shape[1] // (longest * char + 4 * font))))
+    fits = max(4, int((canvas.shape[1] / columns - 3 * font) / char))
+    legend_rows = -(-len(segments) // columns) if segments else 1
+    strip = line * (1 + legend_rows) + line // 2
+    height, width = canvas.shape[0] + strip, canvas.shape[1]
+    full = np.zeros((height, width, 3), dtype=np.uint8)
+    full[: canvas.shape[0]] = canvas
+    fig = Figure(figsize=(width / 100.0, height / 100.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(full, interpolation="nearest", extent=(0, width, height, 0))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    style = {"color": "#ffd54f", "fontsize": font, "fontweight": "bold"}
+    pad = font * 0.9
+    for index, edge in enumerate(letters):
+        x0, mid = index * side, top + side / 2
+        ax.text(x0 + pad, mid, edge["left"], ha="left", va="center", **style)
+        ax.text(x0 + side - pad, mid, edge["right"], ha="right", va="center", **style)
+        ax.text(x0 + side / 2, top + pad, edge["top"], ha="center", va="top", **style)
+        ax.text(x0 + side / 2, top + side - pad, edge["bottom"], ha="center", va="bottom", **style)
+    y = canvas.shape[0] + line * 0.75
+    text = {"color": "white", "fontsize": font, "va": "center"}
+    ax.text(pad, y, f"Case {case_id}" if case_id else "Case (no id)", ha="left", **text)
+    ax.text(width - pad, y, notice, ha="right", **{**text, "color": "#ffb74d"})
+    if not segments:
+        ax.text(pad, y + line, "No evidence region above the bands", ha="left", **text)
+    column_width = width / columns
+    for i, segment in enumerate(segments):
+        row, col = divmod(i, columns)
+        cy, cx = y + line * (row + 1), pad + col * column_width
+        box = font * 1.1
+        ax.add_patch(Rectangle((cx, cy - box / 2), box, box, color=tuple(segment.color), lw=0))
+        name = str(segment.name)
+        name = name if len(name) <= fits else name[: fits - 1] + "\u2026"
+        ax.text(cx + box * 1.5, cy, name, ha="left", **text)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
 
 
 def render_snapshot(
@@ -155,15 +252,20 @@ def render_snapshot(
     *,
     size: tuple[int, int] = (768, 256),
     fov_mm: float | None = None,
+    case_id: str | None = None,
+    synthetic: bool = False,
 ) -> Path:
     """Render axial, coronal and sagittal slices through ``center_ras`` with the segments.
 
-    The PNG is ``size`` (width, height) pixels holding three square panels of side
+    The panel area is ``size`` (width, height) pixels holding three square panels of side
     ``min(width // 3, height)``, each centred on ``center_ras`` and ``fov_mm`` millimetres
-    wide (default: :func:`default_fov_mm`, the whole head). A point (R, A, S) lands in the axial panel at column
+    wide (default: :func:`default_fov_mm`, the whole head), with orientation letters at their
+    edges; the legend strip (case id, research-use notice, "synthetic" when ``synthetic``,
+    one colour swatch per segment) is added below it, so the PNG is that much taller. A point (R, A, S) lands in the axial panel at column
     ``side/2 - (R - Rc) * side / fov`` and row ``side/2 - (A - Ac) * side / fov`` from its
     top-left corner (patient right on screen left, anterior up), as in Slicer's Red view.
     """
+    prefer_headless_window()
     slicer = _slicer()
     from vtkmodules.vtkCommonCore import vtkCollection
 
@@ -199,11 +301,11 @@ def render_snapshot(
     seg_display.SetOpacity2DFill(FILL_OPACITY)
     seg_display.SetOpacity2DOutline(1.0)
 
-    panels = []
+    panels, letters = [], []
     view = _SliceView(slicer, scene, app_logic, "Snapshot", side)
     try:
         for orientation in ORIENTATIONS:
-            view.show(volume_node.GetID(), orientation, center_ras, fov)
+            letters.append(view.show(volume_node.GetID(), orientation, center_ras, fov))
             panels.append(view.capture())
     finally:
         view.close(app_logic)
@@ -211,7 +313,9 @@ def render_snapshot(
     top = (canvas.shape[0] - side) // 2
     for index, panel in enumerate(panels):
         canvas[top : top + side, index * side : (index + 1) * side] = panel[:side, :side]
+    notice = SYNTHETIC_NOTICE if synthetic else RESEARCH_NOTICE
+    png = _annotated_png(canvas, side, top, letters, segments, case_id, notice)
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
-        _write_png(canvas, tmp)
+        tmp.write_bytes(png)
     return out_png
