@@ -7,7 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoimmuneai.data.cohort import load_cohort, read_manifest
+from autoimmuneai.data.cohort import (
+    case_id_slug,
+    closest_column,
+    cohort_warnings,
+    load_cohort,
+    read_manifest,
+    single_case_cohort,
+)
 from autoimmuneai.data.panel import load_panel
 from autoimmuneai.data.serology import SerologyEncoder
 from autoimmuneai.errors import InputError
@@ -175,3 +182,79 @@ def test_serology_encoder_layout_and_missing_indicators(tmp_path):
     assert x[:, sex_f].tolist() == [1.0, 1.0, 1.0]
     again = SerologyEncoder.from_dict(encoder.to_dict(), PANEL).transform(values, missing)
     np.testing.assert_array_equal(x, again)
+
+
+def test_misspelt_lab_column_is_named_with_the_closest_feature(tmp_path):
+    """``AQP4`` instead of ``aqp4_igg``: validate names it, suggests the panel column, and
+    warns that AQP4-IgG is missing on every row (the model would see it as not done)."""
+    rows = _rows(tmp_path)
+    for row in rows:
+        row["AQP4"] = row.pop("aqp4_igg")
+        row["patient_ref"] = "x"
+    manifest = _write(tmp_path, rows)
+    report = validate_manifest(manifest)
+    assert report.usable  # a warning, not a row problem
+    assert "column AQP4: unknown column, ignored; did you mean aqp4_igg?" in report.warnings
+    assert "column patient_ref: unknown column, ignored (not a panel feature)" in report.warnings
+    assert any(
+        w.startswith("column aqp4_igg: AQP4-IgG is not in the manifest") for w in report.warnings
+    )
+    # esr and crp are absent from these rows too: one warning each, nothing for present labs.
+    missing = {w.split(":")[0] for w in report.warnings if "not done for every case" in w}
+    assert missing == {f"column {n}" for n in ("aqp4_igg", "igg_index", "csf_wbc", "ana",
+                       "anti_dsdna", "anti_sm", "c4", "antiphospholipid", "anti_ro", "esr",
+                       "crp")}  # fmt: skip
+    text = report.render()
+    assert "did you mean aqp4_igg?" in text and "usable, but read the warnings above." in text
+    assert cohort_warnings(manifest) == load_cohort(manifest).warnings  # the Slicer module's call
+
+
+def test_a_lab_empty_on_every_row_is_a_warning(tmp_path):
+    rows = _rows(tmp_path)
+    for row in rows:
+        row["mog_igg"] = ""
+    warnings = load_cohort(_write(tmp_path, rows)).warnings
+    assert any(w.endswith("column mog_igg: MOG-IgG is empty on every row; the model sees it as "
+                          "not done for every case") for w in warnings), warnings  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [("AQP4", "aqp4_igg"), ("MOG", "mog_igg"), ("Anti-dsDNA", "anti_dsdna"), ("IgG idx", "igg_index"),
+     ("CSF white cells", "csf_wbc"), ("diagnsis", "diagnosis"), ("mrn", None)],
+)  # fmt: skip
+def test_closest_column(column, expected):
+    known = ["case_id", "image_flair", *PANEL.feature_names, "diagnosis", "event_time", "event"]
+    assert closest_column(column, PANEL, known) == expected
+
+
+def test_single_case_from_the_command_line(tmp_path):
+    image = tmp_path / "scan_01.nii.gz"
+    _image(tmp_path / "x" / "scan_01.nii.gz")
+    (tmp_path / "x" / "scan_01.nii.gz").rename(image)
+    labs = {"aqp4_igg": "1:160", "ocb": "neg", "age": "41", "sex": "F"}
+    cohort = single_case_cohort(image, labs, PANEL)
+    (case,) = cohort.cases
+    assert case.case_id == "scan_01" and case.row is None and case.images["flair"] == image
+    assert case.labs["aqp4_igg"].value == 160.0 and case.labs["ocb"].value == 0.0
+    assert case.labs["esr"].missing
+    with pytest.raises(InputError) as bad:
+        single_case_cohort(image, {"AQP4": "1:160"}, PANEL)
+    assert (
+        str(bad.value)
+        == "option --lab: 'AQP4' is not a lab of panel cns_autoimmune; did you mean aqp4_igg?"
+    )
+    with pytest.raises(InputError) as bad:
+        single_case_cohort(image, {**labs, "c3": "lots"}, PANEL)
+    assert str(bad.value).startswith("option --lab c3: ")
+    with pytest.raises(InputError) as bad:
+        single_case_cohort(image, {"aqp4_igg": "1:160"}, PANEL)
+    assert str(bad.value) == "option --lab age: Age is required but missing"
+    with pytest.raises(InputError, match="image not found"):
+        single_case_cohort(tmp_path / "none.nii.gz", {}, PANEL)
+
+
+def test_case_id_slug():
+    assert case_id_slug("My Scan (2).nii") == "My_Scan__2_.nii"
+    assert case_id_slug("=HYPERLINK(x)") == "HYPERLINK_x"
+    assert case_id_slug("...") == "case"

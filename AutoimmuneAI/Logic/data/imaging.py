@@ -174,8 +174,10 @@ def _check_shape(shape: tuple[int, ...], path: Path, max_voxels: int) -> tuple[i
         raise ImageError(
             f"is a {len(shape)}D image (shape {shape}); one 3D volume is needed", file=path
         )
-    if len(shape) < 3 or min(shape) < 2:
-        raise ImageError(f"is a 2D image (shape {shape}); a 3D volume is needed", file=path)
+    extent = sum(s > 1 for s in shape)  # axes longer than one voxel
+    if len(shape) < 3 or extent < 3:
+        kind = ("a single voxel", "a 1D image", "a 2D image")[min(extent, 2)]
+        raise ImageError(f"is {kind} (shape {shape}); a 3D volume is needed", file=path)
     voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > max_voxels:
         raise ImageError(

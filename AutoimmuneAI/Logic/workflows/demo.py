@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import ensure_writable_folder, write_text
+from ..atomic import ensure_writable_folder, unescape_cell, write_csv, write_text
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -234,11 +234,18 @@ def _children(pid: int) -> list[int]:
 
 
 class Eta:
-    """Time left for the demo: the expected durations of the stages still to run, scaled by
-    how much slower or faster than expected the finished stages were on this machine."""
+    """Time left for the demo, from measured costs only.
 
-    def __init__(self, expected: list[float]) -> None:
+    Each stage has a reference cost (its share of the work, ``Stage.expected_s``). What a
+    second of that reference costs on this machine is measured: by the stages finished in
+    this run, and before any has finished by an earlier run's ``stages.json`` in the same
+    folder (its seconds per case, scaled to this run's size). With neither, the time left is
+    unknown (None) rather than guessed: the first stage's own progress bar shows its rate.
+    """
+
+    def __init__(self, expected: list[float], previous: list[float | None] | None = None) -> None:
         self.expected = list(expected)
+        self.previous = list(previous) if previous is not None else [None] * len(expected)
         self.finished: dict[int, float] = {}
         self.skipped: set[int] = set()
 
@@ -248,17 +255,43 @@ class Eta:
     def done(self, index: int, seconds: float) -> None:
         self.finished[index] = seconds
 
-    def remaining(self, index: int) -> float:
-        """Seconds left when stage ``index`` (0-based) starts."""
-        spent = sum(self.finished.values())
-        planned = sum(self.expected[i] for i in self.finished)
-        speed = spent / planned if planned > 0 and spent > 0 else 1.0
+    def remaining(self, index: int) -> float | None:
+        """Seconds left when stage ``index`` (0-based) starts; None when nothing is measured."""
         left = [
-            self.expected[i]
+            i
             for i in range(index, len(self.expected))
             if i not in self.skipped and i not in self.finished
         ]
-        return speed * sum(left)
+        spent = sum(self.finished.values())
+        planned = sum(self.expected[i] for i in self.finished)
+        if planned > 0 and spent > 0:  # this run's own speed
+            speed = spent / planned
+            return sum(speed * self.expected[i] for i in left)
+        if left and all(self.previous[i] is not None for i in left):
+            return float(sum(self.previous[i] or 0.0 for i in left))
+        return None
+
+
+def previous_seconds(
+    old: dict | None, stages: list[Stage], cases: int
+) -> list[float | None] | None:
+    """Each stage's measured seconds in an earlier run (its ``stages.json``), scaled to
+    ``cases`` for the stages whose cost grows with the cohort; None where not recorded."""
+    if not old:
+        return None
+    before = int((old.get("config") or {}).get("cases") or 0)
+    recorded = old.get("stages") or {}
+    out: list[float | None] = []
+    for stage in stages:
+        entry = recorded.get(stage.name) or {}
+        seconds = entry.get("seconds")
+        if not entry.get("done") or not isinstance(seconds, int | float) or seconds <= 0:
+            out.append(None)
+        elif stage.per_case and before > 0:
+            out.append(float(seconds) * cases / before)
+        else:
+            out.append(float(seconds))
+    return out
 
 
 # --------------------------------------------------------------------------- stages
@@ -270,7 +303,8 @@ class Stage:
     title: str
     outputs: list[Path]
     run: Callable[[bool], dict | None]  # run(resume) -> extra info for stages.json
-    expected_s: float  # rough duration on 2 cores, for the ETA
+    expected_s: float  # reference cost: the stage's share of the work, for the ETA (see Eta)
+    per_case: bool = False  # the cost grows with the number of cases
 
 
 def run_demo(
@@ -304,6 +338,7 @@ def run_demo(
         train_options=train_options,
     )
     out = Path(out).resolve()
+    old = _read_json(out / STAGES_FILE) if (out / STAGES_FILE).is_file() else None
     _prepare_out(out, resume)
     stage_log = StageLog(out, config, resume)
     stage_log.save()
@@ -315,7 +350,7 @@ def run_demo(
         out,
     )
     start = time.perf_counter()
-    eta = Eta([s.expected_s for s in stages])
+    eta = Eta([s.expected_s for s in stages], previous_seconds(old, stages, config.cases))
     redo = not resume  # once a stage runs, every later stage runs too (it uses its outputs)
     for number, stage in enumerate(stages, start=1):
         label = f"[{number}/{len(stages)}] {stage.title}"
@@ -324,7 +359,13 @@ def run_demo(
             eta.skip(number - 1)
             continue
         redo = True
-        log.info("%s ... (demo ETA about %s)", label, _duration(eta.remaining(number - 1)))
+        left = eta.remaining(number - 1)
+        when = (
+            f"about {_duration(left)} left"
+            if left is not None
+            else "time left measured after this stage"
+        )
+        log.info("%s ... (demo: %s)", label, when)
         t0 = time.perf_counter()
         with PeakMemory() as memory:
             info = stage.run(resume) or {}
@@ -348,7 +389,7 @@ def run_demo(
 
 
 def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
-    """The demo's stages with their outputs and rough expected durations (2 cores)."""
+    """The demo's stages with their outputs and reference costs (relative, for the ETA)."""
     cohort_dir, bundle_dir = out / "cohort", out / "bundle"
     eval_dir, cases_dir = out / "evaluation", out / "cases"
     manifest = cohort_dir / "manifest.csv"
@@ -408,22 +449,23 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
         return {}
 
     quality_file = eval_dir / "explain_quality.json"
+    methods = len(config.quality_methods) if config.quality_methods else 4
+    # per case and method; Occlusion on the full model grid dominates with --full
+    quality_cost = (5.0 if config.full else 1.2) * config.quality_cases * methods
     bundle_meta = bundle_dir / "configs" / "metadata.json"
     return [
-        Stage("cohort", "generate the synthetic cohort", [manifest], cohort, 0.4 * n),
-        Stage("train", "train the fused model and baselines", [bundle_meta], train, 1.2 * n),
+        Stage("cohort", "generate the synthetic cohort", [manifest], cohort, 0.17 * n, True),
+        Stage("train", "train the fused model and baselines", [bundle_meta], train, 0.65 * n, True),
         Stage("evaluate", "evaluate on the test split", [eval_dir / "metrics.json"], evaluate, 15),
-        Stage("quality", "measure explanation quality", [quality_file], quality, 40),
+        Stage("quality", "measure explanation quality", [quality_file], quality, quality_cost),
         Stage(
             "explain",
             "explain test cases (one per class at least)",
             [cases_dir / "predictions.csv"],
             explain,
-            30,
+            10,
         ),
-        Stage(
-            "report", "write the report", [out / "report.html", out / "metrics.json"], report, 10
-        ),
+        Stage("report", "write the report", [out / "report.html", out / "metrics.json"], report, 2),
     ]
 
 
@@ -452,8 +494,8 @@ def write_explain_manifest(manifest: Path, eval_dir: Path, target: Path) -> list
     """
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+        columns = [unescape_cell(c) for c in reader.fieldnames or []]
+        rows = [{unescape_cell(k): unescape_cell(v or "") for k, v in r.items()} for r in reader]
     evaluated = _evaluated_ids(eval_dir)
     pool = [r for r in rows if r["case_id"] in evaluated] or rows
     chosen: list[dict] = []
@@ -464,11 +506,7 @@ def write_explain_manifest(manifest: Path, eval_dir: Path, target: Path) -> list
         chosen.append(by_class[label][0])
     extra = [r for r in sorted(pool, key=lambda r: r["case_id"]) if r not in chosen]
     chosen += extra[: max(0, 5 - len(chosen))]
-    with open(target.with_name(f".tmp-{target.name}"), "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(chosen)
-    os.replace(target.with_name(f".tmp-{target.name}"), target)
+    write_csv(target, chosen, columns)
     return [r["case_id"] for r in chosen]
 
 
@@ -491,6 +529,10 @@ def _prepare_out(out: Path, resume: bool) -> None:
             f"holds {', '.join(p.name for p in ours)} but is not a demo folder "
             f"(no {STAGES_FILE}); choose another --out",
             file=out,
+        )
+    if ours:
+        log.info(
+            "replacing the earlier demo output in %s (--resume keeps its finished stages)", out
         )
     for path in ours:
         shutil.rmtree(path)
