@@ -197,15 +197,26 @@ def test_wide_path_adds_a_linear_function_of_labs_and_lesion_features() -> None:
     assert ModelConfig.from_dict(old).lesion_coarse_windows == ()
 
 
-def test_lesion_load_surroundings_are_a_zero_padded_box_mean() -> None:
+@pytest.mark.parametrize("window", [3, 5, 7])
+@pytest.mark.parametrize("grad", [False, True], ids=["in-place sums", "autograd"])
+def test_lesion_load_surroundings_are_a_zero_padded_box_mean(window: int, grad: bool) -> None:
+    """Both code paths of the running-sum box mean equal scipy's and torch's box filters,
+    and so does the gradient (what Integrated Gradients differentiates)."""
     from scipy.ndimage import uniform_filter
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 1, 9, 12, 7)).astype(np.float32)
-    load = LesionLoad(regions=(1, 1, 1), contrast=2.5, window=5)
-    got = load._mean(torch.from_numpy(x), 5).numpy()
-    expected = uniform_filter(x.astype(np.float64), size=(1, 1, 5, 5, 5), mode="constant")
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    mine = torch.from_numpy(x).requires_grad_(grad)
+    got = LesionLoad._mean(mine, window)
+    expected = uniform_filter(x.astype(np.float64), size=(1, 1) + (window,) * 3, mode="constant")
+    np.testing.assert_allclose(got.detach().numpy(), expected, atol=1e-5)
+    if grad:
+        ref = torch.from_numpy(x).requires_grad_(True)
+        pooled = F.avg_pool3d(ref, window, stride=1, padding=window // 2, count_include_pad=True)
+        weights = torch.from_numpy(rng.normal(size=x.shape).astype(np.float32))
+        (got * weights).sum().backward()
+        (pooled * weights).sum().backward()
+        torch.testing.assert_close(mine.grad, ref.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_lesion_load_feeds_the_fused_representation() -> None:

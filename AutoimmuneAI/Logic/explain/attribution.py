@@ -144,7 +144,7 @@ def input_gradients_only(model: torch.nn.Module) -> Iterator[None]:
     """Switch off the weights' gradients while attributing (restored afterwards).
 
     An attribution needs gradients with respect to the inputs only; with the weights frozen
-    autograd skips every weight gradient (measured: a third of a backward pass here).
+    autograd skips every weight gradient, a large part of a backward pass.
     """
     was = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in was:

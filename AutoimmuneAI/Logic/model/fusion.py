@@ -15,9 +15,8 @@ as far as a logistic model would. The default risk head is a mixture
 over the differential, ``log sum_k p(k|x) exp(a_k)``: the hazard a case would have if its
 disease were drawn from the model's own probabilities. Relapse rates differ far more between
 these diseases than within one, and a handful of class log-hazards cannot overfit a few
-hundred cases the way a linear head on the fused features does (measured on the 1000-case
-demo, 521 held-out cases: c-index 0.612 for a linear head, 0.627 for the mixture fitted to
-the same network's differential).
+hundred cases the way a linear head on the fused features does (it gave the higher held-out
+c-index on the demo: see CHANGELOG.md).
 
 Everything is a pure function of ``(image, serology)``: no batch norm (instance or group
 norm only), no in-place state, so Captum can attribute over both inputs and the weights
@@ -72,8 +71,8 @@ class ModelConfig:
     hidden: int = 64
     dropout: float = 0.2
     # dropout on the CNN's pooled features only: trained from scratch on a few hundred cases
-    # they overfit (measured: adding them to lesion loads + labs cost 0.03 balanced accuracy on
-    # an 800-case external sample; dropout 0.5 won most of it back)
+    # they overfit (without dropout, adding them to lesion loads + labs lowered the balanced
+    # accuracy on an external sample; dropout 0.5 won most of it back)
     image_dropout: float = 0.5
     # Cox head: "mixture" (log-hazard from the diagnosis probabilities and one log-hazard per
     # class) or "linear" (w . fused features; bundles written before the mixture head)
@@ -174,19 +173,18 @@ class LesionLoad(nn.Module):
 
     Why: the diagnosis depends on how many lesions lie *where* (periventricular, brainstem,
     juxtacortical), and a CNN trained from scratch on a few hundred cases does not learn to
-    count small lesions (measured on the demo cohort: image-only at chance). This read-out
+    count small lesions (on the demo cohort an image-only CNN stayed at chance). This read-out
     hands the network that count directly. The local excess ``x - mean(surroundings)`` (the
     mean over a ``window`` cube of foreground voxels only, so the head's edge and a smooth
     bias field do not count) above ``contrast`` is summed per block of a coarse ``regions`` grid and
     log-compressed: ``log1p(sum)`` per region. With ``count``, one more feature: a soft count of
     the lesions, ``log1p(sum of tanh(excess / COUNT_SCALE))`` over the local peaks of the excess
     (each the maximum of its 3-voxel cube), so a lesion counts about 1 whatever its size and a
-    faint noise peak almost 0 (measured on the 1000-case demo: r = 0.91 with the true lesion
-    count on log scale). Each of the ``coarse`` windows adds the total load and the count of
-    the lesion map of the image averaged over 2x2x2 voxels, with that window's surroundings:
-    the size and edge of the lesions (measured on the 1000-case demo, logistic regression on
-    the labs and the read-out: balanced accuracy 0.781 without, 0.80-0.81 with windows 5
-    and 7). It has no weights (nothing to overfit) and is differentiable (the
+    faint noise peak almost 0 (it follows the true lesion count closely on the demo cohort).
+    Each of the ``coarse`` windows adds the total load and the count of the lesion map of the
+    image averaged over 2x2x2 voxels, with that window's surroundings: the size and edge of
+    the lesions, which the base window misses (the README's model section). It has no
+    weights (nothing to overfit) and is differentiable (the
     count where the peaks are), so attributions flow back to the lesion voxels themselves.
     """
 
@@ -214,9 +212,12 @@ class LesionLoad(nn.Module):
 
     @staticmethod
     def _mean(x: torch.Tensor, w: int) -> torch.Tensor:
-        # a separable box mean from running sums (zero-padded, so excess() divides by the
-        # tissue's own mean and the edges come out right): one running sum and one subtraction
-        # per axis, whatever the window; measured 2x faster than avg_pool3d forward and backward
+        # A separable box mean from running sums, zero-padded (so excess() divides by the
+        # tissue's own mean and the edges come out right): the values of
+        # avg_pool3d(x, w, 1, w // 2, count_include_pad=True) (a test proves it, gradient
+        # included), at one running sum and one subtraction per axis whatever the window,
+        # where a pooling's cost grows with it. Kept over avg_pool3d because it was faster
+        # in training (see CHANGELOG.md).
         p = w // 2
         for dim in (2, 3, 4):
             running = _running_sum(_pad_axis(x, dim, p + 1, p), dim)
@@ -274,8 +275,8 @@ class LesionLoad(nn.Module):
 
 def _running_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``x.cumsum(dim)``. Without autograd and along an outer axis, as one in-place sum per
-    slice: measured 2-3x faster on CPU than ``cumsum`` across strides (the lesion read-out
-    runs on every training batch, with no gradient to keep)."""
+    slice: faster on CPU than ``cumsum`` across strides, whose memory access is strided (the
+    lesion read-out runs on every training batch, with no gradient to keep)."""
     if x.requires_grad or dim == x.ndim - 1:
         return x.cumsum(dim)
     out = x.clone()
@@ -360,7 +361,7 @@ class ImageEncoder(nn.Module):
 
         The stem sees the image with its background set to 0 (the z-scored background, about
         -7, would otherwise dominate every filter's response at the head's edge and drown
-        the lesions: measured, a network then does not even fit its training set), the
+        the lesions: a network then does not even fit its training set), the
         lesion map and the voxel coordinates. The read-out is :class:`LesionLoad`'s
         (``n = lesions.out_features``, possibly 0).
         """
@@ -419,9 +420,8 @@ def _gap(fmap: torch.Tensor) -> torch.Tensor:
     return fmap.flatten(2).mean(dim=2)
 
 
-# CPU inference is fastest in small batches (measured on the 64x80x64 grid, 2 cores: 0.18 s
-# per 16 cases in batches of 4, 0.25 s in batches of 16, 0.42 s one at a time): the
-# activations of a few cases stay in cache
+# CPU inference is fastest in small batches (faster per case than one at a time or in
+# batches of 16 on the model grid): the activations of a few cases stay in cache
 INFERENCE_BATCH_SIZE = 4
 
 
