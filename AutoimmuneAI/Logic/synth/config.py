@@ -251,6 +251,19 @@ IMAGING: dict[str, Any] = dict(
     oblique_axis=[1.0, 0.35, 0.2],  # rotation axis for --oblique DEG (mostly pitch)
 )  # fmt: skip
 
+# Clinical scans (``synth --anatomy head``, the default): whole head in a scanner field of view
+# that holds the top of the neck, a random head pose, mixed acquisitions, scanner scale and
+# offset, a stronger bias field than the brain-only images.
+SCAN: dict[str, Any] = dict(
+    pitch_deg=20.0, roll_deg=10.0, yaw_deg=10.0,  # uniform within +-
+    shift_mm=[8.0, 8.0, 8.0],  # head position in the field of view, uniform within +-
+    acquisitions={"3d_1mm": 0.2, "2d_axial": 0.4, "3d_2mm": 0.4},  # share of cases
+    slice_mm=[4.0, 6.0], inplane_mm=[1.0, 1.2], slice_samples=3,  # 2D: thickness, profile
+    fov_mm=[180.0, 216.0, 200.0], fov_centre=[0.0, -14.0, -8.0],  # RAS mm of the scanner box
+    scanner_scale=[0.3, 3.0], offset_frac=[0.0, 0.3],  # x the brain-only scale; + x WM signal
+    bias=0.35,
+)  # fmt: skip
+
 
 @dataclass
 class SynthConfig:
@@ -273,6 +286,7 @@ class SynthConfig:
     hazards: dict[str, dict[str, Any]] = _d(HAZARDS)
     censoring: dict[str, float] = _d(CENSORING)
     imaging: dict[str, Any] = _d(IMAGING)
+    scan: dict[str, Any] = _d(SCAN)
     max_lesions: int = 60
 
     @property

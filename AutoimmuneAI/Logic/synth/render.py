@@ -76,12 +76,25 @@ def _poly2(p: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z, x * x, y * y, z * z, x * y, x * z, y * z], axis=1)
 
 
-def render_case(
-    latent: CaseLatent, anat: Anatomy, grid: OutputGrid, cfg: SynthConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """The FLAIR volume (int16) and lesion labelmap (uint8) of one case on ``grid``."""
+@dataclass
+class _Subject:
+    """The per-case draws that shape the anatomy, and the template-space source image."""
+
+    src: np.ndarray
+    labels: np.ndarray
+    occupancy: np.ndarray
+    c_wm: float
+    scale: float
+    noise_frac: float
+    pose: np.ndarray  # 3x3 rotation of the brain (template -> image), about ``center``
+    size: float
+    lattice: np.ndarray
+    bias_coef: np.ndarray
+    atrophy: float
+
+
+def _subject(latent: CaseLatent, anat: Anatomy, cfg: SynthConfig, rng: np.random.Generator):
     im = cfg.imaging
-    rng = np.random.default_rng(latent.image_seed)
     # --- draws that shape the anatomy (fixed count, independent of the grid) ---
     contrast = rng.normal(size=2)
     scale = im["scale"] * math.exp(im["scale_sd"] * rng.normal())
@@ -105,7 +118,37 @@ def render_case(
     maps = latent.maps if latent.maps is not None else draw_lesions(latent.lesions, anat)
     occ = maps.occupancy
     src = (tissue * (1.0 - occ) + c_wm * maps.signal).astype(np.float32)
+    return _Subject(
+        src=src,
+        labels=maps.labels,
+        occupancy=occ,
+        c_wm=c_wm,
+        scale=scale,
+        noise_frac=noise_frac,
+        pose=rotation(pose_axis, pose_deg),
+        size=size,
+        lattice=lattice,
+        bias_coef=bias_coef,
+        atrophy=float(latent.atrophy),
+    )
 
+
+def _sample(
+    subject: _Subject,
+    anat: Anatomy,
+    grid: OutputGrid,
+    cfg: SynthConfig,
+    *,
+    pose: np.ndarray,
+    shift: np.ndarray,
+    bias_gain: float,
+    head=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Noise-free signal (float32, before scanner scale), lesion labels and, with ``head``, the
+    true brain mask (uint8) of one subject on ``grid``."""
+    im = cfg.imaging
+    lo, _ = anat.bounds_mm(margin=40.0)
+    step = im["deform_spacing_mm"]
     # --- where each output voxel looks in the template: the mapping is smooth, so it is
     # computed on a coarse version of the output grid and interpolated (much faster) ---
     spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
@@ -116,19 +159,23 @@ def render_case(
     ijk = np.stack(np.meshgrid(*pos, indexing="ij")).reshape(3, -1)
     world = (grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]).T
     center = anat.center_mm()
-    pose = rotation(pose_axis, pose_deg)
-    pts = center + (world - center) @ pose / size  # inverse of: rotate, then scale about center
+    # inverse of: rotate, then scale about center, then shift
+    pts = center + (world - center - shift) @ pose / subject.size
     lat_idx = (pts - lo) / step
     for a in range(3):  # smooth deformation (cubic B-spline on a coarse world lattice)
-        pts[:, a] += ndi.map_coordinates(lattice[a], lat_idx.T, order=3, mode="nearest")
+        pts[:, a] += ndi.map_coordinates(subject.lattice[a], lat_idx.T, order=3, mode="nearest")
     vent_c = anat.ventricle_center_mm
     rel = pts - vent_c
     w = np.exp(-0.5 * ((rel / np.array([16.0, 30.0, 16.0])) ** 2).sum(axis=1))
-    pts -= (im["ventricle_gain"] * latent.atrophy * w)[:, None] * rel  # enlarge ventricles
+    pts -= (im["ventricle_gain"] * subject.atrophy * w)[:, None] * rel
     inv = np.linalg.inv(anat.affine)
     vox_c = (pts @ inv[:3, :3].T + inv[:3, 3]).T.reshape((3, *coarse_shape)).astype(np.float32)
-    inside_c = ndi.map_coordinates(anat.brain_near, vox_c.reshape(3, -1), order=0, cval=0)
-    bias_c = np.exp(im["bias"] * (_poly2((world - center) / 80.0) @ bias_coef))
+    if head is None:
+        inside_c = ndi.map_coordinates(anat.brain_near, vox_c.reshape(3, -1), order=0, cval=0)
+    else:
+        at_head = vox_c.reshape(3, -1) + head.pad[:, None].astype(np.float32)
+        inside_c = ndi.map_coordinates(head.near, at_head, order=0, cval=0)
+    bias_c = np.exp(bias_gain * (_poly2((world - center) / 80.0) @ subject.bias_coef))
     # Candidate voxels: those whose nearest coarse node maps into the brain (grown by 7 mm, more
     # than a voxel's distance to its nearest node); all others are background.
     nearest = [
@@ -147,23 +194,53 @@ def render_case(
     n_out = int(np.prod(grid.shape))
     img = np.zeros(n_out, np.float32)
     mask = np.zeros(n_out, np.uint8)
-    img[cand] = ndi.map_coordinates(src, vox, order=1, cval=0.0, prefilter=False) * bias
+    value = ndi.map_coordinates(subject.src, vox, order=1, cval=0.0, prefilter=False)
+    brain = None
+    if head is not None:
+        at_head = vox + head.pad[:, None].astype(np.float32)
+        value += ndi.map_coordinates(head.image, at_head, order=1, cval=0.0, prefilter=False)
+        inside_brain = ndi.map_coordinates(
+            head.brain.view(np.uint8), at_head, order=0, cval=0, prefilter=False
+        )
+        brain = np.zeros(n_out, np.uint8)
+        brain[cand] = inside_brain
+        brain = brain.reshape(grid.shape)
+    img[cand] = value * bias
     # Lesion mask: the interpolated occupancy >= 0.5 (a sub-voxel boundary that does not depend
     # on the grid), labelled by the nearest lesion label (grown by one voxel for the rim).
-    grown = ndi.grey_dilation(maps.labels, size=3)
+    grown = ndi.grey_dilation(subject.labels, size=3)
     near = ndi.map_coordinates(grown, vox, order=0, cval=0)
     sub = np.flatnonzero(near)
     if sub.size:
-        occ_at = ndi.map_coordinates(occ, vox[:, sub], order=1, cval=0.0, prefilter=False)
-        own = ndi.map_coordinates(maps.labels, vox[:, sub], order=0, cval=0)
+        occ_at = ndi.map_coordinates(
+            subject.occupancy, vox[:, sub], order=1, cval=0.0, prefilter=False
+        )
+        own = ndi.map_coordinates(subject.labels, vox[:, sub], order=0, cval=0)
         label = np.where(own > 0, own, near[sub])
         mask[cand[sub]] = np.where(occ_at >= 0.5, label, 0)
+    return img.reshape(grid.shape), mask.reshape(grid.shape), brain
 
-    # --- acquisition: bias field, scale, Rician noise ---
-    signal = img * np.float32(scale)
-    sigma = np.float32(noise_frac * scale * c_wm)
-    n1 = rng.standard_normal(signal.size, dtype=np.float32) * sigma
-    n2 = rng.standard_normal(signal.size, dtype=np.float32) * sigma
-    out = np.sqrt((signal + n1) ** 2 + n2**2)
-    image = np.clip(np.rint(out), 0, 32767).astype(np.int16).reshape(grid.shape)
-    return image, mask.reshape(grid.shape)
+
+def _acquire(
+    signal: np.ndarray, subject: _Subject, rng: np.random.Generator, scale: float, offset: float
+) -> np.ndarray:
+    """Scanner scale, Rician noise and offset; int16 like a scanner's output."""
+    signal = signal * np.float32(scale)
+    sigma = np.float32(subject.noise_frac * scale * subject.c_wm)
+    n1 = rng.standard_normal(signal.size, dtype=np.float32).reshape(signal.shape) * sigma
+    n2 = rng.standard_normal(signal.size, dtype=np.float32).reshape(signal.shape) * sigma
+    out = np.sqrt((signal + n1) ** 2 + n2**2) + np.float32(offset)
+    return np.clip(np.rint(out), 0, 32767).astype(np.int16)
+
+
+def render_case(
+    latent: CaseLatent, anat: Anatomy, grid: OutputGrid, cfg: SynthConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The brain-only FLAIR volume (int16) and lesion labelmap (uint8) of one case on ``grid``."""
+    rng = np.random.default_rng(latent.image_seed)
+    subject = _subject(latent, anat, cfg, rng)
+    img, mask, _ = _sample(
+        subject, anat, grid, cfg, pose=subject.pose, shift=np.zeros(3),
+        bias_gain=cfg.imaging["bias"],
+    )  # fmt: skip
+    return _acquire(img, subject, rng, subject.scale, 0.0), mask
