@@ -136,10 +136,15 @@ def csv_text(
     """
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+    # The csv module quotes only the line terminator's characters: a row with a bare CR in
+    # a cell is written fully quoted, so that no reader takes the CR for a line end.
+    quoted = csv.writer(buf, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow([spreadsheet_safe(str(c)) for c in columns])
     for row in rows:
         values = [row.get(c, "") for c in columns] if isinstance(row, Mapping) else list(row)
-        writer.writerow([_cell(v) for v in values])
+        cells = [_cell(v) for v in values]
+        has_cr = any(isinstance(c, str) and "\r" in c for c in cells)
+        (quoted if has_cr else writer).writerow(cells)
     return buf.getvalue()
 
 

@@ -21,6 +21,7 @@ import gzip
 import io
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -142,10 +143,12 @@ def _directory(path: Path) -> None:
     (path / "notes.txt").write_text("not a DICOM series", encoding="utf-8")
 
 
+FORMULA_ID = '=HYPERLINK("http://x","y")'
 ROW_PROBLEMS = [
     RowProblem("duplicate_case_id", "case_id", "duplicate", _duplicate),
     RowProblem("case_ids_differing_only_in_case", "case_id", "ignoring case", _case_collision),
     RowProblem("case_id_with_path", "case_id", "may use only", _set("case_id", "../escape")),
+    RowProblem("case_id_formula", "case_id", "may use only", _set("case_id", FORMULA_ID)),
     RowProblem("unknown_class_label", "diagnosis", "unknown class", _set("diagnosis", "Lupus")),
     RowProblem("non_numeric_lab", "c3", "not a number", _set("c3", "high-ish")),
     RowProblem("implausible_lab", "esr", "implausible", _set("esr", "900")),
@@ -185,6 +188,13 @@ ROW_PROBLEMS = [
         "image_flair",
         "2d image",
         _image(lambda p: save_nifti(p, np.random.rand(32, 32).astype(np.float32)), "flat.nii.gz"),
+        image_content=True,
+    ),
+    RowProblem(
+        "image_single_voxel",
+        "image_flair",
+        "single voxel",
+        _image(lambda p: save_nifti(p, np.ones((1, 1, 1), np.float32)), "dot.nii.gz"),
         image_content=True,
     ),
     RowProblem(
@@ -270,6 +280,42 @@ def test_batch_exit_status_and_good_cases(hostile_batch: dict) -> None:
         )
         assert abs(sum(pred["probabilities"].values()) - 1.0) < 1e-3
     assert len(errors_by_row(hostile_batch["out"])) == len(ROW_PROBLEMS)
+
+
+def test_errors_csv_is_safe_to_open_in_a_spreadsheet(hostile_batch: dict) -> None:
+    """No cell of errors.csv or predictions.csv starts a formula (OWASP CSV injection); the
+    rejected id is kept, marked as text; numbers, negative ones included, stay numbers."""
+    from autoimmuneai.atomic import FORMULA_START
+
+    number = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+    cells = []
+    for name in ("errors.csv", "predictions.csv"):
+        with open(hostile_batch["out"] / name, newline="", encoding="utf-8") as f:
+            cells += [c for row in csv.reader(f) for c in row]
+    assert cells
+    for cell in cells:
+        assert not cell.startswith(FORMULA_START) or number.match(cell), cell
+    errors = errors_by_row(hostile_batch["out"])
+    formula = errors[hostile_batch["row_of"]["case_id_formula"]]
+    assert formula["case_id"] == "'" + FORMULA_ID
+    risks = [c for c in cells if number.match(c) and c.startswith("-")]
+    with open(hostile_batch["out"] / "predictions.csv", newline="", encoding="utf-8") as f:
+        scores = [r["risk_score"] for r in csv.DictReader(f)]
+    assert all(number.match(s) for s in scores), scores  # risk scores stay numbers
+    assert all(c in scores for c in risks)
+
+
+def test_errors_csv_names_the_missing_image_and_the_summary_the_reasons(
+    hostile_batch: dict,
+) -> None:
+    errors = errors_by_row(hostile_batch["out"])
+    missing = errors[hostile_batch["row_of"]["image_missing"]]
+    assert missing["reason"].endswith("nope.nii.gz: image not found"), missing
+    assert Path(missing["reason"].split(": ")[0]).is_absolute()
+    stdout = hostile_batch["stdout"]
+    row = hostile_batch["row_of"]["unknown_class_label"]
+    assert f"row {row}, column diagnosis: unknown class 'Lupus'" in stdout, stdout
+    assert f"and {len(ROW_PROBLEMS) - 5} more" in stdout
 
 
 @pytest.mark.parametrize("problem", ROW_PROBLEMS, ids=lambda p: p.name)
@@ -627,3 +673,23 @@ def test_gzip_helper_really_truncates(hostile_batch: dict) -> None:
     assert data[:2] == b"\x1f\x8b"
     with pytest.raises((EOFError, OSError)):
         gzip.decompress(data)
+
+
+def test_csv_writer_neutralises_formula_text_and_keeps_numbers(tmp_path: Path) -> None:
+    from autoimmuneai.atomic import write_csv
+    from autoimmuneai.data.cohort import read_manifest
+
+    row = {"case_id": "=1+1", "risk": -0.25, "text_number": "-0.5", "at": "@SUM(A1)",
+           "tab": "\t=cmd", "cr": "\r=cmd", "dash": "-", "plus": "+", "plain": "neg",
+           "quote": "'=x"}  # fmt: skip
+    path = write_csv(tmp_path / "x.csv", [row], list(row))
+    with open(path, newline="", encoding="utf-8") as f:
+        written = next(csv.DictReader(f))
+    assert written == {
+        "case_id": "'=1+1", "risk": "-0.25", "text_number": "-0.5", "at": "'@SUM(A1)",
+        "tab": "'\t=cmd", "cr": "'\r=cmd", "dash": "'-", "plus": "'+", "plain": "neg",
+        "quote": "''=x",
+    }  # fmt: skip
+    # The product reads its own CSVs back exactly (a manifest it wrote, e.g. lab "-" = negative).
+    back = read_manifest(path).iloc[0].to_dict()
+    assert back == {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in row.items()}
