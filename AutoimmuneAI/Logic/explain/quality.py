@@ -42,14 +42,17 @@ The result is written to ``explain_quality.json`` and returned.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from scipy.integrate import trapezoid
 from scipy.stats import spearmanr
 
 from ..atomic import write_text
@@ -129,8 +132,9 @@ def randomised_model(model: torch.nn.Module, stage: str = "all", seed: int = 0) 
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
         for module in chosen:
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
             for p in module.parameters(recurse=False):  # e.g. PReLU's constant init
                 p.add_(0.1 * torch.randn_like(p))
     return randomised
@@ -220,8 +224,8 @@ def deletion_curves(
             logits = model(torch.stack(batch), serology.expand(len(batch), -1))
             prob = torch.softmax(logits.double() / temperature, dim=1)[:, target].numpy()
         out[name] = [float(p) for p in prob]
-        out[f"{name}_auc"] = float(np.trapezoid(prob, fractions)) / span
-        out[f"{name}_excess_auc"] = float(np.trapezoid(np.abs(prob - floor), fractions)) / span
+        out[f"{name}_auc"] = float(trapezoid(prob, fractions)) / span
+        out[f"{name}_excess_auc"] = float(trapezoid(np.abs(prob - floor), fractions)) / span
     return out
 
 
@@ -304,10 +308,12 @@ def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
     deletion, random_deletion = mean("deletion_auc"), mean("random_deletion_auc")
     excess, random_excess = mean("deletion_excess_auc"), mean("random_deletion_excess_auc")
     spearman = mean(f"spearman_{last}")
-    summary = {
+    ratio = rma / lvf if rma is not None and lvf else None
+    over_random = excess / random_excess if excess is not None and random_excess else None
+    summary: dict[str, Any] = {
         "relevance_mass_accuracy": rma,
         "lesion_volume_fraction": lvf,
-        "rma_over_lesion_fraction": rma / lvf if rma is not None and lvf else None,
+        "rma_over_lesion_fraction": ratio,
         "pointing_game": mean("pointing_game"),
         "randomisation_spearman": spearman,
         "randomisation_spearman_abs": mean(f"spearman_abs_{last}"),
@@ -316,8 +322,10 @@ def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
         "random_deletion_auc": random_deletion,
         "deletion_excess_auc": excess,
         "random_deletion_excess_auc": random_excess,
-        "deletion_over_random": excess / random_excess if random_excess else None,
-        "deletion_over_random_raw": deletion / random_deletion if random_deletion else None,
+        "deletion_over_random": over_random,
+        "deletion_over_random_raw": (
+            deletion / random_deletion if deletion is not None and random_deletion else None
+        ),
         "seconds_per_case": mean("seconds"),
         "max_relative_delta": max(
             (r["relative_delta"] for r in rows if r["relative_delta"] is not None), default=None
@@ -325,11 +333,12 @@ def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
         "passes_sanity": spearman is not None and abs(spearman) <= SANITY_MAX_SPEARMAN,
         "cases": rows,
     }
+    pointing = summary["pointing_game"]
     summary["meets_targets"] = {
-        "rma_over_lesion_fraction": (summary["rma_over_lesion_fraction"] or 0) >= 10.0,
-        "pointing_game": (summary["pointing_game"] or 0) >= 0.8,
+        "rma_over_lesion_fraction": (ratio or 0.0) >= 10.0,
+        "pointing_game": (pointing or 0.0) >= 0.8,
         "randomisation_spearman": summary["passes_sanity"],
-        "deletion_over_random": (summary["deletion_over_random"] or 1.0) <= 0.5,
+        "deletion_over_random": (over_random or 1.0) <= 0.5,
     }
     return summary
 
@@ -354,7 +363,7 @@ def _select_cases(cohort, split: str | None, n_cases: int) -> list:
             continue
         if case.mask_lesions is None or not case.diagnosis:
             continue
-        if not np.any(np.asarray(nib.load(str(case.mask_lesions)).dataobj)):
+        if not np.any(np.asarray(nib.load(str(case.mask_lesions)).dataobj)):  # type: ignore[attr-defined]
             continue  # localisation needs at least one true lesion
         chosen.append(case)
         if len(chosen) == n_cases:
@@ -406,7 +415,9 @@ def measure_explanation_quality(
                 lesion=mask,
                 affine=volume.affine,
                 labs=prepared.labs,
-                to_input=lambda m, s=prepared.sample: bundle.grid.to_input(m, s, mode="linear"),
+                to_input=functools.partial(
+                    bundle.grid.to_input, sample=prepared.sample, mode="linear"
+                ),
                 head=foreground_mask(volume.array),
             )
         )

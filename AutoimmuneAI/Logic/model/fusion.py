@@ -255,7 +255,8 @@ class LesionLoad(nn.Module):
         parts = []
         if self.regions:
             block = e.shape[2] * e.shape[3] * e.shape[4] / np.prod(self.regions)
-            parts.append(nn.functional.adaptive_avg_pool3d(e, self.regions).flatten(1) * block)
+            d, h, w = self.regions
+            parts.append(nn.functional.adaptive_avg_pool3d(e, (d, h, w)).flatten(1) * block)
         if self.count:
             parts.append(self._count(e))
         if self.coarse:
@@ -333,6 +334,7 @@ class ImageEncoder(nn.Module):
         )
         c_in = cfg.image_channels + (1 if cfg.lesion_channel else 0) + (3 if cfg.coords else 0)
         for i, (c_out, stride) in enumerate(zip(cfg.channels, cfg.strides)):
+            block: nn.Module
             if i == 0:  # a plain strided convolution as stem: cheap at full resolution
                 block = Convolution(
                     3,
@@ -404,11 +406,11 @@ class FiLM(nn.Module):
 
     def __init__(self, n_context: int, channels: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(n_context, hidden), nn.ReLU(), nn.Linear(hidden, 2 * channels)
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        first = nn.Linear(n_context, hidden)  # created first: the same draws as before
+        out = nn.Linear(hidden, 2 * channels)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(first, nn.ReLU(), out)
 
     def forward(self, fmap: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.net(context).chunk(2, dim=1)
@@ -480,6 +482,7 @@ class FusionModel(nn.Module):
         if self.config.use_image:
             h, fmap, lesions = self.image_encoder(image)
             if self.config.uses_film:
+                assert ser is not None  # FiLM needs both modalities (ModelConfig.uses_film)
                 context = torch.cat([_gap(h), ser], dim=1)
                 fmap = self.film_act(self.film(fmap, context))
             pooled = [_gap(fmap)]
