@@ -541,7 +541,11 @@ CONFORMAL_LABELS = {
     "lam": "RAPS penalty (lambda)",
     "k_reg": "RAPS classes without penalty (k_reg)",
 }
-CONFORMAL_METHODS = {"raps": "RAPS (regularised adaptive sets)", "aps": "APS (adaptive sets)"}
+CONFORMAL_METHODS = {
+    "lac": "LAC (one minus the probability)",
+    "raps": "RAPS (regularised adaptive sets)",
+    "aps": "APS (adaptive sets)",
+}
 METHOD_LABELS = {
     "integrated_gradients": "Integrated Gradients",
     "gradient_shap": "GradientShap",
