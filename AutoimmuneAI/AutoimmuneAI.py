@@ -1,24 +1,27 @@
 """AutoimmuneAI: MRI + serology differential diagnosis and progression risk, with evidence.
 
-The 3D Slicer scripted module. This file only registers the module, binds the panel to the
+The 3D Slicer scripted module. This file registers the module, binds the panel to the
 parameter node and hands the work to ``AutoimmuneAILib`` (logic without Qt, tested outside
 Slicer) and to the ``autoimmuneai`` package in ``Logic/`` (the same code as the command line).
+
+Slicer 5.10, 5.12 and the preview are supported. The library needs Python 3.10+, so this file
+imports only ``AutoimmuneAILib.compat`` until the version check has passed: in Slicer 5.8
+(Python 3.9) the module loads, says in one line why it cannot run, and does nothing else.
+Keep this file free of Python 3.10+ syntax (the test suite parses it as Python 3.9).
 """
+
+from __future__ import annotations
 
 import logging
 import os
 import tempfile
+import types
 from pathlib import Path
 
 import qt
 import slicer
 import vtk
-from AutoimmuneAILib import logic as _logic  # also makes Logic/ importable as autoimmuneai
-from AutoimmuneAILib.demo import loadDemoVolume, prepareDemo, runDemoScenario
-from AutoimmuneAILib.install import DependencyInstaller
-from AutoimmuneAILib.labform import caseIds, readCohortCase
-from AutoimmuneAILib.parameters import AutoimmuneAIParameterNode
-from AutoimmuneAILib.widgethelpers import ResultsView, SerologyForm
+from AutoimmuneAILib.compat import runningSlicerVersion, unsupportedReason
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
@@ -32,6 +35,32 @@ DISCLAIMER = (
     "For research use only. Not a medical device: the output must not be used for "
     "diagnosis or treatment decisions."
 )
+DEMO_NODE_NAME = "AutoimmuneAIDemoFLAIR"
+
+
+def unsupported():
+    """Why this Slicer cannot run the module ("" when it can): the start-up version check."""
+    return unsupportedReason(runningSlicerVersion(slicer.app))
+
+
+_LIBRARY = None
+
+
+def _lib():
+    """The module's library, imported on first use (only after the version check passed)."""
+    global _LIBRARY
+    if _LIBRARY is None:
+        from AutoimmuneAILib import demo, install, labform, logic, parameters, widgethelpers
+
+        _LIBRARY = types.SimpleNamespace(
+            demo=demo,
+            install=install,
+            labform=labform,
+            logic=logic,
+            parameters=parameters,
+            widgethelpers=widgethelpers,
+        )
+    return _LIBRARY
 
 
 class AutoimmuneAI(ScriptedLoadableModule):
@@ -40,7 +69,8 @@ class AutoimmuneAI(ScriptedLoadableModule):
         self.parent.title = _("AutoimmuneAI")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AutoimmuneAI contributors"]
+        self.parent.contributors = ["AutoimmuneAI team (AutoimmuneAI)"]
+        reason = unsupported()
         self.parent.helpText = (
             _(
                 "Differential diagnosis (calibrated probabilities and a conformal prediction set) "
@@ -55,24 +85,102 @@ class AutoimmuneAI(ScriptedLoadableModule):
             "Built on MONAI, Captum, lifelines, scikit-learn, scikit-image and 3D Slicer. "
             "The demo data are synthetic, generated on the MNI152 template shipped by nilearn."
         )
+        if reason:
+            logging.error(reason)
+            self.parent.helpText = reason + "<br><br>" + self.parent.helpText
+            return
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
+# -- dependencies and the demo: shared by the panel's "Load demo case" and Sample Data -----------
+def ensureDependencies():
+    """Install the module's Python packages after one confirmation; True when all are present."""
+    installer = _lib().install.DependencyInstaller(confirm=slicer.util.confirmOkCancelDisplay)
+    return installer.ensure()
+
+
+def _demoDirectory():
+    return Path(slicer.app.cachePath) / "AutoimmuneAI" / "demo"
+
+
+def startDemo(onLoaded, onProgress=None, onLine=None, onEnded=None):
+    """Prepare the demo case in the background, then load and show its volume.
+
+    Dependencies are installed first (one confirmation). The cohort and the demo model are
+    made by a background process (progress through ``onProgress``/``onLine``; the returned
+    Job's ``cancel()`` stops it); once done, the volume is added with a display node and shown
+    in the slice views, and ``onLoaded(demo, volume)`` runs. ``onEnded(job)`` runs in every
+    case (done, failed or cancelled). Returns the Job, or None when the user declined.
+    """
+    lib = _lib()
+    if not ensureDependencies():
+        return None
+
+    def finished(job):
+        try:
+            if isinstance(job.error, lib.logic.ProcessingCancelled):
+                slicer.util.showStatusMessage(_("Demo cancelled."), 3000)
+            elif job.error is not None:
+                slicer.util.errorDisplay(
+                    _("Cannot prepare the demo case: {reason}").format(reason=job.error)
+                )
+            else:
+                volume = lib.demo.loadDemoVolume(slicer.mrmlScene, job.result, DEMO_NODE_NAME)
+                slicer.util.setSliceViewerLayers(background=volume, fit=True)
+                onLoaded(job.result, volume)
+        finally:
+            if onEnded is not None:
+                onEnded(job)
+
+    return lib.demo.prepareDemo(
+        _demoDirectory(),
+        logic=AutoimmuneAILogic(),
+        waitForCompletion=False,
+        onProgress=onProgress,
+        onLine=onLine,
+        onFinished=finished,
+    )
+
+
 def registerSampleData():
-    """A demo case in the Sample Data module, generated on demand (nothing is downloaded)."""
+    """ "AutoimmuneAI demo" in the Sample Data module, generated on demand (nothing downloaded).
+
+    Sample Data calls a custom downloader only from its button, with the source, and ignores
+    what it returns (``SampleData.py``): the downloader starts the background demo with a
+    progress dialog whose Cancel stops it, and the volume is shown once it is ready.
+    """
     import SampleData
 
     def generate(source):
-        demo = prepareDemo(_demoDirectory())
-        node = loadDemoVolume(slicer.mrmlScene, demo, source.nodeNames[0])
-        return [node]
+        dialog = slicer.util.createProgressDialog(
+            windowTitle=_("AutoimmuneAI demo"),
+            labelText=_("Generating the demo case and model (about a minute)..."),
+            maximum=100,
+        )
+
+        def progress(p):
+            dialog.value = int(round(100 * p.fraction))
+
+        def line(text):
+            dialog.labelText = text[-100:]
+
+        job = startDemo(
+            lambda demo, volume: None,
+            onProgress=progress,
+            onLine=line,
+            onEnded=lambda job: dialog.close(),
+        )
+        if job is None:
+            dialog.close()
+        else:
+            dialog.connect("canceled()", job.cancel)
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="AutoimmuneAI",
-        sampleName="AutoimmuneAIDemoFLAIR",
+        sampleName="AutoimmuneAI demo",
         uris="autoimmuneai-synth://demo",
-        fileNames="AutoimmuneAIDemoFLAIR.nii.gz",
-        nodeNames="AutoimmuneAIDemoFLAIR",
+        fileNames=DEMO_NODE_NAME + ".nii.gz",
+        nodeNames=DEMO_NODE_NAME,
         thumbnailFileName=os.path.join(
             os.path.dirname(__file__), "Resources", "Icons", "AutoimmuneAI.png"
         ),
@@ -80,21 +188,12 @@ def registerSampleData():
     )
 
 
-def _demoDirectory() -> Path:
-    return Path(slicer.app.cachePath) / "AutoimmuneAI" / "demo"
-
-
-class AutoimmuneAILogic(_logic.AutoimmuneAILogic):
+def AutoimmuneAILogic():
     """The module's logic on Slicer's scene; jobs started without waiting poll on a Qt timer.
 
     See ``AutoimmuneAILib/logic.py`` for ``process``, ``processCohort`` and ``whatIf``.
     """
-
-    def __init__(self):
-        super().__init__(scene=slicer.mrmlScene, scheduler=qt.QTimer.singleShot)
-
-    def getParameterNode(self):
-        return AutoimmuneAIParameterNode(super().getParameterNode())
+    return _lib().parameters.AutoimmuneAISlicerLogic()
 
 
 class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -104,17 +203,32 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._completerPanel = None
         self.job = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        reason = unsupported()
+        if reason:
+            label = qt.QLabel(reason)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
+        lib = _lib()
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoimmuneAI.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = AutoimmuneAILogic()
-        self.form = SerologyForm(self.ui.serologyFormLayout, onChanged=self._onSerologyChanged)
-        self.results = ResultsView(self.ui)
+        self.form = lib.widgethelpers.SerologyForm(
+            self.ui.serologyFormLayout, onChanged=self._onSerologyChanged
+        )
+        self.results = lib.widgethelpers.ResultsView(self.ui)
+        # One completer for the "explain class" field; its list changes with the panel.
+        self.classNames = qt.QStringListModel()
+        self.completer = qt.QCompleter(self.classNames, self.ui.targetClassLineEdit)
+        self.ui.targetClassLineEdit.setCompleter(self.completer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -142,7 +256,8 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self):
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self):
         if self._parameterNode:
@@ -186,19 +301,28 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- state ---------------------------------------------------------------------------
     def _panel(self):
+        bundle = self._parameterNode.bundlePath if self._parameterNode else None
+        if not bundle or str(bundle) in ("", "."):
+            return None
         try:
-            return _logic.panelForBundle(self._parameterNode.bundlePath)
+            return _lib().logic.panelForBundle(bundle)
         except Exception:
             return None
 
     def _onParameterNodeModified(self, caller=None, event=None):
+        edit = self.ui.bundlePathLineEdit
+        if edit.currentPath == "." and str(self._parameterNode.bundlePath) == ".":
+            # An unset Path parameter reads "."; show "no bundle chosen", not the working folder.
+            # Path("") is Path("."): the parameter does not change, so nothing fires again.
+            edit.currentPath = ""
         panel = self._panel()
         if panel is not None:
             self.form.build(panel)
             self.form.loadFrom(self._parameterNode.serologyTable)
             self._fillWhatIfFeatures(panel)
-            completer = qt.QCompleter(list(panel.classes), self.ui.targetClassLineEdit)
-            self.ui.targetClassLineEdit.setCompleter(completer)
+            if self._completerPanel != panel.name:
+                self.classNames.setStringList(list(panel.classes))
+                self._completerPanel = panel.name
         self._updateButtons()
 
     def _onSerologyChanged(self):
@@ -213,6 +337,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(p and p.inputVolume and self._panel() is not None and not self.form.errors())
         self.ui.runButton.enabled = ready and not running
         self.ui.whatIfButton.enabled = ready and not running and self.results.result is not None
+        self.ui.demoButton.enabled = not running
         self.ui.cancelButton.enabled = running
         self.ui.runButton.toolTip = (
             _("Predict and explain in a background process.")
@@ -231,7 +356,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- actions -------------------------------------------------------------------------
     def onRun(self, checked=False, targetClass=None):
         with slicer.util.tryWithErrorDisplay(_("Failed to start the prediction."), waitCursor=True):
-            if not DependencyInstaller(confirm=slicer.util.confirmOkCancelDisplay).ensure():
+            if not ensureDependencies():
                 return
             p = self._parameterNode
             self.results.clear()
@@ -253,11 +378,16 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
             )
 
-    def _startJob(self, job):
+    def _startJob(self, job, text=None):
         self.job = job
         self.ui.progressBar.value = 0
         self.ui.progressBar.visible = True
-        self.ui.statusLabel.text = _("Running...")
+        self.ui.statusLabel.text = text or _("Running...")
+        self._updateButtons()
+
+    def _endJob(self):
+        self.job = None
+        self.ui.progressBar.visible = False
         self._updateButtons()
 
     def _onProgress(self, progress):
@@ -268,9 +398,8 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = line[-120:]
 
     def _onFinished(self, job):
-        self.ui.progressBar.visible = False
-        self._updateButtons()
-        if isinstance(job.error, _logic.ProcessingCancelled):
+        self._endJob()
+        if isinstance(job.error, _lib().logic.ProcessingCancelled):
             self.ui.statusLabel.text = _("Cancelled.")
         elif job.error is not None:
             self.ui.statusLabel.text = _("Failed.")
@@ -278,8 +407,6 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.statusLabel.text = _("Done.")
             self.results.show(job.result)
-        self.job = None
-        self._updateButtons()
 
     def onCancel(self):
         if self.job is not None:
@@ -299,12 +426,12 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
 
             def finished(job):
-                self.job = None
-                self.ui.progressBar.visible = False
-                self._updateButtons()
+                self._endJob()
                 if job.error is not None:
                     self.ui.whatIfLabel.text = str(job.error)
+                    self.ui.statusLabel.text = _("Failed.")
                 else:
+                    self.ui.statusLabel.text = _("Done.")
                     self.results.showWhatIf(feature, value, job.result.prediction)
 
             self._startJob(
@@ -316,54 +443,68 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCohortChanged(self, path):
         self.ui.cohortCaseComboBox.clear()
-        if path and os.path.isfile(path):
-            with slicer.util.tryWithErrorDisplay(_("Cannot read the cohort file.")):
-                self.ui.cohortCaseComboBox.addItems(caseIds(path))
+        if not path or not os.path.isfile(path):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Cannot read the cohort file.")):
+            if not ensureDependencies():  # reading a manifest needs pandas (and openpyxl)
+                return
+            self.ui.cohortCaseComboBox.addItems(_lib().labform.caseIds(path))
 
     def onLoadCase(self):
         with slicer.util.tryWithErrorDisplay(_("Cannot load the case's lab values.")):
             panel = self._panel()
             if panel is None:
                 raise ValueError(_("Select a model bundle first: it defines the lab panel."))
+            if not ensureDependencies():
+                return
             caseId = self.ui.cohortCaseComboBox.currentText
             self.form.setValues(
-                readCohortCase(self.ui.cohortPathLineEdit.currentPath, caseId, panel)
+                _lib().labform.readCohortCase(self.ui.cohortPathLineEdit.currentPath, caseId, panel)
             )
             self._parameterNode.caseId = caseId
 
     def onDemo(self):
-        with slicer.util.tryWithErrorDisplay(_("Cannot prepare the demo case."), waitCursor=True):
-            if not DependencyInstaller(confirm=slicer.util.confirmOkCancelDisplay).ensure():
-                return
-            slicer.util.showStatusMessage(
-                _("Generating the demo cohort and model (about a minute)...")
-            )
-            slicer.app.processEvents()
-            demo = prepareDemo(_demoDirectory())
-            volume = loadDemoVolume(slicer.mrmlScene, demo)
-            p = self._parameterNode
-            p.bundlePath = demo.bundlePath
-            p.inputVolume = volume
-            p.caseId = demo.caseId
-            self._onParameterNodeModified()
-            self.form.setValues(demo.serology)
-            self.ui.cohortPathLineEdit.currentPath = str(demo.manifestPath)
+        with slicer.util.tryWithErrorDisplay(_("Cannot prepare the demo case.")):
+
+            def loaded(demo, volume):
+                p = self._parameterNode
+                p.bundlePath = demo.bundlePath
+                p.inputVolume = volume
+                p.caseId = demo.caseId
+                self._onParameterNodeModified()
+                self.form.setValues(demo.serology)
+                self.ui.cohortPathLineEdit.currentPath = str(demo.manifestPath)
+                self.ui.statusLabel.text = _("Demo case loaded: press Run.")
+
+            def ended(job):
+                self._endJob()
+                if job.error is not None:
+                    self.ui.statusLabel.text = _("Demo not loaded.")
+
+            job = startDemo(loaded, onProgress=self._onProgress, onLine=self._onLine, onEnded=ended)
+            if job is not None:
+                self._startJob(job, _("Generating the demo case and model (about a minute)..."))
 
 
 class AutoimmuneAITest(ScriptedLoadableModuleTest):
-    """Runs the demo case end to end: the same scenario as Testing/Python/test_slicer_module.py."""
+    """Runs the demo case end to end: the same scenario as Testing/Python/test_slicer_module.py.
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    Works in a scene of its own, so the user's scene (its nodes and where it is saved) is left
+    as it was.
+    """
 
     def runTest(self):
-        self.setUp()
         self.test_DemoScenario()
 
     def test_DemoScenario(self):
+        reason = unsupported()
+        if reason:
+            self.skipTest(reason)
+        lib = _lib()
         self.delayDisplay("Generating the demo case, training a small model, predicting")
         workDir = Path(tempfile.mkdtemp(prefix="AutoimmuneAITest-"))
-        result, reloaded = runDemoScenario(workDir, logic=AutoimmuneAILogic())
+        logic = lib.logic.AutoimmuneAILogic(scene=slicer.vtkMRMLScene())
+        result, reloaded = lib.demo.runDemoScenario(workDir, logic=logic)
         self.assertIn(result.predicted, result.classes)
         self.assertGreater(reloaded.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 0)
         self.delayDisplay("Test passed")

@@ -2,20 +2,34 @@
 
 One scenario, two runners: the pytest suite (outside Slicer, on ``slicer-core``) and
 ``AutoimmuneAITest`` (inside Slicer) both call ``runDemoScenario``, so the self-test a user
-runs in Slicer checks exactly what CI checks. The Sample Data entry uses ``prepareDemo`` to
-generate the demo volume on demand (nothing is downloaded). The demo model is trained for
-one epoch on a dozen cases: it shows the flow, not the model's accuracy.
+runs in Slicer checks exactly what CI checks. Generating the cohort and training the demo
+model take about a minute, so they run in one background process
+(``python -m AutoimmuneAILib.demo WORKDIR``: ``autoimmuneai synth`` then ``train``, the command
+line's own code) with progress and Cancel: ``prepareDemo(..., waitForCompletion=False)`` returns
+the running Job, which the module's "Load demo case" button and the Sample Data entry both use.
+Nothing is downloaded. The demo model is trained for one epoch on a dozen cases: it shows the
+flow, not the model's accuracy.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .labform import readCohortCase
-from .logic import AutoimmuneAILogic, PredictionResult, loadScene, panelForBundle, saveScene
+from .logic import (
+    AutoimmuneAILogic,
+    Job,
+    PredictionResult,
+    loadScene,
+    panelForBundle,
+    saveScene,
+)
+from .process import BackgroundProcess, Progress
 
 DEMO_CASES = 12
 DEMO_SEED = 3
@@ -39,58 +53,79 @@ def prepareDemo(
     cases: int = DEMO_CASES,
     seed: int = DEMO_SEED,
     epochs: int = 1,
-    python: str | None = None,
-    train: bool = True,
-) -> DemoCase:
-    """Generate the cohort (``autoimmuneai synth``) and train a bundle (``train``) once.
+    logic: AutoimmuneAILogic | None = None,
+    waitForCompletion: bool = True,
+    onProgress: Callable[[Progress], None] | None = None,
+    onLine: Callable[[str], None] | None = None,
+    onFinished: Callable[[Job], None] | None = None,
+):
+    """Generate the demo cohort and train its bundle in a background process, once.
 
-    Reuses what an earlier call left in ``workDir``.
+    Reuses what an earlier call left in ``workDir`` (an interrupted training resumes).
+    Returns the DemoCase when ``waitForCompletion`` (scripts, tests), else the started Job
+    (GUI: polled on the logic's scheduler, ``cancel()`` kills the process tree) whose
+    ``result`` is the DemoCase.
     """
-    logic = AutoimmuneAILogic(python=python)
+    logic = logic or AutoimmuneAILogic()
     workDir = Path(workDir)
-    cohort, bundle = workDir / "cohort", workDir / "bundle"
-    manifest = cohort / "manifest.csv"
-    if not manifest.is_file():
-        _run(
-            logic.cliCommand(
-                "synth", "--out", cohort, "--cases", cases, "--seed", seed,
-                "--voxel-size", DEMO_VOXEL_MM,
-            ),
-            logic,
-        )  # fmt: skip
-    if train and not (bundle / "configs" / "metadata.json").is_file():
-        _run(
-            logic.cliCommand(
-                "train", "--cohort", manifest, "--out", bundle, "--epochs", epochs, "--seed", seed
-            ),
-            logic,
-        )
-    from autoimmuneai.data.cohort import read_manifest
-    from autoimmuneai.data.panel import load_panel
+    command = [
+        logic.python, "-m", "AutoimmuneAILib.demo", workDir,
+        "--cases", cases, "--seed", seed, "--epochs", epochs,
+    ]  # fmt: skip
 
+    def finish(returncode: int) -> DemoCase:
+        if returncode != 0:
+            tail = " | ".join(line.strip() for line in proc.lines[-3:] if line.strip())
+            raise RuntimeError(f"the demo could not be prepared: {tail or returncode}")
+        return readDemoCase(workDir)
+
+    proc = BackgroundProcess(
+        command, onLine=onLine, onProgress=onProgress, env=logic.childEnvironment()
+    )
+    return logic._run(Job(proc, finish, onFinished), waitForCompletion)
+
+
+def readDemoCase(workDir: str | Path) -> DemoCase:
+    """The first case of a prepared demo folder (cohort and bundle must exist)."""
+    from autoimmuneai.data.cohort import read_manifest
+
+    workDir = Path(workDir)
+    manifest, bundle = workDir / "cohort" / "manifest.csv", workDir / "bundle"
     table = read_manifest(manifest)
     row = table.iloc[0]
     caseId = str(row["case_id"])
-    panel = panelForBundle(bundle) if train else load_panel()
+    panel = panelForBundle(bundle)
     image = Path(str(row[f"image_{panel.channels[0]}"]))
     image = image if image.is_absolute() else manifest.parent / image
     serology = readCohortCase(manifest, caseId, panel)
     return DemoCase(workDir, manifest, bundle, caseId, image, serology)
 
 
-def _run(command: list[str], logic: AutoimmuneAILogic) -> None:
-    done = subprocess.run(
-        command,
-        env=logic.childEnvironment(),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"{' '.join(command[2:4])} failed: " + " | ".join(tail))
+def _prepareInProcess(workDir: Path, cases: int, seed: int, epochs: int) -> int:
+    """The background process's work: ``synth`` and ``train`` through the command line's main."""
+    from autoimmuneai.cli import main
+
+    cohort, bundle = workDir / "cohort", workDir / "bundle"
+    manifest = cohort / "manifest.csv"
+    if not manifest.is_file():
+        print("Generating the demo cohort (step 1 of 2)", flush=True)
+        status = main(
+            ["synth", "--out", str(cohort), "--cases", str(cases), "--seed", str(seed),
+             "--voxel-size", str(DEMO_VOXEL_MM)]
+        )  # fmt: skip
+        if status:
+            return status
+    print("Demo cohort ready", flush=True)
+    if not (bundle / "configs" / "metadata.json").is_file():
+        print("Training the demo model (step 2 of 2)", flush=True)
+        status = main(
+            ["train", "--cohort", str(manifest), "--out", str(bundle), "--epochs", str(epochs),
+             "--seed", str(seed), "--resume"]
+        )  # fmt: skip
+        if status:
+            return status
+    print("Demo model ready", flush=True)
+    return 0
 
 
 def loadDemoVolume(scene, demo: DemoCase, name: str = "AutoimmuneAIDemo FLAIR"):
@@ -107,8 +142,8 @@ def runDemoScenario(workDir: str | Path, scene=None, logic: AutoimmuneAILogic | 
     Volume node + serology in -> background ``predict --explain`` -> nodes in the scene ->
     scene saved and reloaded. Raises AssertionError naming the first check that fails.
     """
-    demo = prepareDemo(workDir)
     logic = logic or AutoimmuneAILogic(scene=scene)
+    demo = prepareDemo(workDir, logic=logic)
     volume = loadDemoVolume(logic.scene, demo)
     progress: list[float] = []
     result = logic.process(
@@ -152,6 +187,14 @@ def checkResult(result: PredictionResult, scene, classes, volume) -> None:
         _check(nodes.get(role) is not None, f"no {role} node")
         _check(nodes[role].GetScene() is scene, f"{role} node is not in the scene")
     _check(nodes["image"] is volume, "the input volume was not reused as the image")
+    _check(volume.GetDisplayNode() is not None, "the input volume has no display node")
+    survivalChart = nodes["survival_chart"]
+    series = survivalChart.GetNthPlotSeriesNode(0)
+    _check(
+        series.GetPlotType() == series.PlotTypeScatter and series.GetXColumnName() == "time",
+        "the survival curve is not drawn against its months column",
+    )
+    _check(not survivalChart.GetYAxisRangeAuto(), "the survival chart's y range is automatic")
     segmentation = nodes["segmentation"].GetSegmentation()
     names = [
         segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
@@ -193,3 +236,18 @@ def _names(scene, cls: str) -> list[str]:
     return [
         scene.GetNthNodeByClass(i, cls).GetName() for i in range(scene.GetNumberOfNodesByClass(cls))
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m AutoimmuneAILib.demo WORKDIR``: prepare the demo (what the Job runs)."""
+    parser = argparse.ArgumentParser(prog="AutoimmuneAILib.demo", description=main.__doc__)
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--cases", type=int, default=DEMO_CASES)
+    parser.add_argument("--seed", type=int, default=DEMO_SEED)
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args(argv)
+    return _prepareInProcess(args.workdir, args.cases, args.seed, args.epochs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

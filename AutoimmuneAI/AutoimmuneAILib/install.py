@@ -5,11 +5,17 @@ Nothing is installed at import. ``DependencyInstaller.plan()`` compares
 everything it will install, then installs torch through the PyTorch extension's utilities
 when present (``PyTorchUtils`` picks the build that fits the GPU) and the rest with pip,
 constrained so that pip can never replace the packages Slicer itself ships (SimpleITK with
-Slicer's IO, numpy, VTK, ...): it must find versions compatible with them or fail.
+Slicer's IO, numpy, scipy, VTK, ...): it must find versions compatible with them or fail.
+
+Which installer runs (``installerFor``): Slicer 5.12 and later have ``slicer.packaging``, whose
+``pip_ensure`` checks, installs and offers a restart when an imported package changed; Slicer
+5.10 has only ``slicer.util.pip_install``; outside Slicer, ``python -m pip``. All three get
+the same requirements and the same constraints file.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import subprocess
 import sys
@@ -26,6 +32,7 @@ REQUIREMENTS = Path(__file__).resolve().parent.parent / "Resources" / "requireme
 # Packages that Slicer ships and that other Slicer code relies on: never installed or upgraded.
 PROTECTED = (
     "numpy",
+    "scipy",
     "SimpleITK",
     "vtk",
     "requests",
@@ -124,6 +131,59 @@ def _defaultPipInstall(args: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", *args], check=True)
 
 
+def installerFor(slicerModule=None) -> Callable[[list[str]], None]:
+    """The pip front end of this Python: ``slicer.packaging`` (5.12+), ``slicer.util`` (5.10), pip.
+
+    ``slicerModule`` is the ``slicer`` namespace (None outside the application). Every front
+    end receives ``pipInstallArgs``: ``-c CONSTRAINTS REQUIREMENT...``.
+    """
+    if slicerModule is None or not hasattr(slicerModule, "app"):
+        return _defaultPipInstall
+    packaging = _packagingOf(slicerModule)
+    if packaging is not None:
+
+        def ensure(args: list[str]) -> None:
+            constraints, requirements = _splitConstraints(args)
+            # The confirmation was given once for the whole plan (DependencyInstaller.ensure);
+            # pip_ensure still offers the restart when an imported package was replaced.
+            packaging.pip_ensure(
+                requirements,
+                constraints=constraints,
+                prompt_install=False,
+                requester="AutoimmuneAI",
+            )
+
+        return ensure
+    util = slicerModule.util
+
+    def install(args: list[str]) -> None:
+        util.pip_install(args)
+
+    return install
+
+
+def _packagingOf(slicerModule):
+    """``slicer.packaging`` when this Slicer has it (5.12+: ``Base/Python/slicer/packaging.py``)."""
+    packaging = getattr(slicerModule, "packaging", None)
+    if packaging is None:
+        try:
+            packaging = importlib.import_module(f"{slicerModule.__name__}.packaging")
+        except ImportError:
+            return None
+    return packaging if hasattr(packaging, "pip_ensure") else None
+
+
+def _splitConstraints(args: list[str]) -> tuple[str | None, list[str]]:
+    """(constraints file, requirements) from ``-c FILE REQ...`` arguments."""
+    args = list(args)
+    constraints = None
+    if "-c" in args:
+        index = args.index("-c")
+        constraints = args[index + 1]
+        del args[index : index + 2]
+    return constraints, args
+
+
 class DependencyInstaller:
     """Check and install the module's Python dependencies (usage: ``ensure()`` before a run)."""
 
@@ -136,7 +196,7 @@ class DependencyInstaller:
     ) -> None:
         self.requirementsPath = Path(requirementsPath)
         self.confirm = confirm
-        self.pipInstall = pipInstall or _slicerPipInstall() or _defaultPipInstall
+        self.pipInstall = pipInstall or installerFor(_slicerModule())
         self.log = log
 
     def plan(self) -> InstallPlan:
@@ -200,9 +260,6 @@ def _insideSlicer() -> bool:
     return hasattr(slicer, "app")
 
 
-def _slicerPipInstall() -> Callable[[list[str]], None] | None:
-    if not _insideSlicer():
-        return None
-    import slicer
-
-    return slicer.util.pip_install
+def _slicerModule():
+    """The application's ``slicer`` namespace, or None outside the application."""
+    return sys.modules["slicer"] if _insideSlicer() else None

@@ -30,13 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import PACKAGE_NAME, registerPackage
+from . import registerPackage
 from .labform import requireValid
 from .process import CANCELLED, BackgroundProcess, Progress
-from .resultnodes import addDifferentialNodes, addLabContributionNodes, addSurvivalNodes
 
 registerPackage()
 
+from autoimmuneai.contracts import (  # noqa: E402
+    CASE_FILES,
+    ERRORS_CSV,
+    PREDICTIONS_CSV,
+    Prediction,
+    survival_of,
+)
 from autoimmuneai.data.panel import Panel, load_panel, panel_from_dict  # noqa: E402
 from autoimmuneai.errors import BundleError, InputError  # noqa: E402
 from autoimmuneai.explain.methods import METHODS  # noqa: E402, F401 (the settings' choices)
@@ -44,6 +50,9 @@ from autoimmuneai.explain.methods import METHODS  # noqa: E402, F401 (the settin
 log = logging.getLogger("AutoimmuneAI")
 
 EXIT_PARTIAL = 3  # the command line's status when some cases failed
+CHILD_ENTRY = (
+    "AutoimmuneAILib.cli"  # the child's entry point: autoimmuneai's CLI, inside Slicer too
+)
 
 try:  # Inside Slicer: the conventional base class (parameter node, module name).
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -61,12 +70,12 @@ class PredictionResult:
 
     caseId: str
     caseDir: Path
-    prediction: dict
+    prediction: Prediction
     nodes: dict = field(default_factory=dict)  # role -> vtkMRMLNode
 
     @property
     def classes(self) -> list[str]:
-        return list(self.prediction.get("classes") or self.prediction["probabilities"])
+        return list(self.prediction["classes"])
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -88,6 +97,11 @@ class PredictionResult:
     @property
     def riskGroup(self) -> str:
         return str(self.prediction.get("risk_group", ""))
+
+    @property
+    def survival(self) -> tuple[list[float], list[float]]:
+        """(months, progression-free probability) as written in ``prediction.json``."""
+        return survival_of(self.prediction)
 
     @property
     def modalityShare(self) -> dict[str, float]:
@@ -188,7 +202,6 @@ class AutoimmuneAILogic(_LogicBase):
         self.python = python or pythonExecutable()
         self.scheduler = scheduler  # e.g. qt.QTimer.singleShot: polls jobs started with wait=False
         self.pollIntervalMs = 200
-        self.keepOutputs = True
 
     # -- one case ------------------------------------------------------------------------
     def process(
@@ -233,17 +246,19 @@ class AutoimmuneAILogic(_LogicBase):
             manifest,
             out,
             explain,
+            "--no-snapshot",  # the module shows the case in Slicer's own views
             *(["--target", targetClass] if targetClass else []),
             *(["--method", method] if method else []),
-            *self._optional("--alpha", alpha),
-            *self._optional("--bands", bands),
+            *_option("--alpha", alpha),
+            *_option("--bands", bands),
         )
 
         def finish(returncode: int) -> PredictionResult:
             caseDir = out / safeId
-            if returncode not in (0, EXIT_PARTIAL) or not (caseDir / "prediction.json").is_file():
+            predictionPath = caseDir / CASE_FILES["prediction"]
+            if returncode not in (0, EXIT_PARTIAL) or not predictionPath.is_file():
                 raise InputError(_failureReason(out, safeId, proc, returncode))
-            prediction = json.loads((caseDir / "prediction.json").read_text(encoding="utf-8"))
+            prediction = json.loads(predictionPath.read_text(encoding="utf-8"))
             nodes = self.importCase(caseDir, prediction, volumeNode) if importNodes else {}
             return PredictionResult(safeId, caseDir, prediction, nodes)
 
@@ -282,29 +297,23 @@ class AutoimmuneAILogic(_LogicBase):
             onFinished=onFinished,
         )
 
-    def importCase(self, caseDir: Path, prediction: dict, inputVolumeNode=None) -> dict:
+    def importCase(self, caseDir: Path, prediction: Prediction, inputVolumeNode=None) -> dict:
         """Load a case's output files into the scene; return the nodes by role.
 
         With an explanation (``scene.mrml`` present) ``autoimmuneai.output.mrml.import_case_outputs``
-        loads image, attribution, evidence segmentation, tables and charts; without one, the
-        differential and survival charts are built from ``prediction.json``. When the input
-        was already a node of this scene, the reloaded copy of it is dropped and the evidence
-        segmentation refers to the user's own volume (same physical space).
+        loads image, attribution, evidence segmentation, tables and charts; without one,
+        ``add_result_nodes`` builds the same tables and charts from ``prediction.json``. When
+        the input was already a node of this scene, the reloaded copy of it is dropped and the
+        evidence segmentation refers to the user's own volume (same physical space).
         """
+        from autoimmuneai.output.mrml import add_result_nodes, import_case_outputs
+
         caseDir = Path(caseDir)
         prefix = str(prediction.get("case_id", caseDir.name))
-        nodes: dict = {}
-        if (caseDir / "scene.mrml").is_file():
-            from autoimmuneai.output.mrml import import_case_outputs
-
-            nodes.update(import_case_outputs(self.scene, caseDir))
-        for role, build in (
-            ("probability_chart", addDifferentialNodes),
-            ("survival_chart", addSurvivalNodes),
-            ("lab_chart", addLabContributionNodes),
-        ):
-            if role not in nodes:
-                nodes.update(build(self.scene, prediction, prefix))
+        if (caseDir / CASE_FILES["scene"]).is_file():
+            nodes = dict(import_case_outputs(self.scene, caseDir))
+        else:
+            nodes = add_result_nodes(self.scene, prediction, prefix)
         copy = nodes.get("image")
         if (
             copy is not None
@@ -350,7 +359,7 @@ class AutoimmuneAILogic(_LogicBase):
         )
 
         def finish(returncode: int) -> CohortSummary:
-            predictions, errors = out / "predictions.csv", out / "errors.csv"
+            predictions, errors = out / PREDICTIONS_CSV, out / ERRORS_CSV
             if returncode not in (0, EXIT_PARTIAL) and not predictions.is_file():
                 raise InputError(_lastLines(proc) or f"predict failed with status {returncode}")
             okRows, errorRows = _readCsv(predictions), _readCsv(errors)
@@ -364,17 +373,6 @@ class AutoimmuneAILogic(_LogicBase):
         return self._run(Job(proc, finish, onFinished), waitForCompletion)
 
     # -- plumbing ------------------------------------------------------------------------
-    def _optional(self, option: str, value) -> list[str]:
-        """``[option, value]`` when set and this version of ``predict`` accepts the option."""
-        if value is None or value == "":
-            return []
-        if option not in predictOptions():
-            log.warning(
-                "autoimmuneai predict has no %s option: the bundle's default is used", option
-            )
-            return []
-        return [option, str(value)]
-
     def _run(self, job: Job, waitForCompletion: bool):
         job.start()
         if waitForCompletion:
@@ -389,12 +387,12 @@ class AutoimmuneAILogic(_LogicBase):
         return job
 
     def cliCommand(self, *args) -> list[str]:
-        """``<python> -m autoimmuneai ARGS`` (through the module's runner inside Slicer)."""
-        module = sys.modules.get(PACKAGE_NAME)
-        entry = (
-            "AutoimmuneAILib.cli" if getattr(module, "__registeredFrom__", None) else PACKAGE_NAME
-        )
-        return [self.python, "-m", entry, *[str(a) for a in args]]
+        """``<python> -m AutoimmuneAILib.cli ARGS``: ``autoimmuneai ARGS`` through the module's runner.
+
+        The runner uses an installed ``autoimmuneai`` when there is one, else the extension's
+        own ``Logic/`` folder, so the child runs the same entry point inside Slicer and out.
+        """
+        return [self.python, "-m", CHILD_ENTRY, *[str(a) for a in args]]
 
     def predictCommand(self, bundle, manifest, out, explain: bool, *options) -> list[str]:
         """``autoimmuneai predict`` on ``manifest`` into ``out``, plus ``options``."""
@@ -442,16 +440,11 @@ def pythonExecutable() -> str:
     return sys.executable
 
 
-def predictOptions() -> set[str]:
-    """The option strings the installed ``autoimmuneai predict`` accepts (read from its parser)."""
-    import argparse
-
-    from autoimmuneai.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction) and "predict" in action.choices:
-            return {s for a in action.choices["predict"]._actions for s in a.option_strings}
-    return set()
+def _option(option: str, value) -> list[str]:
+    """``[option, value]`` when a value is set, else nothing (the bundle's default applies)."""
+    if value is None or value == "":
+        return []
+    return [option, str(value)]
 
 
 def checkBundle(bundlePath: str | Path) -> Path:
@@ -521,34 +514,48 @@ def writeCaseInputs(workDir: Path, caseId: str, volumeNode, serology: dict, pane
 
 
 def saveScene(scene, directory: str | Path, name: str = "scene.mrml") -> Path:
-    """Write every storable node next to a ``.mrml`` scene file (works without slicer.app)."""
-    directory = Path(directory)
+    """Write a copy of the scene: every storable node next to a ``.mrml`` file in ``directory``.
+
+    Works without ``slicer.app``. The scene's URL and root directory and the file names of
+    its storage nodes are put back afterwards, so saving a copy (the self-test does) never
+    changes where the user's scene and data are saved.
+    """
+    from autoimmuneai.output.mrml import attach_storage_node
+
+    directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
-        if node.GetHideFromEditors() and not node.IsA("vtkMRMLTableNode"):
-            continue
-        storage = node.GetStorageNode()
-        if storage is None:
-            storage = node.CreateDefaultStorageNode()
+    previous: list[tuple[object, str]] = []  # (storage node, its file name before)
+    url, root = scene.GetURL(), scene.GetRootDirectory()
+    path = directory / name
+    try:
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
+            if node.GetHideFromEditors() and not node.IsA("vtkMRMLTableNode"):
+                continue
+            stem = _safeCaseId(node.GetName() or node.GetID())
+            while stem in used:
+                stem += "_"
+            used.add(stem)
+            before = node.GetStorageNode()
+            oldName = (before.GetFileName() or "") if before is not None else ""
+            storage = attach_storage_node(node, directory / stem)
             if storage is None:
                 continue
-            scene.AddNode(storage)
-            node.SetAndObserveStorageNodeID(storage.GetID())
-        extension = storage.GetDefaultWriteFileExtension()
-        stem = _safeCaseId(node.GetName() or node.GetID())
-        while stem in used:
-            stem += "_"
-        used.add(stem)
-        storage.SetFileName(str(directory / f"{stem}.{extension}"))
-        if not storage.WriteData(node):
-            raise OSError(f"could not write {node.GetName()} to {storage.GetFileName()}")
-    path = directory / name
-    scene.SetRootDirectory(str(directory))
-    scene.SetURL(str(path))
-    if not scene.Commit():
-        raise OSError(f"could not write the scene {path}")
+            previous.append((storage, oldName))
+            extension = storage.GetDefaultWriteFileExtension()
+            storage.SetFileName(str(directory / f"{stem}.{extension}"))
+            if not storage.WriteData(node):
+                raise OSError(f"could not write {node.GetName()} to {storage.GetFileName()}")
+        scene.SetRootDirectory(str(directory))
+        scene.SetURL(str(path))
+        if not scene.Commit():
+            raise OSError(f"could not write the scene {path}")
+    finally:
+        scene.SetURL(url or "")
+        scene.SetRootDirectory(root or "")
+        for storage, oldName in previous:
+            storage.SetFileName(oldName)
     return path
 
 
@@ -561,6 +568,14 @@ def loadScene(path: str | Path):
     if not scene.Connect():
         raise OSError(f"could not read the scene {path}")
     return scene
+
+
+def probabilityChanges(before: dict, after: dict) -> list[tuple[str, float, float, float]]:
+    """(class, before, after, after - before) for a what-if comparison, largest change first."""
+    pb, pa = before["probabilities"], after["probabilities"]
+    rows = [(c, float(pb[c]), float(pa[c]), float(pa[c]) - float(pb[c])) for c in pb]
+    rows.sort(key=lambda r: -abs(r[3]))
+    return rows
 
 
 def _safeCaseId(caseId: str) -> str:

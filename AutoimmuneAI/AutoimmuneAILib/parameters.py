@@ -1,4 +1,4 @@
-"""GUI state of the module: a parameter node wrapper, saved with the scene.
+"""GUI state of the module: a parameter node wrapper, saved with the scene, and its logic.
 
 Each field is bound to a widget of ``Resources/UI/AutoimmuneAI.ui`` through that widget's
 ``SlicerParameterName`` property (the test suite checks every field has one). Needs Slicer's
@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import qt
+import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from .logic import METHODS
+from .logic import METHODS, AutoimmuneAILogic
 
 BANDS = ("1", "5", "1,5", "1,5,10")
 
@@ -39,3 +41,13 @@ class AutoimmuneAIParameterNode:
     attributionMethod: Annotated[str, Choice(list(METHODS))] = METHODS[0]
     evidenceBands: Annotated[str, Choice(list(BANDS))] = "1,5"
     conformalAlpha: Annotated[float, WithinRange(0.01, 0.5)] = 0.1
+
+
+class AutoimmuneAISlicerLogic(AutoimmuneAILogic):
+    """The logic on the application's scene; jobs started without waiting poll on a Qt timer."""
+
+    def __init__(self) -> None:
+        super().__init__(scene=slicer.mrmlScene, scheduler=qt.QTimer.singleShot)
+
+    def getParameterNode(self):
+        return AutoimmuneAIParameterNode(super().getParameterNode())

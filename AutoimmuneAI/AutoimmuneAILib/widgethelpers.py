@@ -12,8 +12,7 @@ import slicer
 from autoimmuneai.data.panel import Panel
 
 from .labform import checkEntry, formRows, readTable, writeTable
-from .logic import PredictionResult
-from .resultnodes import probabilityChanges
+from .logic import PredictionResult, probabilityChanges
 
 BAD_STYLE = "background-color: #ffd6d6;"
 SET_COLOR = "#d8ecff"

@@ -1,7 +1,7 @@
 """The extension as the Slicer build and the ExtensionsIndex see it, checked offline.
 
-The catalog entry is validated against the schema Slicer publishes (a copy lives in
-``../shared/schemas`` beside the repository) and against the index checker's other rules;
+The catalog entry is validated against the schema Slicer publishes (the copy in
+``Testing/Data``: the repository is self-contained) and against the index checker's other rules;
 the CMake files are read to check that every script and resource they list exists and that
 every ``.py`` under ``AutoimmuneAI/`` is listed (a file missing from the list would be missing
 from the installed extension).
@@ -32,18 +32,12 @@ ACCEPTED_CATEGORIES = {
 }
 
 
-def find_schema_dir() -> Path:
-    """``../shared/schemas`` beside the repository, else a parent's, else the copy in Testing/Data.
+SCHEMA_DIR = ROOT / "Testing" / "Data"
+"""Slicer's published catalog-entry schema, kept in the repository (Schemas/ of Slicer/Slicer)."""
 
-    The copy is Slicer's published schema, kept so that a checkout alone can run the suite.
-    """
-    candidates = [ROOT.parent / "shared" / "schemas"]
-    candidates += [p / "shared" / "schemas" for p in ROOT.parents]
-    candidates.append(ROOT / "Testing" / "Data")
-    for candidate in candidates:
-        if (candidate / SCHEMA_NAME).is_file():
-            return candidate
-    pytest.fail(f"{SCHEMA_NAME} not found in ../shared/schemas, any parent or Testing/Data")
+# The 5.10 extension template's first line (Utilities/Templates/Extensions/Default/CMakeLists.txt
+# on Slicer's 5.10 branch); the 5.12 template asks for 3.28, which 5.10 builds need not have.
+TEMPLATE_CMAKE_MINIMUM = "cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)"
 
 
 def strip_comments(cmake: str) -> str:
@@ -72,6 +66,7 @@ def top_cmake() -> str:
 
 def test_top_level_cmake_declares_the_extension():
     text = top_cmake()
+    assert text.splitlines()[0] == TEMPLATE_CMAKE_MINIMUM
     assert re.search(r"^project\(AutoimmuneAI\)", text, re.M)
     sets = cmake_sets(text)
     for name in (
@@ -91,6 +86,13 @@ def test_top_level_cmake_declares_the_extension():
         "AutoimmuneAI/Resources/Icons/AutoimmuneAI.png"
     )
     assert "PyTorch" in unquote(sets["EXTENSION_DEPENDS"]).split()
+    # Contributors as the index lists them, "Name (Organization)", never a placeholder; the
+    # module's own contributors line says the same.
+    contributors = unquote(sets["EXTENSION_CONTRIBUTORS"])
+    assert re.fullmatch(r"[^(),]+ \([^()]+\)(, [^(),]+ \([^()]+\))*", contributors), contributors
+    assert "contributors" not in contributors.lower()
+    module = (MODULE_DIR / "AutoimmuneAI.py").read_text(encoding="utf-8")
+    assert f"self.parent.contributors = [{contributors!r}]".replace("'", '"') in module
     assert unquote(sets["EXTENSION_CATEGORY"]) in ACCEPTED_CATEGORIES
     order = [
         "find_package(Slicer REQUIRED)",
@@ -110,7 +112,7 @@ def test_catalog_entry_validates_against_the_published_schema():
 
     entry_path = ROOT / "AutoimmuneAI.json"
     entry = json.loads(entry_path.read_text(encoding="utf-8"))
-    schema = json.loads((find_schema_dir() / SCHEMA_NAME).read_text(encoding="utf-8"))
+    schema = json.loads((SCHEMA_DIR / SCHEMA_NAME).read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(entry, schema)
     assert entry["$schema"].split("/")[-1].rstrip("#") == SCHEMA_NAME

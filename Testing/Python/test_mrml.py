@@ -230,8 +230,14 @@ def test_scene_loads_into_fresh_scene_with_expected_nodes(case_dir: Path) -> Non
     assert lab_series.GetTableNode() is lab
     assert lab_series.GetLabelColumnName() == "label"
     survival_series = charts["survival_chart"].GetNthPlotSeriesNode(0)
-    assert survival_series.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeLine
+    # A curve over months: scatter drawn as a solid line (PlotTypeLine ignores the x column).
+    assert survival_series.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter
+    assert survival_series.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleSolid
+    assert survival_series.GetMarkerStyle() == slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone
     assert survival_series.GetXColumnName() == "time"
+    for role in ("survival_chart", "probability_chart"):  # a fixed range needs auto off
+        assert not charts[role].GetYAxisRangeAuto(), role
+        assert list(charts[role].GetYAxisRange()) == [0.0, 1.0], role
 
 
 def test_import_case_outputs_into_existing_scene(case_dir: Path) -> None:
@@ -290,6 +296,73 @@ def test_bad_inputs_are_one_line_input_errors(tmp_path: Path) -> None:
             segments=SEGMENTS, **{**common, "lab_contributions": [LABS[0], {"feature": "x", "label": "X", "value": 1, "unit": ""}]},
         )  # fmt: skip
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_terminology_entry_is_the_string_slicer_serialises() -> None:
+    """Written by hand (PythonSlicer has no terminology classes), equal to Slicer's own."""
+    if not hasattr(slicer, "vtkSlicerTerminologyEntry"):
+        pytest.skip("this slicer-core has no terminology classes to compare with")
+    entry = slicer.vtkSlicerTerminologyEntry()
+    entry.SetTerminologyContextName(mrml.TERMINOLOGY_CONTEXT)
+    for obj, (scheme, value, meaning) in (
+        (entry.GetCategoryObject(), mrml.CATEGORY_CODE),
+        (entry.GetTypeObject(), mrml.TYPE_CODE),
+        (entry.GetRegionObject(), mrml.REGION_CODE),
+    ):
+        obj.SetCodingSchemeDesignator(scheme)
+        obj.SetCodeValue(value)
+        obj.SetCodeMeaning(meaning)
+    entry.SetRegionContextName(mrml.ANATOMIC_CONTEXT)
+    expected = slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry)
+    assert mrml.terminology_entry() == expected
+
+
+def test_segmentation_is_built_in_pythonslicers_namespace(tmp_path: Path) -> None:
+    """The background process (PythonSlicer) has no loadable-module classes: the .seg.nrrd it
+    writes there is the one the plain-Python CLI writes (same voxels, names, colours, geometry)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pythonslicer_env import make_pythonslicer
+
+    python = make_pythonslicer(tmp_path / "bin")
+    code = (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_mrml import make_case, oblique_affine, SEGMENTS\n"
+        "from autoimmuneai.output import mrml\n"
+        "import slicer\n"
+        "image, _, labelmap = make_case(oblique_affine())\n"
+        "scene = slicer.vtkMRMLScene()\n"
+        "node = mrml.segmentation_from_labelmap(scene, labelmap, image.affine, SEGMENTS, 'E')\n"
+        f"mrml.write_node(node, {str(tmp_path / 'child.seg.nrrd')!r})\n"
+        "print(len(REMOVED))\n"
+    )
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) > 50  # the loadable-module classes were really gone
+    image, _, labelmap = make_case(oblique_affine())
+    scene = slicer.vtkMRMLScene()  # kept: a node needs its scene to make a storage node
+    here = mrml.segmentation_from_labelmap(scene, labelmap, image.affine, SEGMENTS, "E")
+    mrml.write_node(here, tmp_path / "here.seg.nrrd")
+    child = slicerio.read_segmentation(str(tmp_path / "child.seg.nrrd"))
+    mine = slicerio.read_segmentation(str(tmp_path / "here.seg.nrrd"))
+    assert np.array_equal(child["voxels"], mine["voxels"])
+    assert np.allclose(child["ijkToLPS"], mine["ijkToLPS"])
+    strip = [{k: v for k, v in s.items() if k != "id"} for s in child["segments"]]
+    assert strip == [{k: v for k, v in s.items() if k != "id"} for s in mine["segments"]]
+    assert [s["name"] for s in child["segments"]] == NAMES
+
+
+def test_storage_helper_reuses_a_nodes_storage_node(tmp_path: Path) -> None:
+    scene = slicer.vtkMRMLScene()
+    node = mrml.volume_to_node(scene, Volume(np.ones((3, 4, 5), np.float32), np.eye(4)), "v")
+    first = mrml.write_node(node, tmp_path / "a.nrrd")
+    second = mrml.attach_storage_node(node, tmp_path / "b.nrrd")
+    assert second is first and scene.GetNumberOfNodesByClass("vtkMRMLStorageNode") == 1
+    assert (tmp_path / "a.nrrd").is_file() and second.GetFileName().endswith("b.nrrd")
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode")
+    assert mrml.attach_storage_node(chart, tmp_path / "c") is None
+    with pytest.raises(OSError, match="cannot be stored"):
+        mrml.write_node(chart, tmp_path / "c")
 
 
 def test_module_imports_without_slicer() -> None:

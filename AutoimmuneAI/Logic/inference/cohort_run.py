@@ -19,14 +19,22 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..atomic import ensure_writable_folder, write_csv, write_text
+from ..contracts import (
+    CASE_FILES,
+    ERRORS_CSV,
+    ERRORS_CSV_COLUMNS,
+    EXPLAIN_FILES,
+    PREDICTIONS_CSV,
+    predictions_csv_columns,
+)
 from ..data.cohort import Case, load_cohort, single_case_cohort
 from ..data.imaging import Volume, load_volume
 from ..errors import InputError, describe_field
 
 log = logging.getLogger(__name__)
 
-CASE_FILES_EXPLAIN = ("attribution.nii.gz", "evidence.seg.nrrd", "scene.mrml")
-ERROR_COLUMNS = ["case_id", "row", "field", "reason"]
+CASE_FILES_EXPLAIN = tuple(CASE_FILES[role] for role in EXPLAIN_FILES)
+ERROR_COLUMNS = list(ERRORS_CSV_COLUMNS)
 SHOWN_FAILURES = 5  # failures named in the summary line; errors.csv lists them all
 
 
@@ -261,15 +269,7 @@ def _error_row(case_id: str, problem: InputError, manifest: Path | None = None) 
 
 
 def _write_tables(out_dir: Path, result: BatchResult, classes: list[str]) -> None:
-    columns = [
-        "case_id",
-        *[f"p_{c}" for c in classes],
-        "predicted",
-        "prediction_set",
-        "risk_score",
-        "risk_group",
-        "warnings",
-    ]
+    columns = predictions_csv_columns(classes)
     rows = sorted(result.rows, key=lambda r: r["case_id"])
-    write_csv(out_dir / "predictions.csv", rows, columns)
-    write_csv(out_dir / "errors.csv", result.errors, ERROR_COLUMNS)
+    write_csv(out_dir / PREDICTIONS_CSV, rows, columns)
+    write_csv(out_dir / ERRORS_CSV, result.errors, ERROR_COLUMNS)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..contracts import CASE_FILES, LAB_CONTRIBUTION_COLUMNS, Prediction, survival_of
 from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -29,19 +30,20 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 ROLE_ATTRIBUTE = "AutoimmuneAI.Role"
 """Node attribute naming a node's role in a case scene (image, attribution, ...)."""
 
-FILES: dict[str, str] = {
-    "image": "image.nii.gz",
-    "attribution": "attribution.nii.gz",
-    "attribution_colors": "attribution_colors.ctbl",
-    "segmentation": "evidence.seg.nrrd",
-    "lab_contributions": "lab_contributions.tsv",
-    "probabilities": "probabilities.tsv",
-    "survival": "survival.tsv",
-    "scene": "scene.mrml",
-}
-"""File name of each role inside a case folder (the output contract in DESIGN.md)."""
+SCENE_ROLES = (
+    "image",
+    "attribution",
+    "attribution_colors",
+    "segmentation",
+    "lab_contributions",
+    "probabilities",
+    "survival",
+    "scene",
+)
+FILES: dict[str, str] = {role: CASE_FILES[role] for role in SCENE_ROLES}
+"""File name of each role that ``scene.mrml`` references (from the output contract)."""
 
-LAB_COLUMNS = ("feature", "label", "value", "unit", "contribution")
+LAB_COLUMNS = LAB_CONTRIBUTION_COLUMNS
 
 # Evidence regions are places the model looked at, not a diagnosis of tissue, so the standard
 # code makes no pathology claim: DICOM "Spatial and Relational Concept" / "Reference Region".
@@ -138,6 +140,9 @@ def volume_to_node(scene: Any, volume: Volume, name: str) -> Any:
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     node.SetIJKToRASMatrix(_matrix(volume.affine))
     node.SetAndObserveImageData(_image_data(_compact(volume.array)))
+    # Slice views show nothing for a volume without a display node (vtkMRMLSliceLayerLogic);
+    # Slicer's own helpers (addVolumeFromArray, the volumes logic) create one the same way.
+    node.CreateDefaultDisplayNodes()
     return node
 
 
@@ -168,28 +173,46 @@ def node_to_volume(node: Any) -> Volume:
     return Volume(_array(image).astype(np.float32, copy=False), _affine(matrix))
 
 
-def _labelmap_node(scene: Any, labelmap: np.ndarray, affine: np.ndarray, name: str) -> Any:
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
-    node.SetIJKToRASMatrix(_matrix(affine))
-    node.SetAndObserveImageData(_image_data(np.asarray(labelmap, dtype=np.int16)))
-    return node
-
-
 def terminology_entry() -> str:
-    """Slicer's serialised terminology entry for an evidence region (standard DICOM codes)."""
+    """Slicer's serialised terminology entry for an evidence region (standard DICOM codes).
+
+    Written as the string itself, in the format of
+    ``vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry`` (Slicer 5.10 and 5.12,
+    ``Modules/Loadable/Terminologies/Logic/vtkSlicerTerminologiesModuleLogic.cxx``):
+    ``context~category~type~typeModifier~regionContext~region~regionModifier``, each code as
+    ``scheme^value^meaning``. The terminology classes belong to a loadable module, which
+    ``PythonSlicer`` (the background process) does not have.
+    """
+
+    def code(triple: tuple[str, str, str] | None) -> str:
+        return "^".join(triple) if triple else "^^"
+
+    return "~".join(
+        (
+            TERMINOLOGY_CONTEXT,
+            code(CATEGORY_CODE),
+            code(TYPE_CODE),
+            code(None),
+            ANATOMIC_CONTEXT,
+            code(REGION_CODE),
+            code(None),
+        )
+    )
+
+
+def _oriented_labelmap(labelmap: np.ndarray, affine: np.ndarray) -> Any:
+    """A vtkOrientedImageData (vtkSegmentationCore) holding ``labelmap`` with the affine's geometry."""
     slicer = _slicer()
-    entry = slicer.vtkSlicerTerminologyEntry()
-    entry.SetTerminologyContextName(TERMINOLOGY_CONTEXT)
-    for obj, (scheme, value, meaning) in (
-        (entry.GetCategoryObject(), CATEGORY_CODE),
-        (entry.GetTypeObject(), TYPE_CODE),
-        (entry.GetRegionObject(), REGION_CODE),
-    ):
-        obj.SetCodingSchemeDesignator(scheme)
-        obj.SetCodeValue(value)
-        obj.SetCodeMeaning(meaning)
-    entry.SetRegionContextName(ANATOMIC_CONTEXT)
-    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry)
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+
+    array = np.asarray(labelmap, dtype=np.int16)  # labels are 1..32767 (checked)
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(*array.shape)
+    scalars = numpy_to_vtk(np.ravel(array, order="F"), deep=True)
+    scalars.SetName("ImageScalars")
+    image.GetPointData().SetScalars(scalars)
+    image.SetImageToWorldMatrix(_matrix(affine))
+    return image
 
 
 def _check_segments(labelmap: np.ndarray, segments: Sequence[SegmentSpec]) -> None:
@@ -217,67 +240,55 @@ def segmentation_from_labelmap(
 ) -> Any:
     """A vtkMRMLSegmentationNode with one named, coloured, coded segment per label.
 
-    Names are made ASCII with :func:`portable_name` so that every NRRD reader keeps them.
-    Imported with ``vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode`` so
-    the geometry is Slicer's own; the reference image geometry comes from ``reference_node``
-    (the image the segmentation belongs to) or, without one, from the labelmap itself.
-    Labels listed in ``segments`` but absent from the labelmap become empty segments, so the
-    legend is always complete.
+    Built from MRML core and ``vtkSegmentationCore`` only (both in ``PythonSlicer``, where the
+    Segmentations module's logic is absent): one vtkOrientedImageData holds the labelmap in
+    its own geometry and every segment shares it as its binary labelmap, told apart by its
+    label value, which is how Slicer stores a labelmap imported into a segmentation. Names are
+    made ASCII with :func:`portable_name` so that every NRRD reader keeps them. The reference
+    image geometry comes from ``reference_node`` (the image the segmentation belongs to) or,
+    without one, from the labelmap itself. A label listed in ``segments`` but absent from the
+    labelmap is an empty segment, so the legend is always complete.
     """
     slicer = _slicer()
     labelmap = np.asarray(labelmap)
     if not np.issubdtype(labelmap.dtype, np.integer) and not np.all(labelmap == np.round(labelmap)):
         raise InputError("labelmap must hold integer labels")
+    if labelmap.ndim != 3:
+        raise InputError(f"labelmap must be 3-D, got shape {labelmap.shape}")
     _check_segments(labelmap, segments)
 
-    label_node = _labelmap_node(scene, labelmap, affine, f"{name} labels")
-    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name} colours")
-    colors.SetTypeToUser()
-    colors.SetNumberOfColors(max(s.label for s in segments) + 1 if segments else 1)
-    colors.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
-    for spec in segments:
-        colors.SetColor(spec.label, portable_name(spec.name), *map(float, spec.color), 1.0)
-    label_display = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
-    label_display.SetAndObserveColorNodeID(colors.GetID())
-    label_node.SetAndObserveDisplayNodeID(label_display.GetID())
-
+    shared = _oriented_labelmap(labelmap, affine)
     seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     seg_node.CreateDefaultDisplayNodes()
-    geometry_node = reference_node if reference_node is not None else label_node
-    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(geometry_node)
+    segmentation = seg_node.GetSegmentation()
+    converter = slicer.vtkSegmentationConverter
+    labelmap_name = converter.GetBinaryLabelmapRepresentationName()
+    segmentation.SetSourceRepresentationName(labelmap_name)
     if reference_node is not None:
+        seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
         seg_node.SetNodeReferenceID(
             seg_node.GetReferenceImageGeometryReferenceRole(), reference_node.GetID()
         )
-    ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-        label_node, seg_node
-    )
-    for node in (label_node, label_display, colors):
-        scene.RemoveNode(node)
-    if not ok:
-        raise InputError(f"Slicer could not import the labelmap for {name!r}")
-
-    segmentation = seg_node.GetSegmentation()
-    by_name = {}
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetNthSegment(index)
-        by_name[segment.GetName()] = segment
+    else:
+        segmentation.SetConversionParameter(
+            converter.GetReferenceImageGeometryParameterName(),
+            converter.SerializeImageGeometry(shared),
+        )
     entry = terminology_entry()
     for spec in segments:
-        name = portable_name(spec.name)
-        segment = by_name.get(name)
-        if segment is None:
-            # Only absent labels are missing; give them an empty segment with their value.
-            segment_id = segmentation.AddEmptySegment("", name, list(map(float, spec.color)))
-            segment = segmentation.GetSegment(segment_id)
-        segment.SetName(name)
+        segment_name = portable_name(spec.name)
+        segment = slicer.vtkSegment()
+        segment.SetName(segment_name)
         segment.SetNameAutoGenerated(False)  # Slicer must not rename it from terminology
         segment.SetColor(*map(float, spec.color))
         segment.SetColorAutoGenerated(False)
         segment.SetLabelValue(int(spec.label))
+        segment.AddRepresentation(labelmap_name, shared)
         segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
         if spec.description:
             segment.SetTag("Description", portable_name(spec.description))
+        if not segmentation.AddSegment(segment):
+            raise InputError(f"could not add segment {segment_name!r} to {name!r}")
     return seg_node
 
 
@@ -323,11 +334,15 @@ def plot_chart(
     kind: Literal["bar", "line"],
     x_label: str = "",
     y_label: str = "",
+    y_range: tuple[float, float] | None = None,
 ) -> Any:
     """A vtkMRMLPlotChartNode with one bar or line series per y column of ``table``.
 
     A text x column (e.g. lab names) becomes the series' label column over bar indexes, which
-    is how Slicer's plot view shows categorical bars.
+    is how Slicer's plot view shows categorical bars. A line is a scatter series drawn with a
+    solid line and no markers: ``PlotTypeLine`` spaces points equally and ignores the x column
+    (a survival curve would show row numbers on its months axis). ``y_range`` fixes the y
+    axis; Slicer applies it only with ``YAxisRangeAuto`` off.
     """
     slicer = _slicer()
     if kind not in ("bar", "line"):
@@ -337,6 +352,9 @@ def plot_chart(
         if vtk_table.GetColumnByName(column) is None:
             raise InputError(f"table {table.GetName()!r} has no column {column!r}", field=column)
     text_x = vtk_table.GetColumnByName(x_column).GetDataTypeAsString() == "string"
+    if kind == "line" and text_x:
+        raise InputError(f"a line chart needs a numeric x column, {x_column!r} is text")
+    series_class = slicer.vtkMRMLPlotSeriesNode
     chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
     for index, column in enumerate(y_columns):
         series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name}: {column}")
@@ -348,16 +366,20 @@ def plot_chart(
         else:
             series.SetXColumnName(x_column)
         if kind == "bar":
-            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+            series.SetPlotType(series_class.PlotTypeBar)
         else:
-            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
-            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+            series.SetPlotType(series_class.PlotTypeScatter)
+            series.SetLineStyle(series_class.LineStyleSolid)
+            series.SetMarkerStyle(series_class.MarkerStyleNone)
         series.SetColor(*_SERIES_COLORS[index % len(_SERIES_COLORS)])
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     chart.SetTitle(name)
     chart.SetXAxisTitle(x_label or x_column)
     chart.SetYAxisTitle(y_label or ", ".join(y_columns))
     chart.SetLegendVisibility(len(y_columns) > 1)
+    if y_range is not None:
+        chart.SetYAxisRangeAuto(False)
+        chart.SetYAxisRange(float(y_range[0]), float(y_range[1]))
     return chart
 
 
@@ -406,27 +428,74 @@ def _style_segmentation(node: Any) -> None:
 
 
 def _charts(scene: Any, nodes: dict[str, Any], class_name: str) -> None:
+    """The result charts over the case's tables: one builder for every path into a scene."""
     prefix = f"{class_name}: " if class_name else ""
-    nodes["lab_chart"] = plot_chart(
-        scene,
-        f"{prefix}lab contributions",
-        nodes["lab_contributions"],
-        "label",
-        ["contribution"],
-        "bar",
-        x_label="Lab value",
-        y_label=f"Contribution to {class_name}" if class_name else "Contribution",
-    )
+    if nodes.get("lab_contributions") is not None:
+        nodes["lab_chart"] = plot_chart(
+            scene,
+            f"{prefix}lab contributions",
+            nodes["lab_contributions"],
+            "label",
+            ["contribution"],
+            "bar",
+            x_label="Lab value",
+            y_label=f"Contribution to {class_name}" if class_name else "Contribution",
+        )
     nodes["probability_chart"] = plot_chart(
         scene, "Class probabilities", nodes["probabilities"], "class", ["probability"], "bar",
-        x_label="Class", y_label="Probability",
+        x_label="Class", y_label="Probability", y_range=(0.0, 1.0),
     )  # fmt: skip
     nodes["survival_chart"] = plot_chart(
         scene, "Progression-free survival", nodes["survival"], "time", ["survival"], "line",
-        x_label="Months", y_label="Probability progression-free",
+        x_label="Months", y_label="Probability progression-free", y_range=(0.0, 1.0),
     )  # fmt: skip
     for role in ("lab_chart", "probability_chart", "survival_chart"):
-        _set_role(nodes[role], role)
+        if role in nodes:
+            _set_role(nodes[role], role)
+
+
+def _probability_columns(probabilities: dict[str, float]) -> dict[str, list]:
+    return {
+        "class": [str(k) for k in probabilities],
+        "probability": [float(v) for v in probabilities.values()],
+    }
+
+
+def _result_tables(
+    scene: Any,
+    lab_contributions: list[dict],
+    probabilities: dict[str, float],
+    survival: tuple[Sequence[float], Sequence[float]],
+    prefix: str = "",
+) -> dict[str, Any]:
+    """The case's tables: lab contributions (when there are any), probabilities, survival."""
+    tables: dict[str, Any] = {}
+    if lab_contributions:
+        tables["lab_contributions"] = table_node(
+            scene, f"{prefix}Lab contributions", _lab_columns(lab_contributions)
+        )
+    tables["probabilities"] = table_node(
+        scene, f"{prefix}Class probabilities", _probability_columns(probabilities)
+    )
+    tables["survival"] = table_node(scene, f"{prefix}Survival curve", _survival_columns(survival))
+    return tables
+
+
+def add_result_nodes(scene: Any, prediction: Prediction, prefix: str = "") -> dict[str, Any]:
+    """Tables and charts of a prediction that has only ``prediction.json`` (no scene files).
+
+    The same tables, columns and charts as a case folder written by :func:`write_case_scene`
+    (the lab chart only when the prediction holds lab contributions), so the Slicer module
+    shows every result the same way. Returns the nodes by role.
+    """
+    labs = list(prediction.get("lab_contributions") or [])  # type: ignore[call-overload]
+    lead = f"{prefix} " if prefix else ""
+    nodes = _result_tables(scene, labs, prediction["probabilities"], survival_of(prediction), lead)
+    for role, node in nodes.items():
+        _set_role(node, role)
+    explanation = prediction.get("explanation") or {}  # type: ignore[call-overload]
+    _charts(scene, nodes, str(explanation.get("explained_class", "")))
+    return nodes
 
 
 def _lab_columns(lab_contributions: list[dict]) -> dict[str, list]:
@@ -448,15 +517,35 @@ def _same_grid(a: Volume, b: Volume) -> bool:
     return np.shape(a.array) == np.shape(b.array) and np.allclose(a.affine, b.affine, atol=1e-4)
 
 
-def _storage(node: Any, path: Path) -> Any:
-    storage = node.CreateDefaultStorageNode()
-    node.GetScene().AddNode(storage)
-    node.SetAndObserveStorageNodeID(storage.GetID())
+def attach_storage_node(node: Any, path: str | Path) -> Any:
+    """The node's storage node (its default kind, created and added when it has none) on ``path``.
+
+    The one place that wires a storage node: writing a case, reading one back and saving a
+    whole scene (``AutoimmuneAILib.logic.saveScene``) all go through it. Returns None for a
+    node that has no storage (e.g. a chart).
+    """
+    if not node.IsA("vtkMRMLStorableNode"):
+        return None
+    storage = node.GetStorageNode()
+    if storage is None:
+        storage = node.CreateDefaultStorageNode()
+        if storage is None:
+            return None
+        node.GetScene().AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
     storage.SetFileName(str(path))
+    return storage
+
+
+def write_node(node: Any, path: str | Path, compress: bool = True) -> Any:
+    """Write ``node`` to ``path`` with its storage node; OSError naming the file when it fails."""
+    storage = attach_storage_node(node, path)
+    if storage is None:
+        raise OSError(f"{node.GetName()!r} cannot be stored in a file ({Path(path).name})")
     if hasattr(storage, "SetUseCompression"):
-        storage.SetUseCompression(1)
+        storage.SetUseCompression(1 if compress else 0)
     if not storage.WriteData(node):
-        raise OSError(f"could not write {path.name}")
+        raise OSError(f"could not write {Path(path).name}")
     return storage
 
 
@@ -488,12 +577,8 @@ def write_case_scene(
             f"labelmap shape {np.shape(labelmap)} differs from image {np.shape(image.array)}",
             file=FILES["segmentation"],
         )
-    lab_columns = _lab_columns(lab_contributions)
-    survival_columns = _survival_columns(survival)
-    probability_columns = {
-        "class": [str(k) for k in probabilities],
-        "probability": [float(v) for v in probabilities.values()],
-    }
+    _lab_columns(lab_contributions)  # every check before anything is written
+    _survival_columns(survival)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".tmp-scene-", dir=out_dir))
@@ -508,15 +593,13 @@ def write_case_scene(
         nodes["segmentation"] = segmentation_from_labelmap(
             scene, labelmap, image.affine, segments, f"Evidence for {class_name}", nodes["image"]
         )
-        nodes["lab_contributions"] = table_node(scene, "Lab contributions", lab_columns)
-        nodes["probabilities"] = table_node(scene, "Class probabilities", probability_columns)
-        nodes["survival"] = table_node(scene, "Survival curve", survival_columns)
+        nodes.update(_result_tables(scene, lab_contributions, probabilities, survival))
         _style_image(nodes["image"])
         _style_attribution(nodes["attribution"], nodes["attribution_colors"])
         _style_segmentation(nodes["segmentation"])
         for role, node in nodes.items():
             _set_role(node, role)
-            _storage(node, stage / FILES[role])
+            write_node(node, stage / FILES[role])
         _charts(scene, nodes, class_name)
         if not scene.Commit():
             raise OSError(f"could not write {FILES['scene']}")
@@ -532,11 +615,8 @@ def _read(scene: Any, class_name: str, path: Path, name: str) -> Any:
     if not path.is_file():
         raise InputError("file is missing", file=path)
     node = scene.AddNewNodeByClass(class_name, name)
-    storage = node.CreateDefaultStorageNode()
-    scene.AddNode(storage)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    storage.SetFileName(str(path))
-    if not storage.ReadData(node):
+    storage = attach_storage_node(node, path)
+    if storage is None or not storage.ReadData(node):
         scene.RemoveNode(node)
         raise InputError("Slicer could not read the file", file=path)
     return node
