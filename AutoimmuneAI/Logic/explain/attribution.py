@@ -203,63 +203,26 @@ def explain(
         b_img = image_baseline(image, baseline)
         b_ser = serology_baseline(encoder, serology)
 
-        delta = rel_delta = None
-        steps_used = None
-        if method in ("integrated_gradients", "gradient_shap"):
-            forward, inputs, baselines, unpack = _joint_inputs(model, image, serology, b_img, b_ser)
         if method == "integrated_gradients":
-            steps_used = n_steps or DEFAULT_STEPS
-            ig = IntegratedGradients(forward)
-            while True:
-                attrs, d = ig.attribute(
-                    inputs,
-                    baselines=baselines,
-                    target=target,
-                    n_steps=steps_used,
-                    method="gausslegendre",
-                    internal_batch_size=internal_batch_size or steps_used,
-                    return_convergence_delta=True,
-                )
-                a_img, a_ser = unpack(attrs)
-                delta = float(d.sum())
-                total = float(a_img.sum()) + float(a_ser.sum())
-                rel_delta = abs(delta) / max(abs(total - delta), DELTA_FLOOR)
-                if rel_delta <= DELTA_TOLERANCE or n_steps is not None or steps_used >= MAX_STEPS:
-                    break
-                steps_used *= 2
-            effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
+            attributed = _integrated_gradients(
+                model, image, serology, b_img, b_ser, target, n_steps, internal_batch_size
+            )
         elif method == "gradient_shap":
-            steps_used = n_steps or DEFAULT_STEPS
-            noise = 0.05 * float(image.std())
-            stdevs = tuple(noise if x is image else 0.0 for x in inputs)
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                attrs = GradientShap(forward).attribute(
-                    inputs, baselines=baselines, n_samples=steps_used, stdevs=stdevs, target=target
-                )
-            a_img, a_ser = unpack(attrs)
-            effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
+            attributed = _gradient_shap(model, image, serology, b_img, b_ser, target, n_steps, seed)
         else:
             if method == "occlusion":
-                w, s = occlusion_window, occlusion_stride
-                a_img = Occlusion(lambda x: model(x, serology.expand(x.shape[0], -1))).attribute(
-                    image,
-                    sliding_window_shapes=(image.shape[1], w, w, w),
-                    strides=(image.shape[1], s, s, s),
-                    baselines=b_img,
-                    target=target,
-                    perturbations_per_eval=internal_batch_size or 16,
-                )
+                a_img = _occlusion(
+                    model, image, serology, b_img, target,
+                    occlusion_window, occlusion_stride, internal_batch_size,
+                )  # fmt: skip
             else:
-                cam = LayerGradCam(model, _gradcam_layer(model)).attribute(
-                    (image, serology), target=target
-                )
-                a_img = LayerAttribution.interpolate(
-                    cam.detach(), tuple(image.shape[2:]), interpolate_mode="trilinear"
-                )
-            a_ser = ablate_labs(model, image, serology, b_ser, encoder, target)
-            effect = ablation_effect(model, image, serology, b_img, b_ser, target)
-
+                a_img = _layer_gradcam(model, image, serology, target)
+            attributed = _Attributed(
+                a_img,
+                ablate_labs(model, image, serology, b_ser, encoder, target),
+                ablation_effect(model, image, serology, b_img, b_ser, target),
+            )
+        a_img, a_ser, effect = attributed.image, attributed.serology, attributed.effect
         image_map = a_img.detach()[0].sum(dim=0).numpy().astype(np.float32)
         per_column = a_ser.detach().reshape(-1).numpy().astype(np.float64)
         contributions = lab_contributions(per_column, encoder, labs, classes[target])
@@ -272,13 +235,93 @@ def explain(
             image_map=image_map,
             lab_contributions=contributions,
             modality_share={"image": round(share_image, 4), "serology": round(1 - share_image, 4)},
-            convergence_delta=delta,
+            convergence_delta=attributed.delta,
             seconds=time.perf_counter() - start,
-            relative_delta=rel_delta,
-            n_steps=steps_used,
+            relative_delta=attributed.relative_delta,
+            n_steps=attributed.steps,
             baseline=baseline,
             modality_effect={k: round(v, 6) for k, v in effect.items()},
         )
+
+
+@dataclass
+class _Attributed:
+    """What one attribution method returns: both maps, the signed effect of each modality
+    (logits) and, for the path methods, the steps used and IG's convergence delta."""
+
+    image: torch.Tensor  # [1, C, D, H, W]
+    serology: torch.Tensor  # [1, d]
+    effect: dict[str, float]
+    steps: int | None = None
+    delta: float | None = None
+    relative_delta: float | None = None
+
+
+def _integrated_gradients(
+    model, image, serology, b_img, b_ser, target: int, n_steps, internal_batch_size
+) -> _Attributed:
+    """IG over both inputs with Gauss-Legendre steps, doubled (up to ``MAX_STEPS``) while the
+    convergence delta stays above ``DELTA_TOLERANCE`` of the output difference."""
+    forward, inputs, baselines, unpack = _joint_inputs(model, image, serology, b_img, b_ser)
+    steps = n_steps or DEFAULT_STEPS
+    ig = IntegratedGradients(forward)
+    while True:
+        attrs, d = ig.attribute(
+            inputs,
+            baselines=baselines,
+            target=target,
+            n_steps=steps,
+            method="gausslegendre",
+            internal_batch_size=internal_batch_size or steps,
+            return_convergence_delta=True,
+        )
+        a_img, a_ser = unpack(attrs)
+        delta = float(d.sum())
+        total = float(a_img.sum()) + float(a_ser.sum())
+        rel_delta = abs(delta) / max(abs(total - delta), DELTA_FLOOR)
+        if rel_delta <= DELTA_TOLERANCE or n_steps is not None or steps >= MAX_STEPS:
+            break
+        steps *= 2
+    effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
+    return _Attributed(a_img, a_ser, effect, steps, delta, rel_delta)
+
+
+def _gradient_shap(model, image, serology, b_img, b_ser, target: int, n_steps, seed: int):
+    """GradientShap over both inputs, noise on the image only, seeded."""
+    forward, inputs, baselines, unpack = _joint_inputs(model, image, serology, b_img, b_ser)
+    steps = n_steps or DEFAULT_STEPS
+    noise = 0.05 * float(image.std())
+    stdevs = tuple(noise if x is image else 0.0 for x in inputs)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        attrs = GradientShap(forward).attribute(
+            inputs, baselines=baselines, n_samples=steps, stdevs=stdevs, target=target
+        )
+    a_img, a_ser = unpack(attrs)
+    effect = {"image": float(a_img.sum()), "serology": float(a_ser.sum())}
+    return _Attributed(a_img, a_ser, effect, steps)
+
+
+def _occlusion(
+    model, image, serology, b_img, target: int, window: int, stride: int, internal_batch_size
+) -> torch.Tensor:
+    """Occlusion of ``window``-voxel cubes (every channel at once) by the baseline image."""
+    return Occlusion(lambda x: model(x, serology.expand(x.shape[0], -1))).attribute(
+        image,
+        sliding_window_shapes=(image.shape[1], window, window, window),
+        strides=(image.shape[1], stride, stride, stride),
+        baselines=b_img,
+        target=target,
+        perturbations_per_eval=internal_batch_size or 16,
+    )
+
+
+def _layer_gradcam(model, image, serology, target: int) -> torch.Tensor:
+    """LayerGradCam of the image encoder's last block, upsampled to the image."""
+    cam = LayerGradCam(model, _gradcam_layer(model)).attribute((image, serology), target=target)
+    return LayerAttribution.interpolate(
+        cam.detach(), tuple(image.shape[2:]), interpolate_mode="trilinear"
+    )
 
 
 def _joint_inputs(model, image, serology, b_img, b_ser):
