@@ -164,12 +164,14 @@ def registerSampleData():
         def line(text):
             dialog.labelText = text[-100:]
 
-        job = startDemo(
-            lambda demo, volume: None,
-            onProgress=progress,
-            onLine=line,
-            onEnded=lambda job: dialog.close(),
-        )
+        job = None
+        with slicer.util.tryWithErrorDisplay(_("Cannot prepare the demo case.")):
+            job = startDemo(
+                lambda demo, volume: None,
+                onProgress=progress,
+                onLine=line,
+                onEnded=lambda job: dialog.close(),
+            )
         if job is None:
             dialog.close()
         else:
