@@ -35,7 +35,6 @@ import pytest
 from conftest import read_rows, write_rows
 
 from autoimmuneai.cli import main
-from autoimmuneai.errors import InputError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -663,8 +662,11 @@ def test_subprocess_shows_no_traceback(
 
 
 def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="not found"):
-        main(["validate", "--cohort", str(tmp_path / "absent.csv"), "--debug"])
+    """``--debug`` adds the traceback and keeps the bad-input status (2)."""
+    rc, _, stderr = run_cli(["validate", "--cohort", tmp_path / "absent.csv", "--debug"])
+    assert rc == 2
+    assert "Traceback" in stderr and "InputError" in stderr
+    assert stderr.strip().splitlines()[-1].endswith("absent.csv: manifest not found")
 
 
 def test_gzip_helper_really_truncates(hostile_batch: dict) -> None:
