@@ -20,6 +20,7 @@ from ..data.labvalues import LabValue, LabValueError, model_value, parse_lab_val
 from ..errors import InputError
 from ..model.bundle import Bundle, load_bundle
 from ..preprocess.model_grid import GridSample
+from ..preprocess.pipeline import PreprocessedSample
 from ..stats.calibration import softmax
 from ..stats.survival import risk_groups, survival_curves
 from .ood import out_of_distribution_warnings
@@ -32,7 +33,7 @@ class PreparedCase:
     """A case ready for the model: tensors plus what is needed to map results back."""
 
     volume: Volume
-    sample: GridSample
+    sample: GridSample | PreprocessedSample
     image: torch.Tensor  # [1, 1, D, H, W]
     serology: torch.Tensor  # [1, n_encoded]
     values: np.ndarray  # [features], canonical units, NaN missing
@@ -57,6 +58,9 @@ class CasePrediction:
     # share of the hazard each disease contributes, p(k|x) exp(a_k) / sum (mixture head only):
     # why the risk is what it is
     risk_by_class: dict[str, float] = field(default_factory=dict)
+    # preprocessing quality (registration and brain-mask figures, their warnings); empty for
+    # a bundle without the preprocessing stage
+    quality: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -143,6 +147,11 @@ class Predictor:
             self.bundle.metadata.get("training_distribution", {}),
             self.panel,
         )
+        quality = dict(getattr(prepared.sample, "quality", {}) or {})
+        if quality:
+            pre_warnings = list(getattr(prepared.sample, "warnings", []))
+            quality["warnings"] = pre_warnings
+            warnings = [*pre_warnings, *warnings]
         return CasePrediction(
             case_id=case_id,
             classes=classes,
@@ -155,6 +164,7 @@ class Predictor:
             survival=Survival(times_months=times, probability=surv),
             warnings=warnings,
             risk_by_class=self.risk_by_class(logits),
+            quality=quality,
         )
 
     def risk_by_class(self, logits: np.ndarray) -> dict[str, float]:

@@ -173,7 +173,16 @@ class ModelGrid:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelGrid:
-        """Inverse of ``to_dict``; refuses a preprocessing this code does not implement."""
+        """Inverse of ``to_dict``; refuses a preprocessing this code does not implement.
+
+        A dict written by ``pipeline.Preprocessor`` (it names a ``pipeline``) gives that
+        Preprocessor, which has the same interface: bundles record either, and the loader
+        needs no other change; a bundle from before the preprocessing stage keeps its grid.
+        """
+        if "pipeline" in data:
+            from .pipeline import Preprocessor
+
+            return Preprocessor.from_dict(data)  # type: ignore[return-value]
         if data.get("centring", _CENTRING) != _CENTRING:
             raise ValueError(f"unsupported centring {data.get('centring')!r}")
         if data.get("intensity", _INTENSITY) != _INTENSITY:

@@ -160,20 +160,12 @@ def _evaluate(template, moving: sitk.Image, transform: sitk.Transform) -> float:
     return float(probe.MetricEvaluate(template.image, moving))
 
 
-def register(
-    moving: sitk.Image, *, affine: bool = True, threads: int | None = None
-) -> Registration:
-    """Register ``moving`` (a float LPS SimpleITK image, any geometry) to the template."""
-    if threads:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    t8, t4 = load_template(8.0, 8.0), load_template(4.0, 6.0)
-    m8, m4 = shrink(moving, 8.0), shrink(moving, 4.0)
+def _scored_starts(t8, m8: sitk.Image, m4: sitk.Image) -> list[tuple]:
+    """Every start (pitch x roll x depth below the vertex), scored by the metric at 8 mm."""
     centre = template_centre_lps()
-    guesses = _centre_guesses(_foreground_points(m4))
-
-    # 1. every start, metric only, on 8 mm images
     probe = _method(t8.metric_mask, 1, None)
     scored = []
+    guesses = _centre_guesses(_foreground_points(m4))
     for (depth, target), pitch, roll in itertools.product(guesses, PITCHES_DEG, ROLLS_DEG):
         transform = _euler(centre, pitch, roll, target)
         probe.SetInitialTransform(transform, inPlace=False)
@@ -184,10 +176,12 @@ def register(
         scored.append((value, pitch, roll, depth, transform))
     if not scored:
         raise RuntimeError("no initial pose maps the template into the image")
-    scored.sort(key=lambda s: s[0])
+    return sorted(scored, key=lambda s: s[0])
 
-    # 2. the best starts: rigid + isotropic scale (heads differ in size by 10% and more), on
-    # the 4 mm images smoothed to 8 mm and then as they are
+
+def _refine_similarity(t4, m4: sitk.Image, scored: list[tuple]) -> tuple:
+    """The best starts as rigid + isotropic scale (heads differ in size by 10% and more) on
+    the 4 mm images, smoothed to 8 mm first; the best result by the 4 mm metric."""
     best = None
     for _, pitch, roll, depth, transform in scored[:N_REFINED]:
         sim = _similarity(transform)
@@ -205,22 +199,37 @@ def register(
             best = (value, sim, {"pitch_deg": pitch, "roll_deg": roll, "depth_mm": depth})
     if best is None:
         raise RuntimeError("registration failed from every start")
-    value, sim, start = best
-    rigid_matrix = _matrix_ras(sim)
+    return best
+
+
+def _refine_affine(t4, m4: sitk.Image, sim: sitk.Transform, value: float) -> tuple:
+    """A full affine from the similarity result, kept only if the metric improves."""
+    aff = _as_affine(sim)
+    reg = _method(t4.metric_mask, 60, 0.5, learning_rate=1.0)
+    reg.SetInitialTransform(aff, inPlace=True)
+    try:
+        reg.Execute(t4.image, m4)
+        value_aff = _evaluate(t4, m4, aff)
+    except RuntimeError:
+        return sim, value
+    return (aff, value_aff) if value_aff <= value else (sim, value)
+
+
+def register(
+    moving: sitk.Image, *, affine: bool = True, threads: int | None = None
+) -> Registration:
+    """Register ``moving`` (a float LPS SimpleITK image, any geometry) to the template."""
+    if threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    t8, t4 = load_template(8.0, 8.0), load_template(4.0, 6.0)
+    m8, m4 = shrink(moving, 8.0), shrink(moving, 4.0)
+    scored = _scored_starts(t8, m8, m4)
+    value, sim, start = _refine_similarity(t4, m4, scored)
     result: sitk.Transform = sim
-    if affine:  # 3. full affine from the similarity result, kept only if the metric improves
-        aff = _as_affine(sim)
-        reg = _method(t4.metric_mask, 60, 0.5, learning_rate=1.0)
-        reg.SetInitialTransform(aff, inPlace=True)
-        try:
-            reg.Execute(t4.image, m4)
-            value_aff = _evaluate(t4, m4, aff)
-            if value_aff <= value:
-                result, value = aff, value_aff
-        except RuntimeError:
-            pass
+    if affine:
+        result, value = _refine_affine(t4, m4, sim, value)
     return Registration(
-        matrix=_matrix_ras(result), metric=float(value), rigid_matrix=rigid_matrix, start=start
+        matrix=_matrix_ras(result), metric=float(value), rigid_matrix=_matrix_ras(sim), start=start
     )
 
 

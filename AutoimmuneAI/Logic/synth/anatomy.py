@@ -104,7 +104,7 @@ def _polyline_distance(points: np.ndarray, line: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def load_anatomy(resolution: int = 2) -> Anatomy:
+def load_anatomy(resolution: int = 2) -> Anatomy:  # noqa: PLR0915 (one step per template map; split per map)
     """Template maps and region maps at ``resolution`` mm (1 or 2), cropped to the brain."""
     if resolution not in (1, 2):
         raise ValueError("template resolution must be 1 or 2 mm")

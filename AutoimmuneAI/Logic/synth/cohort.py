@@ -26,6 +26,7 @@ from .anatomy import LABELS, load_anatomy
 from .config import SynthConfig
 from .latent import CaseLatent, sample_case
 from .render import OutputGrid, output_grid, render_case
+from .scan import render_scan
 from .serology import FEATURES
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -149,11 +150,25 @@ def _make_case(task: tuple[str, str, str, Any]) -> tuple[dict[str, object], dict
     out: Path = _JOB["out_dir"]
     anat = load_anatomy(_JOB["resolution"])
     latent = sample_case(seed, case_id, diagnosis, anat, cfg)
-    image, mask = render_case(latent, anat, grid, cfg)
     image_rel = f"images/{case_id}_flair.nii.gz"
     mask_rel = f"masks/{case_id}_lesions.nii.gz"
-    _save_nifti(out / image_rel, image, grid.affine)
-    _save_nifti(out / mask_rel, mask, grid.affine)
+    scan_truth: dict[str, object] = {}
+    if _JOB.get("anatomy") == "head":
+        scan = render_scan(latent, anat, cfg)
+        brain_rel = f"masks/{case_id}_brain.nii.gz"
+        _save_nifti(out / image_rel, scan.image, scan.grid.affine)
+        _save_nifti(out / mask_rel, scan.lesions, scan.grid.affine)
+        _save_nifti(out / brain_rel, scan.brain, scan.grid.affine)
+        scan_truth = {
+            "acquisition": scan.acquisition,
+            "template_to_image_ras": np.round(scan.pose, 6).tolist(),
+            "pitch_roll_yaw_deg": [round(a, 3) for a in scan.angles_deg],
+            "brain_mask": brain_rel,
+        }
+    else:
+        image, mask = render_case(latent, anat, grid, cfg)
+        _save_nifti(out / image_rel, image, grid.affine)
+        _save_nifti(out / mask_rel, mask, grid.affine)
     row: dict[str, object] = {
         "case_id": case_id,
         "image_flair": image_rel,
@@ -169,6 +184,8 @@ def _make_case(task: tuple[str, str, str, Any]) -> tuple[dict[str, object], dict
         split=split,
     )
     truth = latent.truth_row()
+    if scan_truth:
+        truth["_scan"] = scan_truth
     return row, truth
 
 
@@ -210,7 +227,7 @@ def _run(tasks: list, workers: int, job: dict[str, Any]) -> Iterator[tuple[dict,
         yield from pool.map(_make_case, tasks, chunksize=chunk)
 
 
-def generate_cohort(
+def generate_cohort(  # noqa: C901 (the generator's options; split into stages)
     out_dir: Path,
     n_cases: int = 400,
     seed: int = 0,
@@ -221,8 +238,15 @@ def generate_cohort(
     workers: int | None = None,
     progress: bool = True,
     config: SynthConfig | None = None,
+    anatomy: str = "brain",
 ) -> Path:
     """Write the synthetic demo cohort to ``out_dir`` and return the manifest's path.
+
+    ``anatomy="head"`` renders clinical scans (``scan.render_scan``: whole head, head pose,
+    mixed acquisitions, scanner scale; ``voxel_size``, ``oblique_deg`` and ``anisotropic``
+    do not apply) and writes ``masks/<case>_brain.nii.gz`` (true brain) and ``scans.json``
+    (acquisition and true template -> image pose of every case); ``"brain"`` keeps the
+    skull-stripped images on one grid.
 
     ``images/<case>_flair.nii.gz`` (int16 FLAIR-like), ``masks/<case>_lesions.nii.gz``
     (labels: 1 periventricular, 2 juxtacortical, 3 infratentorial, 4 deep grey, 5 other),
@@ -236,6 +260,8 @@ def generate_cohort(
         raise InputError(f"--oblique must be between -60 and 60 degrees, not {oblique_deg!r}")
     if not isinstance(seed, int) or seed < 0:
         raise InputError(f"--seed must be a non-negative whole number, not {seed!r}")
+    if anatomy not in ("brain", "head"):
+        raise InputError(f"--anatomy must be 'brain' or 'head', not {anatomy!r}")
     cfg = config or SynthConfig()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -248,16 +274,31 @@ def generate_cohort(
     tasks = _plan(n_cases, seed, cfg)
     workers = workers or min(os.cpu_count() or 1, 8)
     workers = max(1, min(int(workers), n_cases))
-    job = {"config": cfg, "grid": grid, "out_dir": out, "resolution": resolution}
+    if anatomy == "head":
+        resolution = 2  # one anatomy for every acquisition: the same brains at any voxel size
+        anat = load_anatomy(resolution)
+    job = {
+        "config": cfg,
+        "grid": grid,
+        "out_dir": out,
+        "resolution": resolution,
+        "anatomy": anatomy,
+    }
     results = _run(tasks, workers, job)
     if progress:
         from tqdm import tqdm
 
         results = tqdm(results, total=n_cases, desc="synth", unit="case", file=sys.stderr)
-    rows, truths = [], []
+    rows, truths, scans = [], [], {}
     for row, truth in results:
+        scan_truth = truth.pop("_scan", None)
+        if scan_truth:
+            scans[str(row["case_id"])] = scan_truth
         rows.append(row)
         truths.append(truth)
+    if scans:
+        write_text(out / "scans.json", json.dumps(scans, indent=1) + "\n")
+        _readable(out / "scans.json")
     manifest = out / "manifest.csv"
     write_text(out / "truth.csv", _csv(truths, TRUTH_COLUMNS))
     _readable(out / "truth.csv")
@@ -268,6 +309,7 @@ def generate_cohort(
         "voxel_size": float(voxel_size),
         "oblique_deg": float(oblique_deg),
         "anisotropic": bool(anisotropic),
+        "anatomy": anatomy,
         "template": f"MNI152 (nilearn), {resolution} mm",
         "grid": {"shape": list(grid.shape), "affine": grid.affine.round(6).tolist()},
         "labels": {str(k): v for k, v in LABELS.items()},

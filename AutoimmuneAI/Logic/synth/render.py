@@ -133,7 +133,7 @@ def _subject(latent: CaseLatent, anat: Anatomy, cfg: SynthConfig, rng: np.random
     )
 
 
-def _sample(
+def _sample(  # noqa: PLR0915 (one rendering step per tissue and artefact; split per step)
     subject: _Subject,
     anat: Anatomy,
     grid: OutputGrid,

@@ -182,7 +182,7 @@ def lab_strings(
     return out
 
 
-def _continuous(
+def _continuous(  # noqa: C901 (one lab-sheet format per lab; a table would do)
     name: str, v: float, comma: bool, r: float, dsdna_cens: bool, crp_cens: bool, s: dict
 ) -> str:
     if name == "igg_index":

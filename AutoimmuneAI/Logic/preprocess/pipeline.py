@@ -1,0 +1,274 @@
+"""The preprocessing stage: a patient's image as it comes -> the model grid in MNI space, and back.
+
+``Preprocessor.to_model(volume)`` runs, in order: N4 bias-field estimation (``bias``),
+registration to the MNI152 template (``registration``), the template brain mask on the model
+grid (``brain_mask``), one resampling of the image (divided by the bias field) into the
+model grid through the registration, and intensity standardisation inside the mask
+(``intensity``). It returns a ``PreprocessedSample`` with the model-grid tensor, the
+transform actually applied (template RAS -> patient RAS), quality figures and warnings.
+``to_input`` maps any model-grid array (attribution, evidence labels, masks) back onto the
+patient's own voxels through the inverse of that transform. The interface matches
+``ModelGrid`` (``to_model``, ``to_input``, ``to_dict``, ``shape``, ``spacing``), so training,
+evaluation, prediction and explanation use either one the same way, and a bundle records
+which (``preprocessing_from_dict``): bundles trained before this stage keep ``ModelGrid``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from ..data.imaging import Volume, _to_sitk
+from ..errors import InputError
+from .bias import log_bias_field
+from .brain_mask import template_mask_on
+from .intensity import BACKGROUND_Z, standardise
+from .model_grid import ModelGrid
+from .registration import register
+from .template import load_template
+
+PIPELINE = "mni152_affine_v1"
+# Quality limits: below WARN a warning goes into prediction.json, below FAIL the case is refused.
+NCC_WARN, NCC_FAIL = 0.35, 0.12
+COVERAGE_WARN, COVERAGE_FAIL = 0.95, 0.5
+EDGE_WARN = 1.0
+
+
+@dataclass
+class PreprocessedSample:
+    """One volume on the model grid (template space) and what maps results back."""
+
+    tensor: torch.Tensor  # float32 [1, *shape]
+    affine: np.ndarray  # model-grid voxel -> MNI RAS mm
+    source_shape: tuple[int, int, int]
+    source_affine: np.ndarray
+    matrix: np.ndarray  # 4x4 template (MNI RAS) -> patient RAS, the registration applied
+    brain: np.ndarray  # bool brain mask on the model grid
+    quality: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    intensity: dict = field(default_factory=dict)
+    coverage: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Bias correction, registration to MNI152, brain mask, standardisation, model grid."""
+
+    shape: tuple[int, int, int] = (64, 80, 64)
+    spacing: float = 2.5
+    bias: bool = True
+    affine: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "spacing", float(self.spacing))
+
+    # -- geometry -------------------------------------------------------------------------
+
+    @property
+    def grid_affine(self) -> np.ndarray:
+        """Model-grid voxel -> MNI RAS mm: the box centred on the template brain."""
+        t = load_template(2.0)
+        ijk = np.argwhere(t.brain_array)
+        corners = np.stack([ijk.min(0), ijk.max(0)]).astype(np.float64)
+        centre = (corners @ t.affine[:3, :3].T + t.affine[:3, 3]).mean(axis=0)
+        return ModelGrid(self.shape, self.spacing).grid_affine(centre)
+
+    # -- forward --------------------------------------------------------------------------
+
+    def to_model(self, volume: Volume) -> PreprocessedSample:
+        """Preprocess ``volume``; ``InputError`` when nothing usable is left."""
+        where = volume.path
+        array = np.asarray(volume.array, dtype=np.float32)
+        image = _to_sitk(array, volume.affine)
+        try:
+            registration = register(image, affine=self.affine)
+        except RuntimeError as exc:
+            raise InputError(
+                f"registration to the MNI152 template failed ({exc})", file=where
+            ) from None
+        grid = self.grid_affine
+        matrix = registration.matrix
+        to_voxel = np.linalg.inv(volume.affine) @ matrix @ grid
+        source = array
+        factor = self.spacing / np.asarray(volume.spacing)
+        if factor.max() >= 1.5:  # anti-aliasing before shrinking a fine image
+            sigma = [float(max(0.0, (f - 1.0) / 2.0)) for f in factor]
+            source = ndi.gaussian_filter(array, sigma, mode="nearest", truncate=3.0)
+        values = ndi.affine_transform(
+            source, to_voxel[:3, :3], to_voxel[:3, 3], output_shape=self.shape, order=1, cval=0.0
+        )
+        inside = ndi.affine_transform(
+            np.ones(volume.shape, np.float32),
+            to_voxel[:3, :3],
+            to_voxel[:3, 3],
+            output_shape=self.shape,
+            order=0,
+            cval=0.0,
+        ).astype(bool)
+        if self.bias:
+            log_field, field_affine = log_bias_field(image)
+            to_field = np.linalg.inv(field_affine) @ matrix @ grid
+            log_b = ndi.affine_transform(
+                log_field, to_field[:3, :3], to_field[:3, 3], output_shape=self.shape, order=1,
+                mode="nearest",
+            )  # fmt: skip
+            values = values / np.exp(log_b).astype(np.float32)
+        brain = template_mask_on(grid, self.shape)
+        coverage = float(inside[brain].mean()) if brain.any() else 0.0
+        usable = brain & inside
+        if coverage < COVERAGE_FAIL or usable.sum() < 100:
+            raise InputError(
+                f"only {coverage:.0%} of the brain lies inside the image after registration; "
+                "nothing usable is left",
+                file=where,
+            )
+        try:
+            z, stats = standardise(values, usable)
+        except ValueError as exc:
+            raise InputError(f"{exc} after registration", file=where) from None
+        ncc = _ncc(z, self._template_on_grid(), usable)
+        quality = {
+            "registration_ncc": round(ncc, 4),
+            "registration_metric": round(registration.metric, 4),
+            "brain_coverage": round(coverage, 4),
+            "brain_edge_contrast": round(
+                _edge_contrast((values - stats["median"]) / stats["scale"], usable, inside), 3
+            ),
+            "brain_volume_ml": round(_volume_ml(matrix, int(brain.sum()), self.spacing), 1),
+            "scale": [round(float(s), 4) for s in np.linalg.svd(matrix[:3, :3])[1]],
+        }
+        if ncc < NCC_FAIL:
+            raise InputError(
+                f"registration to the MNI152 template failed (correlation {ncc:.2f} with the "
+                "template inside the brain); nothing usable is left",
+                file=where,
+            )
+        warnings = []
+        if ncc < NCC_WARN:
+            warnings.append(
+                f"registration to the template is doubtful (correlation {ncc:.2f} < {NCC_WARN})"
+            )
+        if coverage < COVERAGE_WARN:
+            warnings.append(f"the image covers only {coverage:.0%} of the brain")
+        if quality["brain_edge_contrast"] < EDGE_WARN:
+            warnings.append(
+                "the brain mask is doubtful: its edge does not separate brain from its "
+                f"surroundings (contrast {quality['brain_edge_contrast']:.2f} < {EDGE_WARN})"
+            )
+        return PreprocessedSample(
+            tensor=torch.from_numpy(np.ascontiguousarray(z[None], dtype=np.float32)),
+            affine=grid,
+            source_shape=volume.shape,
+            source_affine=np.array(volume.affine, dtype=np.float64),
+            matrix=matrix,
+            brain=brain,
+            quality=quality,
+            warnings=warnings,
+            intensity=stats,
+            coverage=coverage,
+        )
+
+    # -- inverse --------------------------------------------------------------------------
+
+    def to_input(
+        self,
+        model_map: np.ndarray | torch.Tensor,
+        sample: PreprocessedSample,
+        *,
+        mode: Literal["linear", "nearest"] = "linear",
+    ) -> np.ndarray:
+        """A model-grid (template-space) map on the patient's own voxels (0 outside the grid)."""
+        if mode not in ("linear", "nearest"):
+            raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+        if torch.is_tensor(model_map):
+            data = model_map.detach().to("cpu", torch.float32).numpy()
+        else:
+            data = np.asarray(model_map, dtype=np.float32)
+        while data.ndim > 3 and data.shape[0] == 1:
+            data = data[0]
+        if tuple(data.shape) != self.shape:
+            raise ValueError(f"map shape {tuple(data.shape)} is not the grid shape {self.shape}")
+        to_grid = np.linalg.inv(sample.affine) @ np.linalg.inv(sample.matrix) @ sample.source_affine
+        return ndi.affine_transform(
+            data,
+            to_grid[:3, :3],
+            to_grid[:3, 3],
+            output_shape=tuple(sample.source_shape),
+            order=1 if mode == "linear" else 0,
+            cval=0.0,
+        ).astype(np.float32, copy=False)
+
+    def native_brain_mask(self, sample: PreprocessedSample) -> np.ndarray:
+        """The brain mask on the patient's voxels (uint8), for the optional mask output."""
+        return (self.to_input(sample.brain.astype(np.float32), sample) >= 0.5).astype(np.uint8)
+
+    def template_volume(self, sample: PreprocessedSample) -> Volume:
+        """The standardised image on the model grid (template space) as a Volume."""
+        return Volume(array=sample.tensor[0].numpy().copy(), affine=sample.affine)
+
+    # -- serialisation --------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "pipeline": PIPELINE,
+            "shape": list(self.shape),
+            "spacing": self.spacing,
+            "space": "MNI152 (ICBM 2009a sym, nilearn)",
+            "bias": "n4" if self.bias else "none",
+            "registration": "mattes_mi similarity" + ("+affine" if self.affine else ""),
+            "brain_mask": "template",
+            "intensity": "brain_tissue_zscore",
+            "background_z": BACKGROUND_Z,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessor:
+        if data.get("pipeline") != PIPELINE:
+            raise ValueError(f"unsupported preprocessing pipeline {data.get('pipeline')!r}")
+        return cls(
+            shape=tuple(int(s) for s in data["shape"]),
+            spacing=float(data["spacing"]),
+            bias=data.get("bias", "n4") == "n4",
+            affine="affine" in str(data.get("registration", "+affine")),
+        )
+
+    def _template_on_grid(self) -> np.ndarray:
+        t = load_template(2.0)
+        m = np.linalg.inv(t.affine) @ self.grid_affine
+        return ndi.affine_transform(
+            t.image_array, m[:3, :3], m[:3, 3], output_shape=self.shape, order=1
+        )
+
+
+def preprocessing_from_dict(data: dict) -> ModelGrid | Preprocessor:
+    """The preprocessing a bundle recorded: ``Preprocessor`` or, for older bundles, the plain
+    ``ModelGrid`` they were trained with (their old behaviour)."""
+    if "pipeline" in data:
+        return Preprocessor.from_dict(data)
+    return ModelGrid.from_dict(data)
+
+
+def _edge_contrast(z: np.ndarray, brain: np.ndarray, inside: np.ndarray) -> float:
+    """Median z of the mask's outer 5 mm (cortex) minus that of the 5 mm around it (CSF,
+    skull): large when the mask sits on the brain's edge, small when it is misplaced."""
+    inner = brain & ~ndi.binary_erosion(brain, iterations=2)
+    around = ndi.binary_dilation(brain, iterations=2) & ~brain & inside
+    if not inner.any() or not around.any():
+        return 0.0
+    return float(np.median(z[inner]) - np.median(z[around]))
+
+
+def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+def _volume_ml(matrix: np.ndarray, n_voxels: int, spacing: float) -> float:
+    return n_voxels * spacing**3 * abs(float(np.linalg.det(matrix[:3, :3]))) / 1000.0
