@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.1, help="conformal error rate")
     p.add_argument(
         "--conformal",
-        choices=["raps", "aps"],
-        default="raps",
-        help="conformal score: RAPS (regularised, smaller sets; default) or APS",
+        choices=["lac", "raps", "aps"],
+        default="lac",
+        help="conformal score: LAC (1 - p, smallest sets; default), RAPS or APS",
     )
     p.add_argument(
         "--raps-lam",
@@ -148,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rests on the other 70%%)",
     )
     p.add_argument(
-        "--class-conditional", action="store_true", help="class-conditional conformal sets"
+        "--class-conditional",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="class-conditional (Mondrian) sets; default: when every class has enough "
+        "validation cases",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument(

@@ -15,10 +15,13 @@ from sklearn.preprocessing import StandardScaler
 
 from autoimmuneai.data.panel import load_panel, panel_from_dict
 from autoimmuneai.stats.baselines import (
+    BaselineInputs,
     CriteriaBaseline,
+    ModelOutputs,
     OracleBaseline,
     SerologyBaseline,
     baseline_from_dict,
+    baseline_outputs,
     fit_baselines,
     truth_feature_columns,
 )
@@ -222,12 +225,48 @@ def test_oracle_uses_truth_columns_and_beats_serology():
         oracle.predict_proba(truth.drop(columns=["lesion_volume_mm3"]), serology)
 
 
-def test_fit_baselines_gives_json_dicts_for_the_bundle():
+def test_fit_baselines_and_one_output_path_for_fitted_and_stored_baselines():
     x, labels, times, events = _problem(200, d=5, c=5, seed=4)
     truth = pd.DataFrame({"n_total": np.arange(200) % 7, "diagnosis": "MS"})
     enc = np.hstack([x, np.zeros((200, 1))])
-    stored = json.loads(json.dumps(fit_baselines(PANEL, enc, labels, times, events, truth)))
+    values = np.full((200, len(PANEL.feature_names)), np.nan)
+    values[:, PANEL.feature_names.index("aqp4_igg")] = np.where(labels == 1, 160.0, np.nan)
+    inputs = BaselineInputs(enc, values, truth)
+    fitted = fit_baselines(PANEL, inputs, labels, times, events)
+    stored = json.loads(json.dumps({k: b.to_dict() for k, b in fitted.items()}))
     assert set(stored) == {"serology_only", "criteria", "oracle"}
     assert stored["oracle"]["truth_columns"] == ["n_total"]
-    assert baseline_from_dict(stored["serology_only"]).predict_proba(enc).shape == (200, 5)
-    assert set(fit_baselines(PANEL, enc, labels, times, events)) == {"serology_only", "criteria"}
+    # the bundle's JSON and the fitted objects give the same outputs through one function
+    a = baseline_outputs(fitted, inputs.rows(np.arange(50)), PANEL)
+    b = baseline_outputs(stored, inputs.rows(np.arange(50)), PANEL)
+    assert set(a) == set(b) == {"serology_only", "criteria", "oracle"}
+    for name in a:
+        assert isinstance(a[name], ModelOutputs) and a[name].probs.shape == (50, 5)
+        np.testing.assert_allclose(a[name].probs, b[name].probs)
+        np.testing.assert_allclose(a[name].risk, b[name].risk)
+    crit = CriteriaBaseline.for_panel(PANEL)
+    np.testing.assert_array_equal(a["criteria"].probs, crit.predict_proba(values[:50]))
+    # without a truth table the oracle reports why; without serology_only, that it is absent
+    no_truth = baseline_outputs(stored, BaselineInputs(enc, values), PANEL)
+    assert no_truth["oracle"] == {"available": False, "reason": "no truth.csv beside the manifest"}
+    only_rules = baseline_outputs({}, BaselineInputs(enc, values), PANEL)
+    assert only_rules["serology_only"]["available"] is False
+    assert isinstance(only_rules["criteria"], ModelOutputs)
+    assert set(fit_baselines(PANEL, BaselineInputs(enc, values), labels, times, events)) == {
+        "serology_only",
+        "criteria",
+    }
+
+
+def test_linear_baseline_predicts_as_its_sklearn_pipeline_with_missing_values():
+    x, labels, times, events = _problem(seed=5)
+    x = x.copy()
+    x[np.random.default_rng(0).uniform(size=x.shape) < 0.15] = np.nan  # missing lab values
+    x[:, 2] = np.nan  # a lab never measured in training
+    b = SerologyBaseline(n_classes=4).fit(x, labels, times, events)
+    pipe = b.models.pipeline
+    assert [name for name, _ in pipe.steps] == ["impute", "scale", "logistic"]
+    np.testing.assert_allclose(b.predict_proba(x), pipe.predict_proba(x), atol=1e-10)
+    back = baseline_from_dict(json.loads(json.dumps(b.to_dict())))
+    np.testing.assert_allclose(back.predict_proba(x), pipe.predict_proba(x), atol=1e-10)
+    assert back.models.pipeline is None  # the bundle keeps numbers, never the pickled object

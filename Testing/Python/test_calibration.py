@@ -92,3 +92,25 @@ def test_reliability_curve_counts_and_values():
     acc = np.array(curve["accuracy"])
     big = np.array(curve["counts"]) >= 100
     assert np.abs(acc[big] - conf[big]).max() < 0.1
+
+
+def test_choose_temperature_applies_it_only_when_held_out_folds_improve():
+    from autoimmuneai.stats.calibration import choose_temperature
+
+    logits, labels = _overconfident(400, scale=3.0, seed=3)
+    t, record = choose_temperature(logits, labels, folds=5)
+    assert record["applied"] and t == pytest.approx(fit_temperature(logits, labels))
+    assert record["heldout_nll_fitted"] < record["heldout_nll_identity"]
+    # calibrated logits on few cases: the fitted temperature does not help out of fold
+    calibrated, labels = _overconfident(40, scale=1.0, seed=4)
+    applied = []
+    for seed in range(10):
+        t, record = choose_temperature(calibrated, labels, folds=5, seed=seed)
+        applied.append(record["applied"])
+        if not record["applied"]:
+            assert t == 1.0
+            assert record["heldout_nll_fitted"] >= record["heldout_nll_identity"]
+    assert not all(applied)
+    # a class with one labelled case: no folds, the identity
+    t, record = choose_temperature(calibrated[:6], np.array([0, 0, 1, 1, 2, -1]))
+    assert t == 1.0 and record["applied"] is False and record["folds"] == 0

@@ -16,7 +16,9 @@ from autoimmuneai.stats.conformal import (
     coverage,
     fit_conformal,
     fit_conformal_tuned,
+    fit_default_conformal,
     mean_set_size,
+    mondrian_min_cases,
 )
 
 C = 5
@@ -49,6 +51,8 @@ def _random_splits(n: int, n_cal: int, repeats: int, seed: int):
         ("raps", False, True),
         ("aps", True, True),
         ("raps", True, False),
+        ("lac", False, False),
+        ("lac", True, False),
     ],
 )
 def test_coverage_holds_over_random_splits(method, class_conditional, randomized):
@@ -165,7 +169,7 @@ def test_unknown_labels_skipped_and_bad_arguments():
         np.ones((3, C), bool), np.array([0, 1, 2])
     )
     with pytest.raises(ValueError):
-        fit_conformal(probs, labels, method="lac")
+        fit_conformal(probs, labels, method="thr")
     with pytest.raises(ValueError):
         fit_conformal(probs, labels, alpha=1.5)
 
@@ -208,3 +212,69 @@ def test_tuned_raps_covers_and_calibrates_on_cases_it_did_not_tune_on():
     # too few calibration cases to spare a tuning part: the untuned default pair
     small = fit_conformal_tuned(probs[:40], labels[:40], alpha=alpha)
     assert (small.lam, small.k_reg, small.n_tuning, small.n_calibration) == (0.1, 1, 0, 40)
+
+
+def test_lac_sets_are_the_classes_above_one_minus_qhat_and_smaller_than_aps():
+    probs, labels = _problem(3000, seed=5)
+    cal, test = np.arange(1500), np.arange(1500, 3000)
+    lac = fit_conformal(probs[cal], labels[cal], alpha=0.1, method="lac")
+    scores = np.sort(1.0 - probs[cal, labels[cal]])
+    assert lac.qhat == scores[math.ceil(1501 * 0.9) - 1]  # the finite-sample quantile of 1 - p
+    sets = lac.predict_sets(probs[test])
+    expected = probs[test] >= 1.0 - lac.qhat
+    expected[np.arange(1500), probs[test].argmax(1)] = True
+    np.testing.assert_array_equal(sets, expected)
+    aps = fit_conformal(probs[cal], labels[cal], alpha=0.1, method="aps")
+    assert mean_set_size(sets) < mean_set_size(aps.predict_sets(probs[test]))
+    covs = []
+    for seed in range(10):  # one split's coverage varies by about 0.01; their mean does not
+        p, y = _problem(3000, seed=seed)
+        cp = fit_conformal(p[:1500], y[:1500], alpha=0.1, method="lac")
+        covs.append(coverage(cp.predict_sets(p[1500:]), y[1500:]))
+    assert abs(np.mean(covs) - 0.9) < 0.01
+
+
+def _rare_class_problem(n: int, seed: int):
+    """Class 0 is rare and its cases look like class 1's: marginal sets under-cover it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(C, size=n, p=[0.08, 0.32, 0.2, 0.2, 0.2])
+    logits = rng.normal(0, 1.0, size=(n, C))
+    logits[np.arange(n), labels] += 2.5
+    logits[labels == 0, 1] += 2.0  # the rare class is mistaken for class 1
+    return softmax(logits), labels
+
+
+def test_mondrian_covers_every_class_where_marginal_fails_the_rare_one():
+    alpha = 0.1
+    marginal_cov, mondrian_cov = [], []
+    for seed in range(20):
+        probs, labels = _rare_class_problem(4000, seed)
+        cal, test = np.arange(2000), np.arange(2000, 4000)
+        for cc, store in ((False, marginal_cov), (True, mondrian_cov)):
+            cp = fit_conformal(probs[cal], labels[cal], alpha, "lac", class_conditional=cc)
+            sets = cp.predict_sets(probs[test])
+            store.append(
+                [
+                    coverage(sets[labels[test] == k], labels[test][labels[test] == k])
+                    for k in range(C)
+                ]
+            )
+    marginal_cov, mondrian_cov = np.mean(marginal_cov, 0), np.mean(mondrian_cov, 0)
+    assert marginal_cov[0] < 1 - alpha - 0.05  # the rare class is under-covered on average
+    assert (mondrian_cov >= 1 - alpha - 0.03).all()  # every class keeps its guarantee
+
+
+def test_default_conformal_uses_mondrian_only_with_enough_cases_per_class():
+    assert mondrian_min_cases(0.1) == 19 and mondrian_min_cases(0.2) == 9
+    probs, labels = _problem(400, seed=6)
+    big = fit_default_conformal(probs, labels, alpha=0.1)
+    assert big.class_conditional and big.method == "lac"
+    assert "class-conditional" in big.guarantee and "for each diagnosis" in big.guarantee
+    small = fit_default_conformal(probs[:60], labels[:60], alpha=0.1)
+    counts = np.bincount(labels[:60], minlength=C)
+    assert counts.min() < 19 and not small.class_conditional
+    assert small.guarantee.startswith("marginal (split conformal on 60 calibration cases)")
+    # the guarantee survives the JSON round trip and follows a new alpha
+    back = ConformalPredictor.from_dict(json.loads(json.dumps(big.to_dict())))
+    assert back.guarantee == big.guarantee
+    assert ">= 80%" in back.with_alpha(0.2).guarantee

@@ -167,3 +167,48 @@ def test_ibs_shape_check_and_grid():
     grid = default_times_grid(np.array([1.0, 5.0, 10.0, np.nan, 20.0]), np.array([1, 0, 1, 1, 0]))
     assert grid[0] == 1.0 and grid[-1] == pytest.approx(np.quantile([1, 5, 10, 20], 0.8))
     assert default_times_grid(np.array([np.nan]), np.array([1.0])).size == 0
+
+
+def _grouped_survival(n: int, gap: float, seed: int):
+    """Risk scores whose thirds have hazards exp(0), exp(gap), exp(2 gap); some censoring."""
+    rng = np.random.default_rng(seed)
+    risk = rng.normal(size=n)
+    third = np.digitize(risk, np.quantile(risk, [1 / 3, 2 / 3]))
+    t = rng.exponential(30.0 / np.exp(gap * third))
+    c = rng.uniform(5, 80, n)
+    return risk, np.minimum(t, c), (t <= c).astype(float)
+
+
+def test_logrank_summary_equals_lifelines():
+    from lifelines.statistics import logrank_test, multivariate_logrank_test
+
+    from autoimmuneai.stats.survival import logrank_summary
+
+    risk, times, events = _grouped_survival(300, 0.8, 0)
+    groups = risk_groups(risk, risk_cutoffs(risk))
+    times[:5] = np.nan  # no follow-up: left out
+    out = logrank_summary(times, events, groups)
+    keep = np.isfinite(times)
+    ref = multivariate_logrank_test(times[keep], groups[keep], events[keep])
+    assert out["groups"] == ["low", "intermediate", "high"]
+    assert out["overall"]["p_value"] == pytest.approx(ref.p_value)
+    lo, mid = (groups == "low") & keep, (groups == "intermediate") & keep
+    pair = logrank_test(times[lo], times[mid], events[lo], events[mid])
+    assert out["adjacent"][0]["pair"] == ["low", "intermediate"]
+    assert out["adjacent"][0]["p_value"] == pytest.approx(pair.p_value)
+
+
+def test_three_risk_groups_only_when_held_out_cases_separate_them():
+    from autoimmuneai.stats.survival import choose_risk_cutoffs
+
+    risk, times, events = _grouped_survival(600, 1.0, 1)
+    cutoffs, record = choose_risk_cutoffs(risk[:300], risk[300:], times[300:], events[300:])
+    assert record["n_groups"] == 3 and cutoffs == tuple(risk_cutoffs(risk[:300]))
+    # no relation between risk and outcome: two groups at the median, with the reason
+    flat_risk = np.random.default_rng(2).normal(size=600)
+    cutoffs, record = choose_risk_cutoffs(
+        flat_risk[:300], flat_risk[300:], times[300:], events[300:]
+    )
+    assert record["n_groups"] == 2 and cutoffs[0] == cutoffs[1] == np.median(flat_risk[:300])
+    assert "do not all separate" in record["reason"]
+    assert set(risk_groups(flat_risk, cutoffs)) == {"low", "high"}

@@ -19,6 +19,7 @@ from autoimmuneai.training.trainer import (
     epoch_batches,
     fit,
     predict_arrays,
+    work_dir,
 )
 
 
@@ -171,7 +172,14 @@ def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: 
     assert tr["split_source"] == "manifest"
     assert set(tr["validation"]) >= {"fused", "image_only", "serology_only", "criteria", "oracle"}
     assert tr["n_cases"]["test"] > 0
-    assert (tiny_bundle / "checkpoints" / "fused.pt").is_file()
+    # no torch archive (pickle) in the finished bundle; the work folder is gone once finished
+    assert not list(tiny_bundle.rglob("*.pt")) and not (tiny_bundle / "checkpoints").exists()
+    assert not work_dir(tiny_bundle).exists()
+    assert {p.suffix for p in tiny_bundle.rglob("*") if p.is_file()} <= {
+        ".json",
+        ".safetensors",
+        ".md",
+    }
     bundle = load_bundle(tiny_bundle, panel="cns_autoimmune")
     assert bundle.image_only is not None and not bundle.image_only.config.use_serology
     assert bundle.temperature > 0 and bundle.risk_cutoffs[0] <= bundle.risk_cutoffs[1]
@@ -179,11 +187,24 @@ def test_train_command_writes_a_complete_bundle(tiny_cohort: Path, tiny_bundle: 
     assert len(bundle.baseline_hazard[0]) > 0 and np.all(np.diff(bundle.baseline_hazard[1]) >= 0)
     card = (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
     assert "Research only" in card
-    # default conformal: RAPS (0.05, 1), the threshold from every validation case
+    # default conformal: LAC from every validation case; too few per class for Mondrian sets
     conf = bundle.conformal
-    assert (conf.method, conf.lam, conf.k_reg, conf.n_tuning) == ("raps", 0.05, 1, 0)
+    assert (conf.method, conf.n_tuning, conf.class_conditional) == ("lac", 0, False)
     assert conf.n_calibration == tr["n_cases"]["val"]
-    assert f"{conf.n_calibration} calibration cases (lam 0.05, k_reg 1)" in card
+    assert conf.guarantee.startswith(f"marginal (split conformal on {conf.n_calibration}")
+    assert conf.guarantee in card and tr["conformal_guarantee"] == conf.guarantee
+    # the temperature is kept only when it lowers the held-out log loss on folds
+    check = tr["calibration"]["temperature_check"]
+    if check["applied"]:
+        assert check["heldout_nll_fitted"] < check["heldout_nll_identity"]
+        assert bundle.temperature == check["fitted_temperature"]
+    else:
+        assert bundle.temperature == 1.0
+    # risk groups: three only when the validation cases separate them, else two at the median
+    groups = tr["risk_groups"]
+    assert groups["n_groups"] in (2, 3) and list(bundle.risk_cutoffs) == groups["cutoffs"]
+    if groups["n_groups"] == 2:
+        assert bundle.risk_cutoffs[0] == bundle.risk_cutoffs[1] == groups["median_cutoff"]
     assert bundle.model.config.risk == "mixture" and "Cox risk head (mixture)" in card
 
 

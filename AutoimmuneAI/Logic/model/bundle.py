@@ -36,6 +36,7 @@ from ..data.serology import SerologyEncoder
 from ..errors import BundleError
 from ..preprocess.model_grid import ModelGrid
 from ..stats.conformal import ConformalPredictor
+from ..stats.survival import baseline_to_dict, hazard_from_dict
 from .fusion import FusionModel, ModelConfig
 
 METADATA = Path("configs") / "metadata.json"
@@ -87,21 +88,7 @@ def _weights_bytes(model: FusionModel) -> bytes:
 
 
 def _hazard_dict(baseline: tuple[np.ndarray, np.ndarray] | None) -> dict | None:
-    if baseline is None:
-        return None
-    t, h = baseline
-    return {
-        "times": np.asarray(t, float).tolist(),
-        "cumulative_hazard": np.asarray(h, float).tolist(),
-    }
-
-
-def _hazard_tuple(d: dict | None) -> tuple[np.ndarray, np.ndarray] | None:
-    if d is None:
-        return None
-    return np.asarray(d["times"], dtype=np.float64), np.asarray(
-        d["cumulative_hazard"], dtype=np.float64
-    )
+    return None if baseline is None else baseline_to_dict(baseline)
 
 
 def network_data_format(panel: Panel, grid: ModelGrid, encoder: SerologyEncoder) -> dict:
@@ -317,9 +304,25 @@ def model_card(meta: dict) -> str:
         f"{_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after scaling.",
         f"Conformal sets: {str(conf.get('method', '')).upper()}, alpha {conf.get('alpha')}, "
         f"class-conditional {conf.get('class_conditional')}, {conf.get('n_calibration')} "
-        f"calibration cases{_raps_pair(conf)}. Metrics on the held-out test split come from "
-        "`autoimmuneai evaluate`.",
+        f"calibration cases{_raps_pair(conf)}. Guarantee: {conf.get('guarantee') or 'marginal'}. "
+        "Metrics on the held-out test split come from `autoimmuneai evaluate`.",
     ]
+    check = cal.get("temperature_check") or {}
+    if check:
+        lines += [
+            "",
+            f"Temperature check on {check.get('folds')} folds of the validation cases: held-out "
+            f"log loss {_fmt(check.get('heldout_nll_identity'))} with T = 1, "
+            f"{_fmt(check.get('heldout_nll_fitted'))} with fitted temperatures "
+            f"({check.get('reason', '')}).",
+        ]
+    groups = tr.get("risk_groups") or {}
+    if groups:
+        lines += [
+            "",
+            f"Risk groups: {groups.get('n_groups')} ({groups.get('reason', '')}); cut-offs "
+            f"{', '.join(_fmt(c) for c in groups.get('cutoffs', []))} on the log-hazard.",
+        ]
     cv = tr.get("cross_validation")
     if cv:
         lines += [
@@ -335,7 +338,7 @@ def model_card(meta: dict) -> str:
         "- Validated only on the cohort above; synthetic demo cohorts are not patients.",
         "- Calibration and conformal coverage hold for data exchangeable with the validation",
         "  split; they do not transfer to another scanner, protocol or population unchecked.",
-        "- Risk groups are tertiles of the training risk, not clinical thresholds.",
+        "- Risk groups are tertiles (or the median) of the training risk, not clinical thresholds.",
         "",
     ]
     return "\n".join(lines)
@@ -435,7 +438,7 @@ def load_bundle(path: str | Path, *, panel: Panel | str | Path | None = None) ->
         conformal = ConformalPredictor.from_dict(meta["conformal"])
         temperature = float(meta["temperature"])
         cutoffs = tuple(float(c) for c in meta["risk_cutoffs"])
-        hazard = _hazard_tuple(meta["baseline_hazard"]) or (np.zeros(0), np.zeros(0))
+        hazard = hazard_from_dict(meta["baseline_hazard"]) or (np.zeros(0), np.zeros(0))
     except BundleError:
         raise
     except Exception as exc:  # malformed content of a JSON file: one line, no traceback
@@ -472,7 +475,7 @@ def load_bundle(path: str | Path, *, panel: Panel | str | Path | None = None) ->
         baselines=dict(meta.get("baselines") or {}),
         metadata=meta,
         image_only_temperature=float(io_entry.get("temperature", 1.0)) if io_entry else 1.0,
-        image_only_baseline_hazard=_hazard_tuple(io_entry.get("baseline_hazard"))
+        image_only_baseline_hazard=hazard_from_dict(io_entry.get("baseline_hazard"))
         if io_entry
         else None,
     )

@@ -10,31 +10,77 @@
 (The ``image_only`` baseline is the fusion network with serology switched off; it lives with
 the model weights.) Every fitted baseline reduces to coefficients, so prediction is plain
 NumPy and a bundle never unpickles code.
+
+One interface: every baseline reads :class:`BaselineInputs` (encoded serology, parsed lab
+values, the truth table when there is one) through ``outputs()`` and returns
+:class:`ModelOutputs`. ``train`` fits them with :func:`fit_baselines`; ``train``'s validation
+summary and ``evaluate`` both get their figures from :func:`baseline_outputs`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from ..data.panel import Panel
 from .calibration import softmax
 from .survival import baseline_to_dict, breslow_baseline
 
+
+@dataclass
+class BaselineInputs:
+    """What the baselines read for n cases (rows aligned with the cohort's cases)."""
+
+    encoded: np.ndarray  # [n, d] encoded serology (values + missing indicators)
+    values: np.ndarray  # [n, f] parsed lab values in panel units (NaN = missing)
+    truth: pd.DataFrame | None = None  # the generator's truth table, when the cohort has one
+
+    def rows(self, index: np.ndarray) -> BaselineInputs:
+        """The inputs of the cases at ``index``."""
+        truth = None if self.truth is None else self.truth.iloc[np.asarray(index)]
+        return BaselineInputs(self.encoded[index], self.values[index], truth)
+
+
+@dataclass
+class ModelOutputs:
+    """Per-case outputs of one model on the evaluated cases (rows aligned with the cohort)."""
+
+    probs: np.ndarray  # [n, C] (calibrated where the model has a temperature)
+    risk: np.ndarray | None = None  # [n] log-hazard or rule score; None: no risk model
+    baseline_hazard: object = None  # Breslow baseline for ``risk`` (enables the IBS)
+    notes: list[str] = field(default_factory=list)
+
+
 # --------------------------------------------------------------------------------------
 # shared linear models: logistic regression + Cox PH on standardised inputs
 
 
-class _LinearModels:
-    """Multinomial logistic regression and ridge Cox PH on standardised columns.
+def linear_pipeline(C: float = 1.0) -> Pipeline:
+    """Mean imputation, standardisation and balanced multinomial logistic regression."""
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="mean", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("logistic", LogisticRegression(C=C, class_weight="balanced", max_iter=5000)),
+        ]
+    )
 
-    Coefficients refer to the standardised inputs ``(x - mean) / std``; missing inputs (NaN)
-    are imputed at the training mean. The Cox risk is the linear predictor itself, and the
+
+class _LinearModels:
+    """:func:`linear_pipeline` and a ridge Cox PH model on the pipeline's standardised columns.
+
+    The fitted pipeline is stored as its numbers (imputation means, scales, coefficients), and
+    prediction repeats the pipeline's arithmetic in NumPy (a test proves it equal to the
+    pipeline's ``predict_proba``). The Cox risk is the linear predictor itself, and the
     Breslow baseline hazard is estimated for exactly that risk, so survival curves from
     ``exp(-H0(t) exp(risk))`` are consistent.
     """
@@ -51,8 +97,10 @@ class _LinearModels:
         self.cox_beta: np.ndarray | None = None
         self.cox_baseline: dict | None = None
         self.notes: list[str] = []
+        self.pipeline: Pipeline | None = None  # the fitted pipeline (not stored in bundles)
 
     def _standardise(self, x: np.ndarray) -> np.ndarray:
+        """The pipeline's imputation and scaling: missing values land on 0 (the mean)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.mean.size:
             raise ValueError(f"expected {self.mean.size} input columns, got shape {x.shape}")
@@ -64,22 +112,22 @@ class _LinearModels:
     ) -> _LinearModels:
         x = np.asarray(x, dtype=np.float64)
         labels = np.asarray(labels).astype(np.int64)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.mean = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
-            std = np.nan_to_num(np.nanstd(x, axis=0), nan=0.0)
-        self.std = np.where(std > 1e-8, std, 1.0)
-        z = self._standardise(x)
-        varying = std > 1e-8
-
         known = labels >= 0
         self.classes = sorted(int(k) for k in np.unique(labels[known]))
         if len(self.classes) < 2:
             raise ValueError("the baseline needs training cases of at least two classes")
-        lr = LogisticRegression(C=self.C, class_weight="balanced", max_iter=5000)
-        lr.fit(z[known], labels[known])
+        pipe = linear_pipeline(self.C)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pipe.fit(x[known], labels[known])
+        scaler, lr = pipe.named_steps["scale"], pipe.named_steps["logistic"]
+        self.pipeline = pipe
+        self.mean = pipe.named_steps["impute"].statistics_.astype(np.float64)
+        self.std = scaler.scale_.astype(np.float64)
+        varying = scaler.var_ > 1e-16
         self.coef = lr.coef_.astype(np.float64)
         self.intercept = lr.intercept_.astype(np.float64)
+        z = self._standardise(x)
 
         t = np.asarray(times, dtype=np.float64)
         e = np.asarray(events, dtype=np.float64)
@@ -193,6 +241,11 @@ class SerologyBaseline:
     def baseline_hazard(self) -> dict | None:
         """Breslow baseline ``{"times", "cumulative_hazard"}`` for :meth:`predict_risk`."""
         return self._fitted().cox_baseline
+
+    def outputs(self, inputs: BaselineInputs) -> ModelOutputs:
+        """Probabilities, Cox risk and baseline hazard on ``inputs.encoded``."""
+        x = inputs.encoded
+        return ModelOutputs(self.predict_proba(x), self.predict_risk(x), self.baseline_hazard)
 
     def to_dict(self) -> dict:
         return {"kind": self.name, **self._fitted().to_dict()}
@@ -372,6 +425,15 @@ class CriteriaBaseline:
         keys = ("ocb", "aqp4_high", "ana", "apl", "wbc", "mog")
         return sum(m[k].astype(float) for k in keys) + (m["c3_low"] | m["c4_low"]).astype(float)
 
+    def outputs(self, inputs: BaselineInputs) -> ModelOutputs:
+        """Rule probabilities and the adverse-marker count on ``inputs.values``."""
+        return ModelOutputs(
+            self.predict_proba(inputs.values),
+            self.predict_risk(inputs.values),
+            None,
+            ["rule baseline: risk is a count of adverse markers (c-index only)"],
+        )
+
     def to_dict(self) -> dict:
         return {
             "kind": self.name,
@@ -501,6 +563,16 @@ class OracleBaseline:
     def baseline_hazard(self) -> dict | None:
         return self._fitted().cox_baseline
 
+    def outputs(self, inputs: BaselineInputs) -> ModelOutputs:
+        """Probabilities, Cox risk and baseline hazard from the truth table and serology."""
+        if inputs.truth is None:
+            raise ValueError("no truth.csv beside the manifest")
+        return ModelOutputs(
+            self.predict_proba(inputs.truth, inputs.encoded),
+            self.predict_risk(inputs.truth, inputs.encoded),
+            self.baseline_hazard,
+        )
+
     def to_dict(self) -> dict:
         return {
             "kind": self.name,
@@ -534,29 +606,56 @@ def baseline_from_dict(d: dict) -> SerologyBaseline | CriteriaBaseline | OracleB
     return _KINDS[kind].from_dict(d)
 
 
+Baseline = SerologyBaseline | CriteriaBaseline | OracleBaseline
+
+
 def fit_baselines(
     panel: Panel,
-    X_encoded: np.ndarray,
+    inputs: BaselineInputs,
     labels: np.ndarray,
     times: np.ndarray,
     events: np.ndarray,
-    truth: pd.DataFrame | None = None,
-) -> dict[str, dict]:
-    """Fit every non-network baseline on the training cases; returns name -> ``to_dict()``.
+) -> dict[str, Baseline]:
+    """Fit every non-network baseline on the training cases; returns name -> baseline.
 
     ``serology_only`` always, ``criteria`` always (it records when the panel does not fit the
-    rules), ``oracle`` when the training cohort has a truth table (rows aligned with
-    ``X_encoded``). This is what ``train`` stores under ``baselines`` in the bundle.
+    rules), ``oracle`` when the training cohort has a truth table with latent columns. Their
+    ``to_dict()`` is what ``train`` stores under ``baselines`` in the bundle.
     """
     n_classes = len(panel.classes)
-    out = {
-        "serology_only": SerologyBaseline(n_classes)
-        .fit(X_encoded, labels, times, events)
-        .to_dict(),
-        "criteria": CriteriaBaseline.for_panel(panel).to_dict(),
+    out: dict[str, Baseline] = {
+        "serology_only": SerologyBaseline(n_classes).fit(inputs.encoded, labels, times, events),
+        "criteria": CriteriaBaseline.for_panel(panel),
     }
-    if truth is not None and truth_feature_columns(truth):
-        out["oracle"] = (
-            OracleBaseline(n_classes).fit(truth, X_encoded, labels, times, events).to_dict()
+    if inputs.truth is not None and truth_feature_columns(inputs.truth):
+        out["oracle"] = OracleBaseline(n_classes).fit(
+            inputs.truth, inputs.encoded, labels, times, events
         )
+    return out
+
+
+def baseline_outputs(
+    baselines: Mapping[str, Baseline | dict], inputs: BaselineInputs, panel: Panel
+) -> dict[str, ModelOutputs | dict]:
+    """Outputs of every baseline on ``inputs``, or a dict saying why there are none.
+
+    ``baselines`` holds fitted baselines or their stored ``to_dict()`` form (a bundle's). A
+    bundle without a stored ``criteria`` entry gets the panel's rules; ``serology_only``
+    missing is reported as not stored.
+    """
+    fitted: dict[str, Baseline] = {}
+    for name, b in baselines.items():
+        fitted[name] = baseline_from_dict(b) if isinstance(b, Mapping) else b
+    fitted.setdefault("criteria", CriteriaBaseline.for_panel(panel))
+    out: dict[str, ModelOutputs | dict] = {}
+    if "serology_only" not in fitted:
+        out["serology_only"] = {"available": False, "reason": "not stored in the bundle"}
+    for name, b in fitted.items():
+        if isinstance(b, CriteriaBaseline) and not b.applicable:
+            out[name] = {"applicable": False, "reason": b.reason}
+            continue
+        try:
+            out[name] = b.outputs(inputs)
+        except ValueError as exc:
+            out[name] = {"available": False, "reason": str(exc)}
     return out

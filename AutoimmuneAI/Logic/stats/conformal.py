@@ -1,14 +1,27 @@
-"""Split-conformal prediction sets (APS / RAPS, optionally class-conditional).
+"""Split-conformal prediction sets (LAC / APS / RAPS, marginal or class-conditional).
 
 The set is the clinician-facing differential ("MS or MOGAD, 90% coverage"): on exchangeable
 data it contains the true diagnosis with probability >= 1 - alpha, whatever the model.
 
-Scores (Romano et al. 2020, APS; Angelopoulos et al. 2021, RAPS): with the classes sorted by
+LAC (Sadinle et al. 2019, "least ambiguous set-valued classifiers"): the score of class y is
+``1 - p_y``; of all conformal sets with the coverage guarantee it gives the smallest mean set
+size when the probabilities are calibrated, which is why it is the default.
+
+APS and RAPS (Romano et al. 2020; Angelopoulos et al. 2021): with the classes sorted by
 probability, the score of class y is the probability mass ranked above y, plus ``u * p_y``
 (``u ~ U(0, 1)`` when randomised, 1 otherwise), plus ``lam * max(0, rank_y - k_reg)`` for
 RAPS (rank 1-based). The threshold ``qhat`` is the ``ceil((n + 1)(1 - alpha))``-th smallest
 calibration score; the set holds every class whose score is <= qhat, and never less than
-the top class. Class-conditional sets use one threshold per class from that class's cases.
+the top class.
+
+Class-conditional ("Mondrian", Vovk et al. 2005) sets use one threshold per class from that
+class's calibration cases, so that *each* diagnosis, the rare ones included, is covered with
+probability >= 1 - alpha, not only the average case. A class with n calibration cases has a
+threshold below the largest score only when ``ceil((n + 1)(1 - alpha)) < n``, i.e.
+``n >= (2 - alpha) / alpha`` (19 at alpha 0.1); with fewer the threshold is the maximum or
+infinite and the sets balloon. :func:`fit_default_conformal` therefore uses Mondrian sets
+when every class has that many calibration cases and marginal sets otherwise: a rule on the
+class counts only, so the chosen sets keep their exact guarantee, which ``guarantee`` states.
 
 RAPS's ``lam`` and ``k_reg`` can be tuned as its authors do (:func:`fit_conformal_tuned`): a
 random part of the calibration cases picks the pair that gives the smallest sets there, and
@@ -22,7 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-METHODS = ("aps", "raps")
+METHODS = ("lac", "aps", "raps")
 
 
 @dataclass
@@ -46,6 +59,7 @@ class ConformalPredictor:
     # that the same calibration gives a threshold for another error rate (``with_alpha``).
     scores: list[float] = field(default_factory=list)
     score_labels: list[int] = field(default_factory=list)
+    guarantee: str = ""  # which coverage guarantee holds, in words (``describe_guarantee``)
 
     def with_alpha(self, alpha: float) -> ConformalPredictor:
         """The same calibration at another error rate (needs the stored calibration scores)."""
@@ -62,7 +76,9 @@ class ConformalPredictor:
             ]
         else:
             qhat = _finite_sample_quantile(scores, alpha)
-        return replace(self, alpha=float(alpha), qhat=qhat)
+        changed = replace(self, alpha=float(alpha), qhat=qhat)
+        changed.guarantee = describe_guarantee(changed)
+        return changed
 
     def predict_sets(self, probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Boolean mask [n, C] of the classes in each case's prediction set (never empty).
@@ -77,7 +93,7 @@ class ConformalPredictor:
             u = rng.uniform(size=n)
         else:
             u = np.ones(n)
-        scores = _all_scores(probs, u, self.lam if self.method == "raps" else 0.0, self.k_reg)
+        scores = _scores_for(self.method, probs, u, self.lam, self.k_reg)
         if self.class_conditional:
             q = np.asarray(self.qhat, dtype=np.float64)
             if q.shape != (c,):
@@ -121,6 +137,7 @@ class ConformalPredictor:
             n_tuning=int(d.get("n_tuning", 0)),
             scores=[float(x) for x in d.get("scores", [])],
             score_labels=[int(x) for x in d.get("score_labels", [])],
+            guarantee=str(d.get("guarantee", "")),
         )
 
 
@@ -135,6 +152,38 @@ def _all_scores(probs: np.ndarray, u: np.ndarray, lam: float, k_reg: int) -> np.
     scores = np.empty_like(sorted_scores)
     np.put_along_axis(scores, order, sorted_scores, axis=1)
     return scores
+
+
+def _scores_for(
+    method: str, probs: np.ndarray, u: np.ndarray, lam: float, k_reg: int
+) -> np.ndarray:
+    """Conformity scores [n, C] of ``method``: LAC ``1 - p``; APS/RAPS as in the module docstring."""
+    if method == "lac":
+        return 1.0 - probs
+    return _all_scores(probs, u, lam if method == "raps" else 0.0, k_reg)
+
+
+def mondrian_min_cases(alpha: float) -> int:
+    """Fewest calibration cases of one class that give it a threshold below its largest score."""
+    return math.ceil((2.0 - alpha) / alpha - 1e-9)
+
+
+def describe_guarantee(cp: ConformalPredictor) -> str:
+    """The coverage guarantee ``cp`` carries, in one sentence for the report and the bundle."""
+    level = f"{1.0 - cp.alpha:.0%}"
+    labels = np.asarray(cp.score_labels, dtype=np.int64)
+    if cp.class_conditional:
+        counts = np.bincount(labels, minlength=len(cp.qhat)) if labels.size else []  # type: ignore[arg-type]
+        least = int(min(counts)) if len(counts) else 0
+        return (
+            f"class-conditional (Mondrian split conformal): for each diagnosis the set holds the "
+            f"true one with probability >= {level} (fewest calibration cases of one class: {least})"
+        )
+    return (
+        f"marginal (split conformal on {cp.n_calibration} calibration cases): the set holds the "
+        f"true diagnosis with probability >= {level} on average over cases, not for each "
+        "diagnosis separately"
+    )
 
 
 def _finite_sample_quantile(scores: np.ndarray, alpha: float) -> float:
@@ -168,16 +217,17 @@ def fit_conformal(
     probs, labels = probs[keep], labels[keep]
     n, c = probs.shape
     rng = np.random.default_rng(seed)
+    randomized = randomized and method != "lac"  # LAC scores need no tie-breaking draw
     u = rng.uniform(size=n) if randomized else np.ones(n)
     lam_eff = lam if method == "raps" else 0.0
-    true_scores = _all_scores(probs, u, lam_eff, k_reg)[np.arange(n), labels]
+    true_scores = _scores_for(method, probs, u, lam_eff, k_reg)[np.arange(n), labels]
     if class_conditional:
         qhat: float | list[float] = [
             _finite_sample_quantile(true_scores[labels == k], alpha) for k in range(c)
         ]
     else:
         qhat = _finite_sample_quantile(true_scores, alpha)
-    return ConformalPredictor(
+    fitted = ConformalPredictor(
         method=method,
         alpha=float(alpha),
         qhat=qhat,
@@ -189,6 +239,34 @@ def fit_conformal(
         scores=[float(x) for x in true_scores],
         score_labels=[int(x) for x in labels],
     )
+    fitted.guarantee = describe_guarantee(fitted)
+    return fitted
+
+
+def fit_default_conformal(
+    probs_cal: np.ndarray,
+    labels_cal: np.ndarray,
+    alpha: float = 0.1,
+    method: str = "lac",
+    class_conditional: bool | None = None,
+    lam: float = 0.05,
+    k_reg: int = 1,
+    seed: int = 0,
+) -> ConformalPredictor:
+    """The sets ``train`` stores: Mondrian when every class has enough calibration cases.
+
+    ``class_conditional=None`` decides by the class counts alone (``mondrian_min_cases``), so
+    the guarantee stays exact; True or False forces the choice.
+    """
+    labels = np.asarray(labels_cal).astype(np.int64)
+    n_classes = np.asarray(probs_cal).shape[1]
+    if class_conditional is None:
+        counts = np.bincount(labels[labels >= 0], minlength=n_classes)
+        class_conditional = bool(counts.min() >= mondrian_min_cases(alpha))
+    return fit_conformal(
+        probs_cal, labels, alpha=alpha, method=method, class_conditional=class_conditional,
+        lam=lam, k_reg=k_reg, seed=seed,
+    )  # fmt: skip
 
 
 RAPS_LAMBDAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from lifelines import KaplanMeierFitter
+from lifelines.statistics import logrank_test, multivariate_logrank_test
 from lifelines.utils import concordance_index
 from scipy.integrate import trapezoid
 
@@ -63,10 +64,15 @@ def _baseline_arrays(
     return np.asarray(t, dtype=np.float64), np.asarray(h, dtype=np.float64)
 
 
-def baseline_to_dict(baseline: tuple[np.ndarray, np.ndarray]) -> dict:
+def baseline_to_dict(baseline: tuple[np.ndarray, np.ndarray] | Mapping) -> dict:
     """JSON-able form of a Breslow baseline (as stored in the model bundle)."""
     t, h = _baseline_arrays(baseline)
     return {"times": t.tolist(), "cumulative_hazard": h.tolist()}
+
+
+def hazard_from_dict(d: Mapping | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(event times, H0)`` from :func:`baseline_to_dict` output (None stays None)."""
+    return None if d is None else _baseline_arrays(d)
 
 
 def cumulative_baseline_at(
@@ -101,7 +107,7 @@ def risk_cutoffs(train_risk: np.ndarray) -> tuple[float, float]:
 def risk_groups(risk: np.ndarray, cutoffs: tuple[float, float]) -> np.ndarray:
     """``"low"`` (risk <= first cut), ``"high"`` (> second cut), else ``"intermediate"``.
 
-    A NaN risk gives ``"unknown"``.
+    Equal cut-offs give two groups (low, high). A NaN risk gives ``"unknown"``.
     """
     r = np.asarray(risk, dtype=np.float64)
     lo, hi = float(cutoffs[0]), float(cutoffs[1])
@@ -110,6 +116,88 @@ def risk_groups(risk: np.ndarray, cutoffs: tuple[float, float]) -> np.ndarray:
     out[r > hi] = "high"
     out[~np.isfinite(r)] = "unknown"
     return out.astype(str)
+
+
+SEPARATION_P = 0.05  # adjacent risk groups must differ at this log-rank level to stay apart
+
+
+def logrank_summary(times: np.ndarray, events: np.ndarray, groups: np.ndarray) -> dict:
+    """Log-rank tests (lifelines) of the risk groups present: all together and adjacent pairs.
+
+    Keys: ``groups`` (those with follow-up, in risk order), ``overall`` (multivariate test:
+    ``statistic``, ``p_value``, ``df``) and ``adjacent`` (one entry per neighbouring pair).
+    Cases without follow-up are left out; a test that cannot run (one group, no event) has
+    None for its figures.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    e = np.asarray(events, dtype=np.float64)
+    g = np.asarray(groups).astype(str)
+    keep = _finite(t, e) & np.isin(g, RISK_GROUPS)
+    t, e, g = t[keep], e[keep] > 0.5, g[keep]
+    present = [name for name in RISK_GROUPS if (g == name).any()]
+    out: dict = {"groups": present, "overall": None, "adjacent": []}
+    if len(present) < 2 or not e.any():
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = multivariate_logrank_test(t, g, e)
+    out["overall"] = {
+        "statistic": float(res.test_statistic),
+        "p_value": float(res.p_value),
+        "df": len(present) - 1,
+    }
+    for a, b in zip(present, present[1:]):
+        ia, ib = g == a, g == b
+        entry = {"pair": [a, b], "statistic": None, "p_value": None}
+        if e[ia].any() or e[ib].any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = logrank_test(t[ia], t[ib], e[ia], e[ib])
+            entry.update(statistic=float(r.test_statistic), p_value=float(r.p_value))
+        out["adjacent"].append(entry)
+    return out
+
+
+def choose_risk_cutoffs(
+    train_risk: np.ndarray,
+    check_risk: np.ndarray,
+    check_times: np.ndarray,
+    check_events: np.ndarray,
+    p_level: float = SEPARATION_P,
+) -> tuple[tuple[float, float], dict]:
+    """Three risk groups when held-out cases support them, else two (split at the median).
+
+    The tertile cut-offs of the training risk are applied to cases the model did not train on
+    (``check_*``, the validation cases); three groups are kept when every adjacent pair differs
+    at ``p_level`` by the log-rank test, otherwise the median of the training risk splits
+    two groups (stored as equal cut-offs). Returns the cut-offs and the record of both checks.
+    """
+    lo, hi = risk_cutoffs(train_risk)
+    three = logrank_summary(check_times, check_events, risk_groups(check_risk, (lo, hi)))
+    r = np.asarray(train_risk, dtype=np.float64)
+    median = float(np.median(r[np.isfinite(r)]))
+    two = logrank_summary(check_times, check_events, risk_groups(check_risk, (median, median)))
+    separated = len(three["adjacent"]) == 2 and all(
+        a["p_value"] is not None and a["p_value"] < p_level for a in three["adjacent"]
+    )
+    cutoffs = (lo, hi) if separated else (median, median)
+    record = {
+        "n_groups": 3 if separated else 2,
+        "p_level": p_level,
+        "tertile_cutoffs": [lo, hi],
+        "median_cutoff": median,
+        "cutoffs": list(cutoffs),
+        "checked_on": "validation cases",
+        "three_groups": three,
+        "two_groups": two,
+        "reason": (
+            "adjacent tertile groups separate (log-rank)"
+            if separated
+            else "adjacent tertile groups do not all separate on the validation cases "
+            f"(log-rank p >= {p_level}): two groups split at the median training risk"
+        ),
+    }
+    return cutoffs, record
 
 
 def concordance(times: np.ndarray, risk: np.ndarray, events: np.ndarray) -> float:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -37,15 +38,34 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..atomic import write_with
-from ..data.dataset import CaseArrays
+from ..data.cohort import Cohort, load_cohort
+from ..data.dataset import CaseArrays, build_arrays
+from ..data.panel import Panel, load_panel
+from ..data.serology import SerologyEncoder
 from ..errors import InputError
+from ..inference.ood import training_distribution
+from ..model.bundle import save_bundle
 from ..model.fusion import INFERENCE_BATCH_SIZE, FusionModel, ModelConfig
 from ..model.losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
 from ..model.risk_head import crude_class_log_hazards, fit_class_log_hazards
+from ..preprocess.model_grid import ModelGrid
+from ..stats.baselines import (
+    Baseline,
+    BaselineInputs,
+    ModelOutputs,
+    baseline_outputs,
+    fit_baselines,
+)
+from ..stats.calibration import choose_temperature, expected_calibration_error, softmax
+from ..stats.conformal import ConformalPredictor, fit_conformal_tuned, fit_default_conformal
+from ..stats.metrics import diagnosis_metrics
+from ..stats.survival import breslow_baseline, choose_risk_cutoffs, concordance
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -64,14 +84,15 @@ class TrainConfig:
     seed: int = 0
     patience: int = 8
     alpha: float = 0.1
-    conformal_method: str = "raps"  # RAPS: APS plus a penalty on low-ranked classes
-    # RAPS penalty per rank beyond conformal_k_reg, the threshold calibrated on every validation
-    # case. None: the pair tuned on 30% of them, the threshold from the other 70% (measured on
-    # the demo's 158 validation cases, repeated halvings: mean set size 1.87 tuned, 1.66 with
-    # (0.05, 1), 1.68 with (0.1, 1); tuning on a few dozen cases picks noise)
+    # LAC sets (1 - p as the score: the smallest sets of any conformal method when the
+    # probabilities are calibrated); "raps"/"aps" as before. class_conditional None: Mondrian
+    # sets when every class has enough validation cases (stats.conformal), else marginal.
+    conformal_method: str = "lac"
+    # RAPS penalty per rank beyond conformal_k_reg (used with conformal_method "raps"). None:
+    # the pair tuned on 30% of the validation cases, the threshold from the other 70%.
     conformal_lam: float | None = 0.05
     conformal_k_reg: int = 1
-    class_conditional: bool = False
+    class_conditional: bool | None = None
     augment: bool = True
     panel: str = "cns_autoimmune"
     val_fraction: float = 0.2  # of the non-test cases, when the manifest has no val split
@@ -209,40 +230,44 @@ def augment_params(b: int, generator: torch.Generator, max_shift: int = 2) -> di
     }
 
 
+def shift_with_zeros(x: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
+    """``x`` [C, D, H, W] translated by ``shifts`` voxels; what enters at an edge is 0.
+
+    Unlike ``torch.roll`` nothing wraps around: a lesion pushed over one edge of the grid
+    does not reappear at the opposite edge.
+    """
+    out = torch.zeros_like(x)
+    src, dst = [slice(None)], [slice(None)]
+    for s, size in zip(shifts, x.shape[1:]):
+        s = int(s)
+        if abs(s) >= size:
+            return out
+        src.append(slice(max(0, -s), size - max(0, s)))
+        dst.append(slice(max(0, s), size - max(0, -s)))
+    out[tuple(dst)] = x[tuple(src)]
+    return out
+
+
 def augment_batch(images: torch.Tensor, params: dict) -> torch.Tensor:
-    """Apply :func:`augment_params` rows to ``images`` [b, C, D, H, W]."""
+    """Apply :func:`augment_params` rows to ``images`` [b, C, D, H, W].
+
+    (MONAI's RandFlip/BorderPad/RandSpatialCrop/RandScaleIntensity/RandShiftIntensity do the
+    same per case but cost several times the rest of a CPU training step; see the README.)
+    """
     out = []
     for i in range(images.shape[0]):
         x = images[i]
         if params["flip"][i]:
             x = torch.flip(x, dims=(1,))
-        x = torch.roll(x, shifts=tuple(int(s) for s in params["shift"][i]), dims=(1, 2, 3))
+        x = shift_with_zeros(x, tuple(int(s) for s in params["shift"][i]))
         out.append(x * params["scale"][i] + params["offset"][i])
     return torch.stack(out)
 
 
-# --------------------------------------------------------------------------- loss
-
-
-class _GatherRanks(torch.autograd.Function):
-    """All-gather of equal-sized 1-D tensors that passes gradients back to their owner.
-
-    Every rank computes the same loss from the gathered tensor, so the backward pass sums
-    the gradients of all ranks (all-reduce) and keeps this rank's slice.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.m = dist.get_rank(), x.shape[0]
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.m : (ctx.rank + 1) * ctx.m]
+def _gather_ranks(x: torch.Tensor) -> torch.Tensor:
+    """All-gather of equal-sized 1-D tensors whose backward returns every rank's gradient
+    of this rank's slice, summed (``torch.distributed.nn.functional.all_gather``)."""
+    return torch.cat(dist_nn.all_gather(x.contiguous()))
 
 
 def batch_loss(
@@ -276,7 +301,7 @@ def batch_loss(
         m = math.ceil(len(index) / info.world)
         pad = m - eta.shape[0]
         eta_p = torch.cat([eta, eta.new_zeros(pad)]) if pad else eta
-        eta_all = _GatherRanks.apply(eta_p)
+        eta_all = _gather_ranks(eta_p)
         t_all = torch.full((m * info.world,), float("nan"))
         e_all = torch.full((m * info.world,), float("nan"))
         for r in range(info.world):
@@ -361,6 +386,125 @@ def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+@dataclass
+class _Run:
+    """Everything one training run carries from epoch to epoch (and into its checkpoint)."""
+
+    model: FusionModel
+    opt: torch.optim.Optimizer
+    ema: AveragedModel | None
+    start: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    bad: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> torch.nn.Module:
+        """What early stopping evaluates and keeps: the averaged weights when there are any."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def checkpoint(self, fingerprint: str, epoch: int) -> dict:
+        return {
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            "model": _clone_state(self.model),
+            "optimizer": self.opt.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "history": self.history,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad,
+            "best_state": self.best_state,
+        }
+
+    def restore(self, state: dict, fingerprint: str, path: Path) -> None:
+        if state.get("fingerprint") != fingerprint:
+            raise InputError(
+                "checkpoint belongs to a different run (config or cases changed); "
+                "remove it or train without --resume",
+                file=path,
+            )
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.start, self.history = int(state["epoch"]), list(state["history"])
+        self.best_loss, self.best_epoch = float(state["best_loss"]), int(state["best_epoch"])
+        self.bad, self.best_state = int(state["bad_epochs"]), state["best_state"]
+
+
+def _new_run(model_cfg: ModelConfig, train: CaseArrays, cfg: TrainConfig, info: DistInfo) -> _Run:
+    """Seeded initial weights (class log-hazards at the crude rates), AdamW and the EMA."""
+    torch.manual_seed(_mix(cfg.seed, 0))
+    model = FusionModel(model_cfg).to(info.device)
+    if model_cfg.risk == "mixture":  # start the class log-hazards at the crude rates
+        crude = crude_class_log_hazards(
+            train.labels.numpy(), train.times.numpy(), train.events.numpy(), model_cfg.n_classes
+        )
+        with torch.no_grad():
+            model.class_log_hazard.copy_(crude)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+        if cfg.ema_decay
+        else None
+    )
+    return _Run(model, opt, ema, best_state=_clone_state(model))
+
+
+def _train_epoch(
+    run: _Run,
+    net: torch.nn.Module,
+    train: CaseArrays,
+    weights: torch.Tensor,
+    cfg: TrainConfig,
+    info: DistInfo,
+    epoch: int,
+    bar: tqdm,
+) -> tuple[float, int]:
+    """One pass over the shuffled global batches; returns (mean training loss, cases seen)."""
+    torch.manual_seed(_mix(cfg.seed, epoch, 2))  # dropout of this epoch
+    aug = torch.Generator().manual_seed(_mix(cfg.seed, epoch, 3)) if cfg.augment else None
+    run.model.train()
+    running, count = 0.0, 0
+    for index in epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch, info.world):
+        loss, value = batch_loss(net, train, index, weights, cfg.cox_weight, info, aug)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        running += value * len(index)
+        count += len(index)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{running / max(count, 1):.3f}", refresh=False)
+    return running / max(count, 1), count
+
+
+def _judge_epoch(run: _Run, epoch: int, train_loss: float, val_loss: float) -> dict:
+    """Record the epoch and keep the judged weights when the validation loss improved."""
+    if val_loss < run.best_loss - 1e-6:
+        run.best_loss, run.best_epoch, run.bad = val_loss, epoch, 0
+        run.best_state = _clone_state(run.judged)
+    else:
+        run.bad += 1
+    record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
+    run.history.append(record)
+    return record
+
+
+def _wrap(model: FusionModel, info: DistInfo) -> torch.nn.Module:
+    """The module the batches go through: both heads, under DDP when there are ranks."""
+    net: torch.nn.Module = _BothHeads(model)
+    if info.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    return net
+
+
 def fit(
     model_cfg: ModelConfig,
     train: CaseArrays,
@@ -388,120 +532,49 @@ def fit(
     weights = class_weights(train.labels.numpy(), model_cfg.n_classes)
     fingerprint = _fingerprint(model_cfg, cfg, train, val)
     t0 = time.perf_counter()
-
+    seen = 0
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_mix(cfg.seed, 0))
-        model = FusionModel(model_cfg).to(info.device)
-        if model_cfg.risk == "mixture":  # start the class log-hazards at the crude rates
-            crude = crude_class_log_hazards(
-                train.labels.numpy(), train.times.numpy(), train.events.numpy(), model_cfg.n_classes
-            )
-            with torch.no_grad():
-                model.class_log_hazard.copy_(crude)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        ema = (
-            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
-            if cfg.ema_decay
-            else None
-        )
-        judged = ema.module if ema is not None else model  # what early stopping evaluates
-        start, history = 0, []
-        best_loss, best_epoch, bad = math.inf, -1, 0
-        best_state = _clone_state(model)
+        run = _new_run(model_cfg, train, cfg, info)
         if resume and ckpt is not None and ckpt.is_file():
-            state = _load_checkpoint(ckpt)
-            if state.get("fingerprint") != fingerprint:
-                raise InputError(
-                    "checkpoint belongs to a different run (config or cases changed); "
-                    "remove it or train without --resume",
-                    file=ckpt,
-                )
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            start, history = int(state["epoch"]), list(state["history"])
-            best_loss, best_epoch = float(state["best_loss"]), int(state["best_epoch"])
-            bad, best_state = int(state["bad_epochs"]), state["best_state"]
-        net: torch.nn.Module = _BothHeads(model)
-        if info.world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(
-                net, device_ids=[info.device.index] if info.device.type == "cuda" else None
-            )
+            run.restore(_load_checkpoint(ckpt), fingerprint, ckpt)
+        net = _wrap(run.model, info)
         n_batches = len(epoch_batches(len(train), cfg.batch_size, cfg.seed, 0, info.world))
         bar = tqdm(
-            total=max(epochs - start, 0) * n_batches,
+            total=max(epochs - run.start, 0) * n_batches,
             desc=desc,
             unit="batch",
             disable=not (progress and info.is_main),
         )
-        seen = 0
-        stopped = bad >= cfg.patience
-        for epoch in range(start, epochs if not stopped else start):
-            torch.manual_seed(_mix(cfg.seed, epoch, 2))  # dropout of this epoch
-            aug = torch.Generator().manual_seed(_mix(cfg.seed, epoch, 3)) if cfg.augment else None
-            model.train()
-            running, count = 0.0, 0
-            for index in epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch, info.world):
-                loss, value = batch_loss(net, train, index, weights, cfg.cox_weight, info, aug)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                running += value * len(index)
-                count += len(index)
-                seen += len(index)
-                bar.update(1)
-                bar.set_postfix(
-                    epoch=epoch + 1, loss=f"{running / max(count, 1):.3f}", refresh=False
-                )
-            train_loss = running / max(count, 1)
+        last = epochs if run.bad < cfg.patience else run.start
+        for epoch in range(run.start, last):
+            train_loss, count = _train_epoch(run, net, train, weights, cfg, info, epoch, bar)
+            seen += count
             val_loss = (
-                evaluation_loss(judged, val, weights, cfg.cox_weight) if len(val) else train_loss
+                evaluation_loss(run.judged, val, weights, cfg.cox_weight)
+                if len(val)
+                else train_loss
             )
-            improved = val_loss < best_loss - 1e-6
-            if improved:
-                best_loss, best_epoch, bad = val_loss, epoch, 0
-                best_state = _clone_state(judged)
-            else:
-                bad += 1
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
-            history.append(record)
+            record = _judge_epoch(run, epoch, train_loss, val_loss)
             bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-            stop = bad >= cfg.patience
             if ckpt is not None and info.is_main:
-                _save_checkpoint(
-                    ckpt,
-                    {
-                        "fingerprint": fingerprint,
-                        "epoch": epoch + 1,
-                        "model": _clone_state(model),
-                        "optimizer": opt.state_dict(),
-                        "ema": ema.state_dict() if ema is not None else None,
-                        "history": history,
-                        "best_loss": best_loss,
-                        "best_epoch": best_epoch,
-                        "bad_epochs": bad,
-                        "best_state": best_state,
-                    },
-                )
+                _save_checkpoint(ckpt, run.checkpoint(fingerprint, epoch + 1))
             if info.world > 1:
                 dist.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
-            if stop:
+            if run.bad >= cfg.patience:
                 break
         bar.close()
+    best_state = run.best_state
     if model_cfg.risk == "mixture" and len(train):
         best_state = _refit_class_log_hazards(model_cfg, best_state, train)
     seconds = time.perf_counter() - t0
     return FitResult(
         state_dict=best_state,
-        history=history,
-        best_epoch=best_epoch + 1,
-        best_val_loss=best_loss,
-        epochs_run=len(history),
+        history=run.history,
+        best_epoch=run.best_epoch + 1,
+        best_val_loss=run.best_loss,
+        epochs_run=len(run.history),
         seconds=seconds,
         cases_per_second=seen / seconds if seconds > 0 else 0.0,
     )
@@ -540,8 +613,6 @@ def _stratified_take(
     index: np.ndarray, strata: np.ndarray, fraction: float, seed: int
 ) -> np.ndarray:
     """A stratified random subset of ``index`` holding about ``fraction`` of it."""
-    from sklearn.model_selection import train_test_split
-
     n_take = int(round(len(index) * fraction))
     if n_take < 1 or n_take >= len(index):
         return index[:0]
@@ -592,11 +663,18 @@ def assign_splits(cohort, cfg: TrainConfig) -> tuple[np.ndarray, str]:
 
 # --------------------------------------------------------------------------- the command
 
+WORK_SUFFIX = ".work"
+
+
+def work_dir(bundle_dir: str | Path) -> Path:
+    """The sibling folder ``<bundle>.work`` holding the image cache and the resumable
+    checkpoints (torch archives) while a run is unfinished, so the bundle itself only ever
+    holds safetensors and JSON."""
+    out = Path(bundle_dir)
+    return out.parent / f"{out.name}{WORK_SUFFIX}"
+
 
 def _summary_metrics(probs, labels, risk, times, events, classes) -> dict:
-    from ..stats.metrics import diagnosis_metrics
-    from ..stats.survival import concordance
-
     d = diagnosis_metrics(np.asarray(probs), np.asarray(labels), classes)
     return {
         "n": d["n"],
@@ -611,10 +689,6 @@ def _cross_validate(
     arrays: CaseArrays, model_cfg: ModelConfig, cfg: TrainConfig, classes, info, progress
 ) -> dict:
     """K-fold CV of the fused model on train+val (inner val split for early stopping)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    from ..stats.calibration import softmax
-
     labels = arrays.labels.numpy()
     _, counts = np.unique(labels, return_counts=True)
     if counts.min() >= cfg.folds:
@@ -661,6 +735,208 @@ def _fit_record(res: FitResult) -> dict:
     }
 
 
+@dataclass
+class _Data:
+    """Stage 1 of ``train``: the development cases (train + val) as model inputs."""
+
+    panel: Panel
+    split: np.ndarray  # train / val / test for every case of the manifest
+    split_source: str
+    dev: Cohort  # the train and val cases (the test split is never loaded)
+    dev_split: np.ndarray
+    values: np.ndarray  # parsed lab values of the dev cases
+    missing: np.ndarray
+    encoder: SerologyEncoder
+    grid: ModelGrid
+    arrays: CaseArrays
+    cache: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.panel.classes)
+
+    @property
+    def train_index(self) -> np.ndarray:
+        return np.flatnonzero(self.dev_split == "train")
+
+    @property
+    def val_index(self) -> np.ndarray:
+        return np.flatnonzero(self.dev_split == "val")
+
+    def baseline_inputs(self) -> BaselineInputs:
+        encoded = self.arrays.serology.numpy().astype(np.float64)
+        return BaselineInputs(encoded, self.values, self.dev.truth_table())
+
+
+def _prepare_data(
+    cohort_path: str | Path, out: Path, cfg: TrainConfig, info: DistInfo, progress: bool
+) -> _Data:
+    """Read the manifest, assign splits, fit the lab encoder and cache the model-grid images."""
+    panel = load_panel(cfg.panel)
+    cohort = load_cohort(cohort_path, panel=panel)
+    if len(cohort) == 0:
+        raise InputError("the manifest has no usable case", file=cohort_path)
+    split, split_source = assign_splits(cohort, cfg)
+    dev = cohort.subset([c.case_id for c, s in zip(cohort.cases, split) if s != "test"])
+    dev_split = split[split != "test"]
+    values, missing = dev.lab_matrix()
+    is_train = dev_split == "train"
+    encoder = SerologyEncoder(panel).fit(values[is_train], missing[is_train])
+    grid = ModelGrid(shape=tuple(cfg.grid_shape), spacing=float(cfg.grid_spacing))
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else work_dir(out) / "cache"
+    if info.world > 1 and not info.is_main:
+        dist.barrier()  # rank 0 fills the cache first
+    arrays = build_arrays(dev, grid, encoder, cache_dir=cache, progress=progress and info.is_main)
+    if info.world > 1 and info.is_main:
+        dist.barrier()
+    return _Data(
+        panel, split, split_source, dev, dev_split, values, missing, encoder, grid, arrays, cache
+    )
+
+
+def _train_networks(
+    data: _Data, cfg: TrainConfig, ckpt_dir: Path, resume: bool, progress: bool, info: DistInfo
+) -> tuple[ModelConfig, FitResult, FitResult, dict | None]:
+    """Stage 2: optional cross-validation, then the fused and the image-only networks."""
+    train, val = data.arrays.subset(data.train_index), data.arrays.subset(data.val_index)
+    model_cfg = cfg.model_config(
+        data.encoder.n_encoded, len(data.classes), len(data.panel.channels)
+    )
+    cv = None
+    if cfg.folds > 1:
+        cv = _cross_validate(data.arrays, model_cfg, cfg, data.classes, info, progress)
+    fused = fit(
+        model_cfg, train, val, cfg, checkpoint=ckpt_dir / "fused.pt", resume=resume,
+        progress=progress, desc="fused model", info=info,
+    )  # fmt: skip
+    image_only = fit(
+        model_cfg.variant(use_serology=False), train, val, cfg, epochs=cfg.image_only_epochs,
+        checkpoint=ckpt_dir / "image_only.pt", resume=resume, progress=progress,
+        desc="image-only model", info=info,
+    )  # fmt: skip
+    return model_cfg, fused, image_only, cv
+
+
+def _network(cfg: ModelConfig, res: FitResult) -> FusionModel:
+    model = FusionModel(cfg)
+    model.load_state_dict(res.state_dict)
+    return model.eval()
+
+
+@dataclass
+class _Calibration:
+    """Stage 3: temperature, conformal sets and risk groups, all from held-out cases."""
+
+    temperature: float
+    temperature_check: dict
+    logits: np.ndarray  # fused logits of the calibration cases
+    risk: np.ndarray  # fused log-hazards of the calibration cases
+    conformal: ConformalPredictor
+    baseline_hazard: tuple[np.ndarray, np.ndarray]
+    cutoffs: tuple[float, float]
+    risk_group_check: dict
+
+
+def _conformal(probs: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> ConformalPredictor:
+    """The stored sets: tuned RAPS on request, else :func:`fit_default_conformal`."""
+    if cfg.conformal_method == "raps" and cfg.conformal_lam is None:
+        return fit_conformal_tuned(
+            probs, labels, alpha=cfg.alpha, class_conditional=bool(cfg.class_conditional),
+            seed=cfg.seed,
+        )  # fmt: skip
+    return fit_default_conformal(
+        probs, labels, alpha=cfg.alpha, method=cfg.conformal_method,
+        class_conditional=cfg.class_conditional, lam=cfg.conformal_lam or 0.0,
+        k_reg=cfg.conformal_k_reg, seed=cfg.seed,
+    )  # fmt: skip
+
+
+def _calibrate(model: FusionModel, data: _Data, cfg: TrainConfig) -> _Calibration:
+    """Temperature (kept only if it helps on folds), conformal threshold, Breslow hazard and
+    risk cut-offs, from the validation cases (the training cases when there are none)."""
+    train = data.arrays.subset(data.train_index)
+    calib = data.arrays.subset(data.val_index) if len(data.val_index) else train
+    y_cal = calib.labels.numpy()
+    logits, risk = (t.numpy() for t in predict_arrays(model, calib))
+    temperature, check = choose_temperature(logits, y_cal, seed=cfg.seed)
+    conformal = _conformal(softmax(logits, temperature), y_cal, cfg)
+    _, risk_train = predict_arrays(model, train)
+    t_tr, e_tr = train.times.numpy(), train.events.numpy()
+    hazard = breslow_baseline(risk_train.numpy(), t_tr, e_tr)
+    cutoffs, groups = choose_risk_cutoffs(
+        risk_train.numpy(), risk, calib.times.numpy(), calib.events.numpy()
+    )
+    if not len(data.val_index):
+        groups["checked_on"] = "training cases (no validation split)"
+    return _Calibration(temperature, check, logits, risk, conformal, hazard, cutoffs, groups)
+
+
+def _image_only_calibration(
+    image_only: FusionModel, data: _Data, cfg: TrainConfig
+) -> tuple[float, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    """Temperature and Breslow hazard of the image-only network; its calibration outputs."""
+    train = data.arrays.subset(data.train_index)
+    calib = data.arrays.subset(data.val_index) if len(data.val_index) else train
+    logits, risk = (t.numpy() for t in predict_arrays(image_only, calib))
+    temperature, _ = choose_temperature(logits, calib.labels.numpy(), seed=cfg.seed)
+    _, risk_train = predict_arrays(image_only, train)
+    hazard = breslow_baseline(risk_train.numpy(), train.times.numpy(), train.events.numpy())
+    return temperature, hazard, softmax(logits, temperature), risk
+
+
+def _validation_summary(
+    data: _Data,
+    cal: _Calibration,
+    image_only_outputs: ModelOutputs,
+    baselines: dict[str, Baseline],
+) -> dict:
+    """Fused model, image-only network and every baseline on the same calibration cases."""
+    cal_idx = data.val_index if len(data.val_index) else data.train_index
+    calib = data.arrays.subset(cal_idx)
+    y, t, e = calib.labels.numpy(), calib.times.numpy(), calib.events.numpy()
+    outputs: dict[str, ModelOutputs | dict] = {
+        "fused": ModelOutputs(softmax(cal.logits, cal.temperature), cal.risk),
+        "image_only": image_only_outputs,
+    }
+    outputs.update(baseline_outputs(baselines, data.baseline_inputs().rows(cal_idx), data.panel))
+    return {
+        name: _summary_metrics(o.probs, y, o.risk, t, e, data.classes)
+        for name, o in outputs.items()
+        if isinstance(o, ModelOutputs)
+    }
+
+
+def _distribution(data: _Data) -> dict:
+    """The training distribution the bundle keeps for out-of-distribution warnings."""
+    is_train = data.dev_split == "train"
+    descriptions = [
+        d for d, s in zip(data.arrays.descriptions or [], data.dev_split) if s == "train"
+    ]
+    if not (descriptions and all(descriptions)):
+        return {}
+    try:
+        return {
+            "training_distribution": training_distribution(
+                descriptions, data.values[is_train], data.missing[is_train], data.panel
+            )
+        }
+    except (KeyError, ValueError) as exc:  # keep the bundle; predict warns it is absent
+        warnings.warn(f"training distribution not stored: {exc!r}", stacklevel=2)
+        return {}
+
+
+def _remove_work(out: Path, cfg: TrainConfig) -> None:
+    """After a finished run: drop the checkpoints and the default image cache."""
+    if cfg.keep_cache:
+        return
+    work = work_dir(out)
+    shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
+    if not cfg.cache_dir:
+        shutil.rmtree(work / "cache", ignore_errors=True)
+    if work.is_dir() and not any(work.iterdir()):
+        work.rmdir()
+
+
 def train_bundle(
     cohort_path: str | Path,
     out_dir: str | Path,
@@ -672,23 +948,13 @@ def train_bundle(
 ) -> Path:
     """``autoimmuneai train``: train, calibrate, fit baselines and write the bundle folder.
 
-    The test split is never loaded. Under ``torchrun`` with ``distributed`` every rank
-    trains its share of each batch; rank 0 alone calibrates and writes the bundle.
+    Stages: data (splits, lab encoder, image cache), networks (cross-validation, fused,
+    image-only), calibration (temperature, conformal sets, Breslow hazard, risk groups),
+    baselines, summary and bundle. The test split is never loaded. Under ``torchrun`` with
+    ``distributed`` every rank trains its share of each batch; rank 0 alone calibrates and
+    writes the bundle. Checkpoints and the image cache live in :func:`work_dir`, never in
+    the bundle.
     """
-    import shutil
-
-    from ..data.cohort import load_cohort
-    from ..data.dataset import build_arrays
-    from ..data.panel import load_panel
-    from ..data.serology import SerologyEncoder
-    from ..inference.ood import training_distribution
-    from ..model.bundle import save_bundle
-    from ..preprocess.model_grid import ModelGrid
-    from ..stats.baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline
-    from ..stats.calibration import expected_calibration_error, fit_temperature, softmax
-    from ..stats.conformal import fit_conformal, fit_conformal_tuned
-    from ..stats.survival import breslow_baseline, risk_cutoffs
-
     cfg = config or TrainConfig()
     t_start = time.perf_counter()
     started_here = distributed and not (dist.is_available() and dist.is_initialized())
@@ -700,167 +966,69 @@ def train_bundle(
         torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out_dir)
     try:
-        panel = load_panel(cfg.panel)
-        cohort = load_cohort(cohort_path, panel=panel)
-        if len(cohort) == 0:
-            raise InputError("the manifest has no usable case", file=cohort_path)
-        split, split_source = assign_splits(cohort, cfg)
-        classes = list(panel.classes)
-        dev_ids = [c.case_id for c, s in zip(cohort.cases, split) if s != "test"]
-        dev = cohort.subset(dev_ids)
-        dev_split = split[split != "test"]
-        values, missing = dev.lab_matrix()
-        is_train = dev_split == "train"
-        encoder = SerologyEncoder(panel).fit(values[is_train], missing[is_train])
-        grid = ModelGrid(shape=tuple(cfg.grid_shape), spacing=float(cfg.grid_spacing))
-        cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-        if info.world > 1 and not info.is_main:
-            dist.barrier()  # rank 0 fills the cache first
-        arrays = build_arrays(
-            dev, grid, encoder, cache_dir=cache, progress=progress and info.is_main
+        data = _prepare_data(cohort_path, out, cfg, info, progress)
+        out.mkdir(parents=True, exist_ok=True)  # a resumed demo finds the started bundle
+        model_cfg, fused_res, io_res, cv = _train_networks(
+            data, cfg, work_dir(out) / CHECKPOINT_DIR, resume, progress, info
         )
-        if info.world > 1 and info.is_main:
-            dist.barrier()
-        train = arrays.subset(np.flatnonzero(is_train))
-        val = arrays.subset(np.flatnonzero(dev_split == "val"))
-        model_cfg = cfg.model_config(encoder.n_encoded, len(classes), len(panel.channels))
-        ckpt_dir = out / CHECKPOINT_DIR
-
-        cv = None
-        if cfg.folds > 1:
-            cv = _cross_validate(arrays, model_cfg, cfg, classes, info, progress)
-        fused_res = fit(
-            model_cfg, train, val, cfg, checkpoint=ckpt_dir / "fused.pt", resume=resume,
-            progress=progress, desc="fused model", info=info,
-        )  # fmt: skip
-        io_cfg = model_cfg.variant(use_serology=False)
-        io_res = fit(
-            io_cfg, train, val, cfg, epochs=cfg.image_only_epochs,
-            checkpoint=ckpt_dir / "image_only.pt", resume=resume, progress=progress,
-            desc="image-only model", info=info,
-        )  # fmt: skip
         if not info.is_main:
             return out
-
-        model = FusionModel(model_cfg)
-        model.load_state_dict(fused_res.state_dict)
-        image_only = FusionModel(io_cfg)
-        image_only.load_state_dict(io_res.state_dict)
-        model.eval()
-        image_only.eval()
-
-        calib = val if len(val) else train
-        y_cal = calib.labels.numpy()
-        lg_val, risk_val = predict_arrays(model, calib)
-        temperature = fit_temperature(lg_val.numpy(), y_cal)
-        probs_val = softmax(lg_val.numpy(), temperature)
-        if cfg.conformal_method == "raps" and cfg.conformal_lam is None:
-            conformal = fit_conformal_tuned(
-                probs_val,
-                y_cal,
-                alpha=cfg.alpha,
-                class_conditional=cfg.class_conditional,
-                seed=cfg.seed,
-            )
-        else:
-            conformal = fit_conformal(
-                probs_val, y_cal, alpha=cfg.alpha, method=cfg.conformal_method,
-                class_conditional=cfg.class_conditional, lam=cfg.conformal_lam,
-                k_reg=cfg.conformal_k_reg, seed=cfg.seed,
-            )  # fmt: skip
-        io_lg_val, io_risk_val = predict_arrays(image_only, calib)
-        io_temperature = fit_temperature(io_lg_val.numpy(), y_cal)
-
-        t_tr, e_tr = train.times.numpy(), train.events.numpy()
-        _, risk_train = predict_arrays(model, train)
-        hazard = breslow_baseline(risk_train.numpy(), t_tr, e_tr)
-        cutoffs = risk_cutoffs(risk_train.numpy())
-        _, io_risk_train = predict_arrays(image_only, train)
-        io_hazard = breslow_baseline(io_risk_train.numpy(), t_tr, e_tr)
-
-        # baselines on the same training cases
-        enc_all = arrays.serology.numpy().astype(np.float64)
-        tr_idx, va_idx = np.flatnonzero(is_train), np.flatnonzero(dev_split == "val")
+        model = _network(model_cfg, fused_res)
+        image_only = _network(model_cfg.variant(use_serology=False), io_res)
+        cal = _calibrate(model, data, cfg)
+        io_temperature, io_hazard, io_probs, io_risk = _image_only_calibration(
+            image_only, data, cfg
+        )
+        tr = data.train_index
+        train = data.arrays.subset(tr)
         y_tr = train.labels.numpy()
-        baselines: dict[str, dict] = {}
-        sero = SerologyBaseline(len(classes)).fit(enc_all[tr_idx], y_tr, t_tr, e_tr)
-        baselines["serology_only"] = sero.to_dict()
-        crit = CriteriaBaseline.for_panel(panel)
-        baselines["criteria"] = crit.to_dict()
-        truth = dev.truth_table()
-        oracle = None
-        if truth is not None:
-            oracle = OracleBaseline(len(classes)).fit(
-                truth.iloc[tr_idx], enc_all[tr_idx], y_tr, t_tr, e_tr
-            )
-            baselines["oracle"] = oracle.to_dict()
-
-        # validation summary: fused vs baselines on the same cases
-        t_cal, e_cal = calib.times.numpy(), calib.events.numpy()
-        cal_idx = va_idx if len(val) else tr_idx
-        validation = {
-            "fused": _summary_metrics(probs_val, y_cal, risk_val, t_cal, e_cal, classes),
-            "image_only": _summary_metrics(
-                softmax(io_lg_val.numpy(), io_temperature), y_cal, io_risk_val, t_cal, e_cal, classes
-            ),
-            "serology_only": _summary_metrics(
-                sero.predict_proba(enc_all[cal_idx]), y_cal, sero.predict_risk(enc_all[cal_idx]),
-                t_cal, e_cal, classes,
-            ),
-        }  # fmt: skip
-        if getattr(crit, "applicable", False):
-            validation["criteria"] = _summary_metrics(
-                crit.predict_proba(values[cal_idx]), y_cal, crit.predict_risk(values[cal_idx]),
-                t_cal, e_cal, classes,
-            )  # fmt: skip
-        if oracle is not None:
-            tv = truth.iloc[cal_idx]
-            validation["oracle"] = _summary_metrics(
-                oracle.predict_proba(tv, enc_all[cal_idx]), y_cal,
-                oracle.predict_risk(tv, enc_all[cal_idx]), t_cal, e_cal, classes,
-            )  # fmt: skip
-
-        y_counts = {c: int((y_tr == k).sum()) for k, c in enumerate(classes)}
+        baselines = fit_baselines(
+            data.panel, data.baseline_inputs().rows(tr), y_tr, train.times.numpy(),
+            train.events.numpy(),
+        )  # fmt: skip
         summary = {
             "cohort": str(Path(cohort_path)),
-            "split_source": split_source,
-            "n_cases": {s: int((split == s).sum()) for s in SPLITS},
-            "class_counts": y_counts,
+            "split_source": data.split_source,
+            "n_cases": {s: int((data.split == s).sum()) for s in SPLITS},
+            "class_counts": {c: int((y_tr == k).sum()) for k, c in enumerate(data.classes)},
             "config": cfg.to_dict(),
             "world_size": info.world,
             "device": str(info.device),
             "fused": _fit_record(fused_res),
             "image_only": _fit_record(io_res),
             "calibration": {
-                "temperature": temperature,
-                "ece_before": expected_calibration_error(softmax(lg_val.numpy()), y_cal),
-                "ece_after": expected_calibration_error(probs_val, y_cal),
+                "temperature": cal.temperature,
+                "temperature_check": cal.temperature_check,
+                "ece_before": expected_calibration_error(softmax(cal.logits), _cal_labels(data)),
+                "ece_after": expected_calibration_error(
+                    softmax(cal.logits, cal.temperature), _cal_labels(data)
+                ),
                 "image_only_temperature": io_temperature,
             },
-            "validation": validation,
+            "conformal_guarantee": cal.conformal.guarantee,
+            "risk_groups": cal.risk_group_check,
+            "validation": _validation_summary(
+                data, cal, ModelOutputs(io_probs, io_risk), baselines
+            ),
             "cross_validation": cv,
             "seconds": round(time.perf_counter() - t_start, 2),
         }
-        descriptions = [d for d, s in zip(arrays.descriptions or [], dev_split) if s == "train"]
-        extra = {}
-        if descriptions and all(descriptions):
-            try:
-                extra["training_distribution"] = training_distribution(
-                    descriptions, values[is_train], missing[is_train], panel
-                )
-            except (KeyError, ValueError) as exc:  # keep the bundle; predict warns it is absent
-                warnings.warn(f"training distribution not stored: {exc!r}", stacklevel=2)
         save_bundle(
-            out, panel=panel, grid=grid, encoder=encoder, model=model, image_only=image_only,
-            temperature=temperature, conformal=conformal, baseline_hazard=hazard,
-            risk_cutoffs=cutoffs, baselines=baselines, training=summary,
+            out, panel=data.panel, grid=data.grid, encoder=data.encoder, model=model,
+            image_only=image_only, temperature=cal.temperature, conformal=cal.conformal,
+            baseline_hazard=cal.baseline_hazard, risk_cutoffs=cal.cutoffs,
+            baselines={name: b.to_dict() for name, b in baselines.items()}, training=summary,
             image_only_temperature=io_temperature, image_only_baseline_hazard=io_hazard,
-            extra=extra,
+            extra=_distribution(data),
         )  # fmt: skip
-        if not cfg.cache_dir and not cfg.keep_cache:
-            shutil.rmtree(cache, ignore_errors=True)
+        _remove_work(out, cfg)
         return out
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         if started_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _cal_labels(data: _Data) -> np.ndarray:
+    idx = data.val_index if len(data.val_index) else data.train_index
+    return data.arrays.labels.numpy()[idx]

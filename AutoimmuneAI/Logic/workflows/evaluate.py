@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +21,12 @@ from tqdm.auto import tqdm
 from ..atomic import csv_text, json_safe, write_text
 from ..errors import BundleError, InputError
 from ..output import figures
-from ..stats.baselines import CriteriaBaseline, OracleBaseline, SerologyBaseline, baseline_from_dict
+from ..stats.baselines import BaselineInputs, ModelOutputs, baseline_outputs
 from ..stats.calibration import expected_calibration_error, softmax
-from ..stats.conformal import ConformalPredictor, coverage, mean_set_size
+from ..stats.conformal import ConformalPredictor, coverage, describe_guarantee, mean_set_size
 from ..stats.metrics import diagnosis_metrics, progression_metrics
-from ..stats.survival import default_times_grid, risk_groups, survival_curves
+from ..stats.survival import default_times_grid, logrank_summary, risk_groups, survival_curves
+from ..stats.targets import small_cohort_targets
 
 if TYPE_CHECKING:
     from ..data.cohort import Cohort
@@ -34,16 +34,7 @@ if TYPE_CHECKING:
     from ..model.bundle import Bundle
 
 SINGLE_MODALITY = ("serology_only", "image_only")
-
-
-@dataclass
-class ModelOutputs:
-    """Per-case outputs of one model on the evaluated cases (rows aligned with the cohort)."""
-
-    probs: np.ndarray  # [n, C] (calibrated where the model has a temperature)
-    risk: np.ndarray | None = None  # [n] log-hazard or rule score; None: no risk model
-    baseline_hazard: object = None  # Breslow baseline for ``risk`` (enables the IBS)
-    notes: list[str] = field(default_factory=list)
+__all__ = ["ModelOutputs", "evaluate_bundle", "evaluate_predictions"]
 
 
 def _model_block(
@@ -85,11 +76,14 @@ def evaluate_predictions(
     baseline_hazard: object,
     cutoffs: tuple[float, float],
     baselines: dict[str, ModelOutputs | dict] | None = None,
+    n_training: int | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """All metrics from arrays: returns ``(metrics, per_case)``.
 
     ``probs`` are the temperature-calibrated probabilities of ``logits``; ``baselines`` maps a
     name to its outputs on the same cases, or to a dict reported as is (e.g. "not applicable").
+    ``n_training`` (training + validation cases of the bundle) picks which small-cohort
+    targets apply (:mod:`~autoimmuneai.stats.targets`).
     ``per_case`` holds ``sets`` (bool [n, C]), ``groups`` (risk groups) and ``grid``/``surv``.
     """
     classes = list(classes)
@@ -114,6 +108,8 @@ def evaluate_predictions(
         "target_coverage": 1.0 - float(conformal.alpha),
         "method": conformal.method,
         "class_conditional": bool(conformal.class_conditional),
+        "guarantee": conformal.guarantee or describe_guarantee(conformal),
+        "n_calibration": int(conformal.n_calibration),
         "coverage": coverage(sets, labels),
         "mean_set_size": mean_set_size(sets),
         "set_size_counts": {str(k): int((sizes == k).sum()) for k in range(1, len(classes) + 1)},
@@ -124,7 +120,8 @@ def evaluate_predictions(
     }
     groups = risk_groups(risk, cutoffs)
     group_summary = {}
-    for g in ("low", "intermediate", "high"):
+    names = ("low", "high") if cutoffs[0] == cutoffs[1] else ("low", "intermediate", "high")
+    for g in names:
         sel = (groups == g) & np.isfinite(times) & np.isfinite(events)
         group_summary[g] = {
             "n": int((groups == g).sum()),
@@ -133,6 +130,8 @@ def evaluate_predictions(
             "event_rate": float(events[sel].mean()) if sel.any() else float("nan"),
         }
     fused["progression"]["risk_groups"] = group_summary
+    fused["progression"]["risk_cutoffs"] = [float(cutoffs[0]), float(cutoffs[1])]
+    fused["progression"]["logrank"] = logrank_summary(times, events, groups)
     fused["progression"]["times_grid_months"] = (
         [float(grid[0]), float(grid[-1])] if grid.size else []
     )
@@ -152,6 +151,19 @@ def evaluate_predictions(
         else:
             metrics["baselines"][name] = dict(out)
     metrics["comparison"] = _comparison(metrics)
+    sero = (baselines or {}).get("serology_only")
+    metrics["targets"] = small_cohort_targets(
+        classes=classes,
+        probs=probs,
+        labels=labels,
+        sets=sets,
+        risk=risk,
+        times=times,
+        events=events,
+        serology_risk=sero.risk if isinstance(sero, ModelOutputs) else None,
+        n_training=n_training,
+        alpha=float(conformal.alpha),
+    )
     surv = survival_curves(risk, baseline_hazard, grid) if grid.size else np.zeros((risk.size, 0))
     return metrics, {"sets": sets, "groups": groups, "grid": grid, "surv": surv}
 
@@ -247,25 +259,18 @@ def _as_conformal(obj: object) -> ConformalPredictor:
     raise InputError("bundle holds no conformal threshold")
 
 
-def _stored(stored: dict, name: str, kind: type) -> object:
-    obj = baseline_from_dict(stored[name])
-    if not isinstance(obj, kind):
-        raise BundleError(f"baseline {name!r} in the bundle is a {type(obj).__name__}")
-    return obj
-
-
 def _baseline_outputs(
     bundle: Bundle, cohort: Cohort, run_network: Callable[[str], Outputs]
 ) -> dict:
-    """Outputs (or a reason) of every baseline the bundle stores, on the cohort's cases.
+    """Outputs (or a reason) of the image-only network and every stored baseline.
 
-    ``run_network(which)`` runs one of the bundle's networks on the same cases.
+    ``run_network(which)`` runs one of the bundle's networks on the same cases; the other
+    baselines go through :func:`~autoimmuneai.stats.baselines.baseline_outputs`, the path
+    ``train``'s validation summary takes too.
     """
     values, missing = cohort.lab_matrix()
-    encoded = bundle.encoder.transform(values, missing)
-    stored = dict(getattr(bundle, "baselines", None) or {})
+    inputs = BaselineInputs(bundle.encoder.transform(values, missing), values, cohort.truth_table())
     out: dict = {}
-
     try:
         res = run_network("image_only")
         out["image_only"] = ModelOutputs(
@@ -275,44 +280,20 @@ def _baseline_outputs(
         )
     except (KeyError, AttributeError, ValueError, InputError) as exc:
         out["image_only"] = {"available": False, "reason": f"image-only model: {exc}"}
-
-    if "serology_only" in stored:
-        sero = _stored(stored, "serology_only", SerologyBaseline)
-        out["serology_only"] = ModelOutputs(
-            sero.predict_proba(encoded), sero.predict_risk(encoded), sero.baseline_hazard
-        )
-    else:
-        out["serology_only"] = {"available": False, "reason": "not stored in the bundle"}
-
-    crit = (
-        _stored(stored, "criteria", CriteriaBaseline)
-        if "criteria" in stored
-        else CriteriaBaseline.for_panel(bundle.panel)
-    )
-    if crit.applicable:
-        out["criteria"] = ModelOutputs(
-            crit.predict_proba(values),
-            crit.predict_risk(values),
-            None,
-            ["rule baseline: risk is a count of adverse markers (c-index only)"],
-        )
-    else:
-        out["criteria"] = {"applicable": False, "reason": crit.reason}
-
-    truth = cohort.truth_table()
-    if "oracle" in stored and truth is not None:
-        oracle = _stored(stored, "oracle", OracleBaseline)
-        try:
-            out["oracle"] = ModelOutputs(
-                oracle.predict_proba(truth, encoded),
-                oracle.predict_risk(truth, encoded),
-                oracle.baseline_hazard,
-            )
-        except ValueError as exc:
-            out["oracle"] = {"available": False, "reason": str(exc)}
-    elif "oracle" in stored:
-        out["oracle"] = {"available": False, "reason": "no truth.csv beside the manifest"}
+    stored = dict(getattr(bundle, "baselines", None) or {})
+    try:
+        out.update(baseline_outputs(stored, inputs, bundle.panel))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"a stored baseline cannot be read: {exc}") from None
     return out
+
+
+def _training_cases(bundle: Bundle) -> int | None:
+    """Training + validation cases the bundle was fitted on (None when not recorded)."""
+    counts = ((getattr(bundle, "metadata", None) or {}).get("training") or {}).get("n_cases")
+    if not isinstance(counts, dict):
+        return None
+    return int(counts.get("train", 0)) + int(counts.get("val", 0))
 
 
 def evaluate_bundle(
@@ -380,6 +361,7 @@ def evaluate_bundle(
         bundle.baseline_hazard,
         tuple(bundle.risk_cutoffs),
         baselines,
+        n_training=_training_cases(bundle),
     )
     metrics.update(
         bundle=str(bundle_path),
