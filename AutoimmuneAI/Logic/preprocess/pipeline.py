@@ -272,3 +272,21 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def _volume_ml(matrix: np.ndarray, n_voxels: int, spacing: float) -> float:
     return n_voxels * spacing**3 * abs(float(np.linalg.det(matrix[:3, :3]))) / 1000.0
+
+
+PREPROCESSING_KINDS = ("model_grid", "mni152")
+
+
+def make_preprocessing(
+    shape: tuple[int, int, int], spacing: float, kind: str = "model_grid"
+) -> ModelGrid | Preprocessor:
+    """The preprocessing ``train`` uses: ``"model_grid"`` (resampling and a head z-score, for
+    skull-stripped upright images) or ``"mni152"`` (the full stage, for clinical scans)."""
+    if kind == "model_grid":
+        return ModelGrid(shape=tuple(shape), spacing=float(spacing))
+    if kind == "mni152":
+        return Preprocessor(shape=tuple(shape), spacing=float(spacing))
+    raise InputError(
+        f"preprocessing must be one of {', '.join(PREPROCESSING_KINDS)}, not {kind!r}",
+        field="--preprocessing",
+    )

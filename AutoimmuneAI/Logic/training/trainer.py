@@ -55,6 +55,7 @@ from ..model.fusion import INFERENCE_BATCH_SIZE, FusionModel, ModelConfig
 from ..model.losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
 from ..model.risk_head import crude_class_log_hazards, fit_class_log_hazards
 from ..preprocess.model_grid import ModelGrid
+from ..preprocess.pipeline import make_preprocessing
 from ..stats.baselines import (
     Baseline,
     BaselineInputs,
@@ -104,6 +105,8 @@ class TrainConfig:
     image_only_epochs: int | None = None  # default: same as epochs
     grid_shape: tuple[int, int, int] = (64, 80, 64)
     grid_spacing: float = 2.5
+    # "mni152": bias correction, registration to MNI152, brain mask (preprocess.pipeline)
+    preprocessing: str = "model_grid"
     cache_dir: str | None = None  # default: <bundle>/cache (removed after a finished run)
     keep_cache: bool = False
     threads: int | None = None  # torch CPU threads (default: torch's choice)
@@ -782,7 +785,7 @@ def _prepare_data(
     values, missing = dev.lab_matrix()
     is_train = dev_split == "train"
     encoder = SerologyEncoder(panel).fit(values[is_train], missing[is_train])
-    grid = ModelGrid(shape=tuple(cfg.grid_shape), spacing=float(cfg.grid_spacing))
+    grid = make_preprocessing(cfg.grid_shape, cfg.grid_spacing, cfg.preprocessing)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else work_dir(out) / "cache"
     if info.world > 1 and not info.is_main:
         dist.barrier()  # rank 0 fills the cache first
