@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def parse(path: Path) -> Page:
     return page
 
 
-def numbers_in(obj: object) -> set[str]:
+def numbers_in(obj: object) -> set[str]:  # noqa: C901 (one branch per JSON type and number format)
     """Every number in a JSON value, formatted as the report may show it (0-3 decimals)."""
     out: set[str] = set()
     if isinstance(obj, dict):
@@ -302,8 +303,6 @@ TARGETS = [
 def test_targets_table_compares_each_target_with_its_result(
     tiny_demo: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
     folder = tmp_path / "eval"
     shutil.copytree(tiny_demo / "evaluation", folder)
     metrics_path = folder / "metrics.json"
@@ -372,8 +371,6 @@ def test_report_command_rebuilds_from_saved_results(
 
 def test_report_on_a_plain_evaluate_folder(tiny_demo: Path, tmp_path: Path) -> None:
     """``report --eval`` also accepts an ``evaluate`` output folder on its own."""
-    import shutil
-
     folder = tmp_path / "eval"
     shutil.copytree(tiny_demo / "evaluation", folder)
     path = build_report(folder)
@@ -404,13 +401,19 @@ def test_demo_records_every_stage(tiny_demo: Path) -> None:
     assert set(metrics["demo_run"]["stages"]) == set(names)
 
 
-def test_demo_resume_reuses_finished_stages(tiny_demo: Path) -> None:
+def _demo_copy(tiny_demo: Path, tmp_path: Path) -> Path:
+    """A copy of the session's demo folder (file times kept) for a test that runs in it."""
+    return Path(shutil.copytree(tiny_demo, tmp_path / "demo"))
+
+
+def test_demo_resume_reuses_finished_stages(tiny_demo: Path, tmp_path: Path) -> None:
     from autoimmuneai.workflows.demo import run_demo
 
-    before = {p: p.stat().st_mtime_ns for p in tiny_demo.rglob("*") if p.is_file()}
-    stages = json.loads((tiny_demo / "stages.json").read_text(encoding="utf-8"))["config"]
+    demo = _demo_copy(tiny_demo, tmp_path)  # the session's folder stays as the demo left it
+    before = {p: p.stat().st_mtime_ns for p in demo.rglob("*") if p.is_file()}
+    stages = json.loads((demo / "stages.json").read_text(encoding="utf-8"))["config"]
     rc = run_demo(
-        tiny_demo,
+        demo,
         cases=stages["cases"],
         seed=stages["seed"],
         epochs=stages["epochs"],
@@ -419,13 +422,15 @@ def test_demo_resume_reuses_finished_stages(tiny_demo: Path) -> None:
         quality_methods=stages["quality_methods"],
     )
     assert rc == 0
-    after = {p: p.stat().st_mtime_ns for p in tiny_demo.rglob("*") if p.is_file()}
-    changed = sorted(str(p.relative_to(tiny_demo)) for p in after if after[p] != before.get(p))
+    after = {p: p.stat().st_mtime_ns for p in demo.rglob("*") if p.is_file()}
+    changed = sorted(str(p.relative_to(demo)) for p in after if after[p] != before.get(p))
     assert changed == ["stages.json"], changed  # nothing recomputed
 
 
-def test_demo_resume_with_other_settings_is_refused(tiny_demo: Path, capsys) -> None:
-    rc = main(["demo", "--out", str(tiny_demo), "--resume", "--cases", "55"])
+def test_demo_resume_with_other_settings_is_refused(
+    tiny_demo: Path, tmp_path: Path, capsys
+) -> None:
+    rc = main(["demo", "--out", str(_demo_copy(tiny_demo, tmp_path)), "--resume", "--cases", "55"])
     err = capsys.readouterr().err
     assert rc == 2
     line = [ln for ln in err.splitlines() if ": error: " in ln]
@@ -438,3 +443,30 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "not a demo folder" in capsys.readouterr().err
     assert (tmp_path / "cohort" / "precious.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_demo_eta_comes_from_measured_costs_only(tmp_path: Path) -> None:
+    """No guess before anything is measured; then this run's own speed; or, before the first
+    stage of a rerun, the earlier run's seconds (per case where the cost grows with cases)."""
+    from autoimmuneai.workflows.demo import Eta, build_stages, demo_config, previous_seconds
+
+    config = demo_config(100, 0, False, None)
+    stages = build_stages(tmp_path, config)
+    expected = [s.expected_s for s in stages]
+    eta = Eta(expected)
+    assert eta.remaining(0) is None  # nothing measured yet: no made-up figure
+    eta.done(0, 2.0 * expected[0])  # this machine runs at half the reference speed
+    assert eta.remaining(1) == pytest.approx(2.0 * sum(expected[1:]))
+    eta.skip(2)
+    assert eta.remaining(1) == pytest.approx(2.0 * (sum(expected[1:]) - expected[2]))
+
+    seconds = {"cohort": 30.0, "train": 120.0, "evaluate": 9.0, "quality": 14.0,
+               "explain": 5.0, "report": 1.0}  # fmt: skip
+    old = {"config": {"cases": 50},
+           "stages": {n: {"done": True, "seconds": v} for n, v in seconds.items()}}  # fmt: skip
+    previous = previous_seconds(old, stages, config.cases)
+    assert previous == [60.0, 240.0, 9.0, 14.0, 5.0, 1.0]  # cohort and train scale with cases
+    assert Eta(expected, previous).remaining(0) == pytest.approx(sum(previous))
+    old["stages"]["quality"]["done"] = False
+    assert Eta(expected, previous_seconds(old, stages, 100)).remaining(0) is None
+    assert previous_seconds(None, stages, 100) is None

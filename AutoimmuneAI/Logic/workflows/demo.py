@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import ensure_writable_folder, unescape_cell, write_csv, write_text
+from ..atomic import ensure_writable_folder, json_safe, unescape_cell, write_csv, write_text
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,9 @@ class DemoConfig:
             "quality_cases": self.quality_cases,
             "quality_methods": list(self.quality_methods) if self.quality_methods else None,
             "panel": self.panel,
-            "synth_options": _jsonable(self.synth_options),
-            "train_options": _jsonable(self.train_options),
+            "synth_options": json_safe(self.synth_options),
+            "train_options": json_safe(self.train_options),
         }
-
-
-def _jsonable(options: dict) -> dict:
-    return json.loads(json.dumps(options, default=list))
 
 
 def demo_config(
