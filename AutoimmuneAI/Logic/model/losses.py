@@ -2,8 +2,8 @@
 
 Both skip what a case does not have: an unknown diagnosis (label -1) does not enter the
 cross-entropy, and a case without follow-up (time or event missing, NaN) does not enter
-the Cox risk sets. The Cox loss is the negative log partial likelihood divided by the
-number of events, so its scale does not depend on the batch size.
+the Cox risk sets. Training divides the negative log partial likelihood by the number of
+events (``training.trainer.batch_loss``), so its scale does not depend on the batch size.
 
 For data-parallel training both losses can be told the *global* normaliser (the sum of
 class weights, or the number of events, over the whole global batch) so that gradients
@@ -46,14 +46,6 @@ def diagnosis_sum(
     return (w * ce).sum(), w.sum()
 
 
-def diagnosis_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Weighted mean cross-entropy (as ``F.cross_entropy(weight=...)``), ignoring label -1."""
-    total, norm = diagnosis_sum(logits, labels, weights)
-    return total / norm.clamp_min(1e-12)
-
-
 def _has_followup(times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(times) & torch.isfinite(events)
 
@@ -75,9 +67,3 @@ def cox_neg_log_likelihood(
     masked = eta.unsqueeze(0).masked_fill(~at_risk, float("-inf"))
     log_risk = torch.logsumexp(masked, dim=1)
     return -((eta - log_risk) * e).sum(), n_events
-
-
-def cox_loss(log_hazard: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
-    """Negative log partial likelihood per event (0 when the batch holds no event)."""
-    nll, n_events = cox_neg_log_likelihood(log_hazard, times, events)
-    return nll / n_events.clamp_min(1.0)
