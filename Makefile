@@ -2,14 +2,19 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# pytest workers (pytest-xdist); each builds the session fixtures once
+TEST_WORKERS ?= 2
+# The CPU build of torch: from PyTorch's CPU wheel index, so that no CUDA build is pulled
+# (PyPI's Linux wheel of the same version is the CUDA one).
+TORCH := torch==2.13.0
+TORCH_INDEX := https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint typecheck format bench clean
 
 $(BIN)/autoimmuneai: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch, pinned so that nothing pulls a CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q $(TORCH) --index-url $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
@@ -18,10 +23,18 @@ setup: $(BIN)/autoimmuneai
 demo: setup
 	$(BIN)/autoimmuneai demo --out demo_out
 
-test: setup
+lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+
+# mypy reads the package as `autoimmuneai` through a link (config in pyproject.toml)
+typecheck: setup
+	mkdir -p $(VENV)/mypy
+	ln -sfn "$(CURDIR)/AutoimmuneAI/Logic" $(VENV)/mypy/autoimmuneai
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 format: setup
 	$(BIN)/ruff format .

@@ -78,7 +78,7 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argument per option of every command; split per command)
     parser = argparse.ArgumentParser(
         prog="autoimmuneai",
         description="Multimodal (MRI + serology) differential diagnosis and progression risk "
