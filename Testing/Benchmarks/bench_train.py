@@ -26,6 +26,30 @@ def _peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _evaluation(
+    bundle_dir: Path, cohort: Path, out: Path, split: str | None, figures: dict
+) -> dict:
+    """``evaluate`` on ``cohort`` (one split or every case): headline figures and the targets."""
+    from autoimmuneai.workflows.evaluate import evaluate_bundle
+
+    t = time.perf_counter()
+    m = evaluate_bundle(bundle_dir, cohort, out, split=split, progress=False)
+    figures[f"evaluate_{split or 'heldout'}_seconds"] = round(time.perf_counter() - t, 1)
+    pick = ("balanced_accuracy", "macro_auroc", "ece")
+    test: dict = {"fused": {k: m["diagnosis"].get(k) for k in pick}}
+    test["fused"]["c_index"] = m.get("progression", {}).get("c_index")
+    test["conformal"] = m.get("conformal")
+    test["risk_groups"] = {
+        k: m.get("progression", {}).get(k) for k in ("risk_groups", "risk_cutoffs", "logrank")
+    }
+    test["targets"] = m.get("targets")
+    for name, b in (m.get("baselines") or {}).items():
+        if isinstance(b, dict) and "diagnosis" in b:
+            test[name] = {k: b["diagnosis"].get(k) for k in pick}
+            test[name]["c_index"] = (b.get("progression") or {}).get("c_index")
+    return test
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cohort", type=Path, default=None, help="manifest (default: generate)")
@@ -37,6 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--evaluate", action="store_true", help="also evaluate on the test split")
+    p.add_argument(
+        "--heldout",
+        type=Path,
+        default=None,
+        help="also evaluate on every case of this separate cohort (a fresh synth cohort)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -84,20 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
     )
     if args.evaluate:
-        from autoimmuneai.workflows.evaluate import evaluate_bundle
-
-        t = time.perf_counter()
-        m = evaluate_bundle(bundle_dir, cohort, work / "evaluation", split="test", progress=False)
-        figures["evaluate_seconds"] = round(time.perf_counter() - t, 1)
-        pick = ("balanced_accuracy", "macro_auroc", "ece")
-        test = {"fused": {k: m["diagnosis"].get(k) for k in pick}}
-        test["fused"]["c_index"] = m.get("progression", {}).get("c_index")
-        test["conformal"] = m.get("conformal")
-        for name, b in (m.get("baselines") or {}).items():
-            if isinstance(b, dict) and "diagnosis" in b:
-                test[name] = {k: b["diagnosis"].get(k) for k in pick}
-                test[name]["c_index"] = (b.get("progression") or {}).get("c_index")
-        figures["test"] = test
+        figures["test"] = _evaluation(bundle_dir, cohort, work / "evaluation", "test", figures)
+    if args.heldout:
+        figures["heldout"] = _evaluation(bundle_dir, args.heldout, work / "heldout", None, figures)
     figures["load_average_end"] = os.getloadavg()[0]
     text = json.dumps(figures, indent=1, default=str)
     print(text)
