@@ -15,6 +15,11 @@ together on 2 cores), not accurate. Tests must not modify them: copy what you ch
 * ``cohort_copy``: a function ``(dest, n=3, rows=None) -> (manifest, rows)`` copying a few
   cases (their image files included) into a new folder, returning the manifest path and the
   rows as dicts of strings, so a test can edit them and write them back with ``write_rows``.
+
+Under pytest-xdist (``make test`` runs ``-n 2``) each worker builds these fixtures once, in
+its own temporary folder (``tmp_path_factory`` is per worker), so no two workers write to
+one path. Every test that needs the trained bundle or the demo folder is marked ``slow``
+(``pytest -m "not slow"`` is the quick run).
 """
 
 from __future__ import annotations
@@ -25,6 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+SLOW_FIXTURES = frozenset({"tiny_bundle", "tiny_demo"})
+"""Fixtures that train a model: a test that uses one (directly or through another) is slow."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test whose fixtures include a trained bundle or the demo."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 TINY_CASES = 40
 TINY_SEED = 7
