@@ -1004,6 +1004,12 @@ def test_the_command_runs_the_same_package_code():
 
 
 # -- end to end, in the background processes the application starts -------------------------
+def demo_processes(test):
+    """Marks a test that trains the demo model and runs background processes: slow, and kept on
+    one pytest-xdist worker (with ``--dist loadgroup``) so the demo is prepared once."""
+    return pytest.mark.slow(pytest.mark.xdist_group("slicer_demo")(test))
+
+
 class TimerLoop:
     """Stands in for ``qt.QTimer.singleShot`` (the logic's scheduler): runs due callbacks."""
 
@@ -1060,6 +1066,7 @@ def demo_dir(tmp_path_factory, python_slicer):
     }
 
 
+@demo_processes
 def test_demo_is_prepared_in_a_background_process_with_progress(demo_dir):
     """The GUI thread only starts the job and polls it: it returns at once, progress arrives."""
     job, lines = demo_dir["job"], demo_dir["lines"]
@@ -1074,6 +1081,7 @@ def test_demo_is_prepared_in_a_background_process_with_progress(demo_dir):
     assert demo.manifestPath.is_file() and demo.imagePath.is_file() and demo.serology
 
 
+@demo_processes
 def test_demo_job_can_be_cancelled(tmp_path, python_slicer, demo_dir):
     from AutoimmuneAILib.demo import prepareDemo
     from AutoimmuneAILib.logic import AutoimmuneAILogic, ProcessingCancelled
@@ -1090,6 +1098,7 @@ def test_demo_job_can_be_cancelled(tmp_path, python_slicer, demo_dir):
     assert not (tmp_path / "bundle" / "configs" / "metadata.json").is_file()
 
 
+@demo_processes
 def test_demo_volume_is_shown_with_a_display_node(demo_dir):
     from AutoimmuneAILib.demo import loadDemoVolume
 
@@ -1111,6 +1120,7 @@ def demo_run(demo_dir, python_slicer):
     return demo_dir["work"], result, reloaded, logic
 
 
+@demo_processes
 def test_run_in_pythonslicer_namespace_brings_the_evidence_segmentation_into_the_scene(demo_run):
     """The Run button's path: ``predict --explain`` in the background, results in the scene."""
     _, result, reloaded, logic = demo_run
@@ -1132,6 +1142,7 @@ def test_run_in_pythonslicer_namespace_brings_the_evidence_segmentation_into_the
     assert reloaded.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
 
 
+@demo_processes
 def test_class_switch_and_what_if_in_pythonslicer_namespace(demo_run):
     from AutoimmuneAILib.demo import loadDemoVolume, prepareDemo
 
@@ -1172,6 +1183,7 @@ def test_the_pythonslicer_stand_in_has_no_loadable_module_classes(python_slicer)
     assert done.stdout.startswith("blocked") and int(done.stdout.split()[1]) > 50
 
 
+@demo_processes
 def test_what_if_and_cohort_batch_on_the_demo(demo_run):
     from AutoimmuneAILib.demo import prepareDemo
 
@@ -1196,6 +1208,7 @@ def test_what_if_and_cohort_batch_on_the_demo(demo_run):
     assert (again.nOk, again.nFailed) == (2, 1)
 
 
+@demo_processes
 def test_prediction_json_has_exactly_the_contract_keys(demo_run):
     from autoimmuneai.contracts import EXPLANATION_KEYS, OPTIONAL_KEYS, PREDICTION_KEYS, Survival
 
