@@ -78,7 +78,8 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argument per option of every command; split per command)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; each command's options are in its own function."""
     parser = argparse.ArgumentParser(
         prog="autoimmuneai",
         description="Multimodal (MRI + serology) differential diagnosis and progression risk "
@@ -93,7 +94,32 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argumen
         p.set_defaults(func=func)
         return p
 
-    p = command("demo", "Synthesise the demo cohort, train, evaluate, explain and report.", _demo)
+    _demo_options(
+        command("demo", "Synthesise the demo cohort, train, evaluate, explain and report.", _demo)
+    )
+    _synth_options(
+        command("synth", "Generate the synthetic demo cohort on the MNI152 brain.", _synth)
+    )
+    _validate_options(command("validate", "Check a cohort manifest against a panel.", _validate))
+    _train_options(
+        command("train", "Train the fused model, the baselines and write a model bundle.", _train)
+    )
+    _evaluate_options(
+        command("evaluate", "Evaluate a bundle and its baselines on a cohort.", _evaluate)
+    )
+    _predict_options(
+        command(
+            "predict",
+            "Predict (and explain) every case of a cohort manifest, or one image with its labs.",
+            _predict,
+        )
+    )
+    _report_options(command("report", "Rebuild the HTML report from saved results.", _report))
+    return parser
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``autoimmuneai demo``."""
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.add_argument(
         "--cases",
@@ -108,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argumen
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default by size)")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
 
-    p = command("synth", "Generate the synthetic demo cohort on the MNI152 brain.", _synth)
+
+def _synth_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``autoimmuneai synth``."""
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cases", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
@@ -117,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argumen
     p.add_argument("--anisotropic", action="store_true", help="thick slices (anisotropic voxels)")
     p.add_argument("--workers", type=int, default=None)
 
-    p = command("validate", "Check a cohort manifest against a panel.", _validate)
+
+def _validate_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``autoimmuneai validate``."""
     p.add_argument("--cohort", type=Path, required=True, help="manifest (CSV, TSV or XLSX)")
     p.add_argument("--panel", default="cns_autoimmune", help="panel name or JSON path")
     p.add_argument(
@@ -126,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argumen
         help="accept image paths outside the manifest's folder",
     )
 
-    p = command("train", "Train the fused model, the baselines and write a model bundle.", _train)
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``autoimmuneai train``."""
     p.add_argument("--cohort", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="bundle folder")
     p.add_argument("--panel", default="cns_autoimmune")
@@ -159,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argumen
         "--distributed", action="store_true", help="DistributedDataParallel under torchrun"
     )
 
-    p = command("evaluate", "Evaluate a bundle and its baselines on a cohort.", _evaluate)
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``autoimmuneai evaluate``."""
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--cohort", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -171,11 +205,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argumen
     )
     p.add_argument("--explain-cases", type=int, default=10)
 
-    p = command(
-        "predict",
-        "Predict (and explain) every case of a cohort manifest, or one image with its labs.",
-        _predict,
-    )
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``autoimmuneai predict``."""
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--cohort", type=Path, default=None, help="manifest (CSV, TSV or XLSX)")
     p.add_argument(
@@ -226,12 +258,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one add_argumen
         help="evidence bands as top percentiles of positive attribution (default 1,5)",
     )
 
-    p = command("report", "Rebuild the HTML report from saved results.", _report)
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``autoimmuneai report``."""
     p.add_argument(
         "--eval", type=Path, required=True, dest="eval_dir", help="a demo or evaluate folder"
     )
     p.add_argument("--out", type=Path, default=None, help="report path (default EVAL/report.html)")
-    return parser
 
 
 def _bands(text: str) -> tuple[float, ...]:
