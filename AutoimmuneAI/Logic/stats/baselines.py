@@ -281,7 +281,7 @@ DEFAULT_THRESHOLDS = {
 }
 # One-hot rule output smoothed so that log-loss and calibration stay finite.
 CRITERIA_SMOOTHING = 0.05
-# Adverse markers for the rule risk score (relapse risk factors in CLINICAL_PRIORS.md).
+# Adverse markers for the rule risk score (relapse risk factors in docs/clinical_priors.md).
 RISK_MARKERS = (
     "ocb positive (MS relapse HR 2.2)",
     "AQP4-IgG >= 1:320 (higher NMOSD relapse rate)",

@@ -1,6 +1,6 @@
 """Every knob of the synthetic demo cohort in one dataclass (a product decision, see README).
 
-Figures follow ``CLINICAL_PRIORS.md`` (cited there); where the priors give no number the
+Figures follow ``docs/clinical_priors.md`` (sources cited there); where the priors give no number the
 values are design assumptions chosen so that the task is realistic and not trivial:
 lesion-only and serology-only classifiers stay clearly imperfect, their combination is
 clearly better (``Testing/Benchmarks/bench_synth.py`` measures the three figures).
@@ -85,7 +85,7 @@ LESIONS: dict[str, dict[str, Any]] = {
                      cerebellar=0.04, confluent=0.05),
     ),
     "SVD": dict(
-        # mean * exp(slope*(age-64)): ~20 lesions at 60-64 (CLINICAL_PRIORS [52]), ~10 at 45
+        # mean * exp(slope*(age-64)): ~20 lesions at 60-64 (docs/clinical_priors.md [52]), ~10 at 45
         p_normal=0.10, count_mean=20.0, count_k=1.8, age_slope=0.035,
         recipes=dict(punctate_wm=0.42, pv_cap=0.20, punctate_jc=0.14, pons_central=0.07, lacune=0.10,
                      confluent=0.04, punctate_pv=0.03),
@@ -199,7 +199,7 @@ AUTOIMMUNE_EFFECT: dict[str, float] = dict(ana_shift=0.8, ro_prob=0.55, dsdna_pr
 
 # Assays: sensitivity (detect a truly present antibody), specificity of binary tests, and the
 # coefficient of variation of continuous measurements. AQP4: the assay misses 8-20% of
-# clinical NMOSD; MOG: clear positives are the minority in some cohorts (CLINICAL_PRIORS.md).
+# clinical NMOSD; MOG: clear positives are the minority in some cohorts (docs/clinical_priors.md).
 ASSAYS: dict[str, Any] = dict(
     aqp4_sensitivity=0.80, mog_sensitivity=0.70, ocb_sensitivity=0.85, ocb_specificity=0.97,
     binary_sensitivity=0.92, binary_specificity=0.99, titre_noise_log10=0.15, cv=0.08,

@@ -1,7 +1,7 @@
 """Progression / relapse times from class- and feature-dependent Weibull hazards, with censoring.
 
 Hazard h(t) = rate * shape * t**(shape - 1) * exp(beta . x) with the risk factors of
-CLINICAL_PRIORS.md (OCB and lesion load in MS, AQP4 titre and coexisting autoimmunity in
+docs/clinical_priors.md (OCB and lesion load in MS, AQP4 titre and coexisting autoimmunity in
 NMOSD, male sex in MOGAD, low C3/C4 and antiphospholipid in NPSLE, lesion volume and age in
 SVD). Censoring: administrative (uniform follow-up) plus steady loss to follow-up.
 """

@@ -2,7 +2,7 @@
 
 Writes ``metrics.json`` (diagnosis, calibration, conformal and progression figures for the
 fused model, the same figures for every baseline under ``baselines.<name>``, and how the fused
-model compares with them), ``predictions.csv`` (the contract in DESIGN.md, plus the risk
+model compares with them), ``predictions.csv`` (the contract in docs/contracts.md, plus the risk
 group) and the figures (ROC, reliability, confusion, Kaplan-Meier by risk group, set sizes).
 Every baseline sees exactly the cases the fused model sees, so the comparison is paired.
 """
