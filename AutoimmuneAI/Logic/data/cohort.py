@@ -334,7 +334,7 @@ def _check_columns(table: pd.DataFrame, panel: Panel, path: Path, require_labels
             )
 
 
-def _parse_row(  # noqa: C901 (one check per manifest column; split into per-column checks)
+def _parse_row(
     record: dict,
     row: int,
     path: Path,
@@ -345,24 +345,14 @@ def _parse_row(  # noqa: C901 (one check per manifest column; split into per-col
     allow_outside_root: bool,
     require_labels: bool,
 ) -> Case | list[InputError]:
+    """One manifest row as a Case, or every problem it has (one check per column)."""
     problems: list[InputError] = []
 
     def problem(field_name: str, reason: str) -> None:
         problems.append(InputError(reason, file=path, row=row, field=field_name))
 
     case_id = str(record.get("case_id", "")).strip()
-    if not case_id:
-        problem("case_id", "case_id is empty")
-    elif not CASE_ID_PATTERN.match(case_id):
-        problem("case_id", f"case_id {case_id!r} may use only letters, digits, '.', '_' and '-'")
-    elif case_id.lower() in seen:
-        problem(
-            "case_id",
-            f"duplicate case_id {case_id!r} (first on row {seen[case_id.lower()]}; "
-            "case ids must differ also ignoring case, as output folders)",
-        )
-    else:
-        seen[case_id.lower()] = row
+    _check_case_id(case_id, row, seen, problem)
 
     images: dict[str, Path] = {}
     for channel in panel.channels:
@@ -385,6 +375,32 @@ def _parse_row(  # noqa: C901 (one check per manifest column; split into per-col
         except LabValueError as exc:
             problem(feature.name, str(exc))
 
+    diagnosis = _diagnosis(record, panel, require_labels, problem)
+    event_time, event = _follow_up(record, problem, problems)
+    if problems:
+        return problems
+    split = str(record.get("split", "")).strip().lower() or None
+    return Case(case_id, row, images, labs, diagnosis, event_time, event, split, mask)
+
+
+def _check_case_id(case_id: str, row: int, seen: dict[str, int], problem) -> None:
+    """Non-empty, safe as a folder name, and unique ignoring case (``seen``: id -> row)."""
+    if not case_id:
+        problem("case_id", "case_id is empty")
+    elif not CASE_ID_PATTERN.match(case_id):
+        problem("case_id", f"case_id {case_id!r} may use only letters, digits, '.', '_' and '-'")
+    elif case_id.lower() in seen:
+        problem(
+            "case_id",
+            f"duplicate case_id {case_id!r} (first on row {seen[case_id.lower()]}; "
+            "case ids must differ also ignoring case, as output folders)",
+        )
+    else:
+        seen[case_id.lower()] = row
+
+
+def _diagnosis(record: dict, panel: Panel, require_labels: bool, problem) -> str | None:
+    """The row's class name (one of the panel's), or None when not given."""
     diagnosis = str(record.get("diagnosis", "")).strip() or None
     if diagnosis is not None and diagnosis not in panel.classes:
         problem(
@@ -392,25 +408,27 @@ def _parse_row(  # noqa: C901 (one check per manifest column; split into per-col
         )
     elif diagnosis is None and require_labels:
         problem("diagnosis", "diagnosis is empty")
+    return diagnosis
 
+
+def _follow_up(
+    record: dict, problem, problems: list[InputError]
+) -> tuple[float | None, int | None]:
+    """``event_time`` (months, >= 0) and ``event`` (0/1); on a row with no other problem
+    (``problems`` empty) one given without the other is a problem too."""
     event_time = _optional_number(record.get("event_time", ""), "event_time", problem)
     if event_time is not None and event_time < 0:
         problem("event_time", f"event_time must be >= 0 months, got {event_time:g}")
     event = None
     raw_event = str(record.get("event", "")).strip()
-    if raw_event:
-        if raw_event in ("0", "1", "0.0", "1.0"):
-            event = int(float(raw_event))
-        else:
-            problem("event", f"event must be 0 (censored) or 1 (progressed), got {raw_event!r}")
+    if raw_event in ("0", "1", "0.0", "1.0"):
+        event = int(float(raw_event))
+    elif raw_event:
+        problem("event", f"event must be 0 (censored) or 1 (progressed), got {raw_event!r}")
     if (event is None) != (event_time is None) and not problems:
         missing = "event" if event is None else "event_time"
         problem(missing, "event_time and event must be given together")
-
-    if problems:
-        return problems
-    split = str(record.get("split", "")).strip().lower() or None
-    return Case(case_id, row, images, labs, diagnosis, event_time, event, split, mask)
+    return event_time, event
 
 
 def _resolve_path(
