@@ -4,17 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 # pytest workers (pytest-xdist); each builds the session fixtures once
 TEST_WORKERS ?= 2
-# The CPU build of torch: from PyTorch's CPU wheel index, so that no CUDA build is pulled
-# (PyPI's Linux wheel of the same version is the CUDA one).
+# torch is pinned to the version whose CPU build pip finds on this project's machines (and CI's)
+# before any index; a bare `torch` or a wider range would pull PyPI's CUDA build (several GB).
+# Elsewhere, pass PyTorch's CPU wheel index: `make TORCH_INDEX=<that index URL> setup`.
 TORCH := torch==2.13.0
-TORCH_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: setup demo test lint typecheck format bench clean
 
 $(BIN)/autoimmuneai: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH) --index-url $(TORCH_INDEX)
+	$(BIN)/python -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
