@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
@@ -22,7 +24,6 @@ from ..data.imaging import _to_sitk
 
 # FLAIR-like contrast of the reference (relative to white matter).
 _WM, _GM, _CSF = 1.0, 1.25, 0.12
-CENTRE_MM = (0.0, -18.0, 8.0)  # MNI RAS centre of the brain's bounding box (the model grid's)
 
 
 @dataclass(frozen=True)
@@ -37,38 +38,59 @@ class Template:
     image_array: np.ndarray  # float32 [i, j, k]
 
 
+def _data_file(name: str) -> Path:
+    import nilearn  # the package only, not nilearn.datasets (a slow import)
+
+    return Path(nilearn.__file__).parent / "datasets" / "data" / name
+
+
+@functools.lru_cache(maxsize=1)
+def _maps_2mm() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Brain mask, grey- and white-matter maps at 2 mm (2x2x2 block means of the 1 mm files)
+    and their affine. The mask is nilearn's (template above 0.2)."""
+    arrays = []
+    affine = None
+    for name in ("t1", "gm", "wm"):
+        img = nib.load(str(_data_file(f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        if name == "t1":
+            data = (data > 0.2).astype(np.float32)
+            affine = np.asarray(img.affine, np.float64)
+        n = [d // 2 * 2 for d in data.shape]
+        data = data[: n[0], : n[1], : n[2]]
+        arrays.append(data.reshape(n[0] // 2, 2, n[1] // 2, 2, n[2] // 2, 2).mean(axis=(1, 3, 5)))
+    assert affine is not None
+    coarse = affine.copy()
+    coarse[:3, :3] = affine[:3, :3] * 2.0
+    coarse[:3, 3] = affine[:3, :3] @ np.full(3, 0.5) + affine[:3, 3]
+    mask, gm, wm = arrays
+    return mask >= 0.5, gm, wm, coarse
+
+
 @functools.lru_cache(maxsize=4)
 def load_template(spacing_mm: float = 2.0, grow_mm: float = 6.0) -> Template:
-    """The template resampled to ``spacing_mm`` (block-averaged from the 2 mm maps)."""
-    from nilearn import datasets  # heavy import, only when the template is first needed
-
-    mask_img = datasets.load_mni152_brain_mask(resolution=2)
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(), np.float32)
-    brain = np.asarray(mask_img.get_fdata(), np.float32) > 0.5
-    affine = np.asarray(mask_img.affine, np.float64)
+    """The template at ``spacing_mm`` (block means of the 2 mm maps for coarser grids)."""
+    brain, gm, wm, affine = _maps_2mm()
     csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
     image = np.where(brain, _WM * wm + _GM * gm + _CSF * csf, 0.0).astype(np.float32)
-    factor = float(spacing_mm) / 2.0
-    if factor > 1.0:  # coarser: smooth then sample every ``factor`` voxels
-        image = ndi.gaussian_filter(image, (factor - 1.0) / 2.0 + 0.5, mode="constant")
-        keep = ndi.gaussian_filter(brain.astype(np.float32), (factor - 1.0) / 2.0 + 0.5) >= 0.5
-        step = np.arange(0, brain.shape[0], factor)
-        coords = np.stack(
-            np.meshgrid(*[np.arange(0, n - 0.5, factor) for n in brain.shape], indexing="ij")
-        )
-        image = ndi.map_coordinates(image, coords, order=1).astype(np.float32)
-        brain = ndi.map_coordinates(keep.astype(np.uint8), coords, order=0).astype(bool)
-        del step
-        affine = affine.copy()
-        affine[:3, :3] = affine[:3, :3] * factor
+    factor = int(round(float(spacing_mm) / 2.0))
+    if factor > 1:
+        n = [d // factor * factor for d in brain.shape]
+        shape = (n[0] // factor, factor, n[1] // factor, factor, n[2] // factor, factor)
+        image = image[: n[0], : n[1], : n[2]].reshape(shape).mean(axis=(1, 3, 5))
+        soft = brain[: n[0], : n[1], : n[2]].astype(np.float32).reshape(shape)
+        brain = soft.mean(axis=(1, 3, 5)) >= 0.5
+        coarse = affine.copy()
+        coarse[:3, :3] = affine[:3, :3] * factor
+        coarse[:3, 3] = affine[:3, :3] @ np.full(3, (factor - 1) / 2.0) + affine[:3, 3]
+        affine = coarse
     grown = ndi.distance_transform_edt(~brain, sampling=np.linalg.norm(affine[:3, :3], axis=0))
     metric = grown <= grow_mm
     return Template(
-        image=_to_sitk(image, affine),
+        image=_to_sitk(image.astype(np.float32), affine),
         brain=_to_sitk(brain.astype(np.uint8), affine),
         metric_mask=_to_sitk(metric.astype(np.uint8), affine),
         affine=affine,
         brain_array=brain,
-        image_array=image,
+        image_array=image.astype(np.float32),
     )
