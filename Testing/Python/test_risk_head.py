@@ -11,9 +11,8 @@ import torch
 from lifelines import CoxPHFitter
 
 from autoimmuneai.model.fusion import FusionModel, ModelConfig
-from autoimmuneai.model.losses import cox_neg_log_likelihood
+from autoimmuneai.model.losses import cox_neg_log_likelihood, sorted_cox_nll
 from autoimmuneai.model.risk_head import (
-    _sorted_cox_nll,
     crude_class_log_hazards,
     fit_class_log_hazards,
 )
@@ -68,9 +67,19 @@ def test_sorted_partial_likelihood_equals_the_risk_set_version_with_ties() -> No
     times = torch.randint(1, 15, (120,), generator=g).double()  # many ties
     events = (torch.rand(120, generator=g) < 0.5).double()
     times[[4, 9]] = float("nan")  # no follow-up
-    eta = torch.randn(120, generator=g, dtype=torch.float64)
-    expected, _ = cox_neg_log_likelihood(eta, times, events)
-    assert float(_sorted_cox_nll(times, events)(eta)) == pytest.approx(float(expected), rel=1e-12)
+    eta = torch.randn(120, generator=g, dtype=torch.float64, requires_grad=True)
+    # the n x n risk-set matrix written out: j is at risk at t_i when t_j >= t_i (Breslow)
+    ok = torch.isfinite(times)
+    t, e, x = times[ok], events[ok], eta[ok]
+    at_risk = t.unsqueeze(0) >= t.unsqueeze(1)
+    log_risk = torch.logsumexp(x.unsqueeze(0).masked_fill(~at_risk, float("-inf")), dim=1)
+    expected = -((x - log_risk) * e).sum()
+    got = sorted_cox_nll(times, events)(eta)
+    assert float(got) == pytest.approx(float(expected), rel=1e-12)
+    assert float(cox_neg_log_likelihood(eta, times, events)[0]) == pytest.approx(float(got))
+    (g_expected,) = torch.autograd.grad(expected, eta)
+    (g_got,) = torch.autograd.grad(sorted_cox_nll(times, events)(eta), eta)
+    torch.testing.assert_close(g_got, g_expected)
 
 
 def test_crude_start_is_the_centred_log_event_rate() -> None:
@@ -136,8 +145,10 @@ def test_prediction_explains_its_risk_by_class(tiny_bundle, tiny_cohort) -> None
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()  # untempered
     # the risk score is the log of the hazard averaged over the differential ...
     assert result.risk_score == pytest.approx(math.log((p * np.exp(a)).sum()), abs=1e-5)
-    # ... and each class's share of it is reported
-    share = p * np.exp(a) / (p * np.exp(a)).sum()
+    # ... and each class's share of it is p_k exp(a_k) over the hazard the network returned
+    # (the risk score from the forward pass, not a sum of the shares themselves)
     assert list(result.risk_by_class) == predictor.classes
-    np.testing.assert_allclose(list(result.risk_by_class.values()), share, atol=1e-6)
+    np.testing.assert_allclose(
+        list(result.risk_by_class.values()), p * np.exp(a - float(risk)), atol=1e-5
+    )
     assert result.to_json()["risk_by_class"] == result.risk_by_class

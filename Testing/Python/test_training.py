@@ -225,4 +225,6 @@ def test_test_split_is_never_loaded_and_folds_are_reported(
     ]
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
     assert sum(f["n"] for f in cv["per_fold"]) == sum(s != "test" for s in splits)
-    assert 0.0 <= cv["balanced_accuracy_mean"] <= 1.0
+    per_fold = [f["balanced_accuracy"] for f in cv["per_fold"]]
+    assert cv["balanced_accuracy_mean"] == pytest.approx(np.nanmean(per_fold))
+    assert cv["balanced_accuracy_std"] == pytest.approx(np.nanstd(per_fold))

@@ -50,6 +50,30 @@ def _has_followup(times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(times) & torch.isfinite(events)
 
 
+def sorted_cox_nll(times: torch.Tensor, events: torch.Tensor):
+    """Negative log partial likelihood as a function of eta, O(n log n), Breslow ties.
+
+    The cases are sorted by time once; each event's risk set is then a prefix of the
+    descending order, summed by ``logcumsumexp`` (no n x n risk-set matrix), so the same
+    function serves training batches and a refit on thousands of cases. Cases with a NaN
+    time or event are left out.
+    """
+    ok = _has_followup(times, events)
+    idx = torch.nonzero(ok).squeeze(1)
+    order = idx[torch.argsort(times[idx], descending=True, stable=True)]
+    t_sorted, e_sorted = times[order], events[order]
+    # last position of each case's tie group in descending order: its whole risk set
+    _, counts = torch.unique_consecutive(t_sorted, return_counts=True)
+    group_end = torch.repeat_interleave(torch.cumsum(counts, 0) - 1, counts)
+
+    def nll(eta: torch.Tensor) -> torch.Tensor:
+        eta_sorted = eta[order]
+        log_risk = torch.logcumsumexp(eta_sorted, dim=0)[group_end]
+        return -((eta_sorted - log_risk) * e_sorted.to(eta.dtype)).sum()
+
+    return nll
+
+
 def cox_neg_log_likelihood(
     log_hazard: torch.Tensor, times: torch.Tensor, events: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,11 +83,9 @@ def cox_neg_log_likelihood(
     share the same risk set (Breslow). Cases with a NaN time or event are left out.
     """
     ok = _has_followup(times, events)
-    eta, t, e = log_hazard[ok], times[ok].to(log_hazard.dtype), events[ok].to(log_hazard.dtype)
-    n_events = e.sum().detach()
-    if eta.numel() == 0 or float(n_events) == 0.0:
+    n_events = events[ok].to(log_hazard.dtype).sum().detach()
+    if not bool(ok.any()) or float(n_events) == 0.0:
         return log_hazard.sum() * 0.0, n_events
-    at_risk = t.unsqueeze(0) >= t.unsqueeze(1)  # [i, j]: j is at risk at t_i
-    masked = eta.unsqueeze(0).masked_fill(~at_risk, float("-inf"))
-    log_risk = torch.logsumexp(masked, dim=1)
-    return -((eta - log_risk) * e).sum(), n_events
+    t = times.to(log_hazard.device)
+    e = events.to(log_hazard.device)
+    return sorted_cox_nll(t, e)(log_hazard), n_events

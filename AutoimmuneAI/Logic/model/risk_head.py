@@ -13,27 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def _sorted_cox_nll(times: torch.Tensor, events: torch.Tensor):
-    """Negative log partial likelihood as a function of eta, O(n log n), Breslow ties.
-
-    Same value as ``losses.cox_neg_log_likelihood`` without its n x n risk-set matrix, so a
-    refit on thousands of training cases stays cheap.
-    """
-    ok = torch.isfinite(times) & torch.isfinite(events)
-    idx = torch.nonzero(ok).squeeze(1)
-    order = idx[torch.argsort(times[idx], descending=True, stable=True)]
-    t_sorted, e_sorted = times[order], events[order]
-    # last position of each case's tie group in descending order: its whole risk set
-    _, counts = torch.unique_consecutive(t_sorted, return_counts=True)
-    group_end = torch.repeat_interleave(torch.cumsum(counts, 0) - 1, counts)
-
-    def nll(eta: torch.Tensor) -> torch.Tensor:
-        eta_sorted = eta[order]
-        log_risk = torch.logcumsumexp(eta_sorted, dim=0)[group_end]
-        return -((eta_sorted - log_risk) * e_sorted).sum()
-
-    return nll
+from .losses import sorted_cox_nll
 
 
 def crude_class_log_hazards(
@@ -82,7 +62,7 @@ def fit_class_log_hazards(
     a = a.double().requires_grad_(True)
     n_events = max(float(torch.nan_to_num(e).sum()), 1.0)
     opt = torch.optim.LBFGS([a], max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-    nll = _sorted_cox_nll(t, e)
+    nll = sorted_cox_nll(t, e)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
