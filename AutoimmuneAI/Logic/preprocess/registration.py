@@ -3,8 +3,9 @@
 The template is the fixed image and the patient image the moving one, so the result maps
 template (= model grid) points to patient points: exactly what resampling the patient onto
 the model grid needs, and its inverse maps results back. The metric is Mattes mutual
-information sampled inside the template's brain grown by a few mm, so the skull, scalp, eyes
-and neck of the patient image weigh nothing unless the brain is misplaced onto them.
+information sampled inside the template's brain grown by 2-4 mm, so the skull, scalp, eyes
+and neck of the patient image weigh nothing unless the brain is misplaced onto them (a
+wider ring, 6-12 mm, let the scale drift until the template brain filled the skull).
 
 Initialisation, which decides whether a tilted head with a neck in the field of view lands
 right: the brain's centre is guessed from the head's vertex (the top of the foreground, which
@@ -35,6 +36,7 @@ PITCHES_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
 ROLLS_DEG = (-10.0, 0.0, 10.0)
 DEPTHS_MM = (70.0, 80.0, 90.0)  # template brain centre below the top of the head
 N_REFINED = 3
+GROW_MM = (4.0, 2.0)  # metric mask: template brain grown by this much (mm) at 8 and 4 mm
 
 
 @dataclass
@@ -243,7 +245,7 @@ def register(
     """Register ``moving`` (a float LPS SimpleITK image, any geometry) to the template."""
     if threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    t8, t4 = load_template(8.0, 8.0), load_template(4.0, 6.0)
+    t8, t4 = load_template(8.0, GROW_MM[0]), load_template(4.0, GROW_MM[1])
     m8, m4 = shrink(moving, 8.0), shrink(moving, 4.0)
     scored = _scored_starts(t8, m8, m4)
     value, sim, start = _refine_similarity(t4, m4, scored)
