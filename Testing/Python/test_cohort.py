@@ -258,3 +258,12 @@ def test_case_id_slug():
     assert case_id_slug("My Scan (2).nii") == "My_Scan__2_.nii"
     assert case_id_slug("=HYPERLINK(x)") == "HYPERLINK_x"
     assert case_id_slug("...") == "case"
+
+
+def test_missing_required_column_suggests_the_misspelt_one(tmp_path):
+    rows = _rows(tmp_path)
+    for row in rows:
+        row["Age"] = row.pop("age")
+    with pytest.raises(InputError) as bad:
+        load_cohort(_write(tmp_path, rows))
+    assert str(bad.value).endswith("column age: required column is missing (did you mean Age?)")

@@ -326,12 +326,16 @@ def _check_columns(table: pd.DataFrame, panel: Panel, path: Path, require_labels
     required += [f.name for f in panel.features if not f.missing_allowed]
     if require_labels:
         required.append("diagnosis")
+    known = ["case_id", *[f"image_{ch}" for ch in panel.channels], *OPTIONAL_COLUMNS]
+    known += list(panel.feature_names)
     for column in required:
         if column not in table.columns:
-            found = ", ".join(table.columns[:8])
-            raise InputError(
-                f"required column is missing (found: {found})", file=path, field=column
-            )
+            near = [c for c in table.columns if closest_column(str(c), panel, known) == column]
+            if near:
+                hint = f"did you mean {near[0]}?"
+            else:
+                hint = f"found: {', '.join(map(str, table.columns[:8]))}"
+            raise InputError(f"required column is missing ({hint})", file=path, field=column)
 
 
 def _parse_row(
