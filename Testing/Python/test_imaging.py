@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_writer import save_dicom_series
 from scipy.spatial.transform import Rotation
 
 from autoimmuneai.data.imaging import (
@@ -19,7 +20,6 @@ from autoimmuneai.data.imaging import (
     foreground_threshold,
     load_volume,
     ras_to_voxel,
-    save_dicom_series,
     save_volume,
     voxel_to_ras,
 )
@@ -360,16 +360,44 @@ def test_folder_without_dicom(tmp_path: Path) -> None:
     _expect(empty, "no DICOM series")
 
 
-def test_folder_with_two_series_is_refused(tmp_path: Path) -> None:
-    small = Volume(np.random.default_rng(1).random((6, 7, 5)).astype(np.float32), np.eye(4))
-    save_dicom_series(small, tmp_path / "a")
-    save_dicom_series(small, tmp_path / "b")
-    both = tmp_path / "both"
-    both.mkdir()
-    for sub in ("a", "b"):
-        for f in (tmp_path / sub).iterdir():
-            f.rename(both / f"{sub}_{f.name}")
-    _expect(both, "2 DICOM series")
+def _study(tmp_path: Path, descriptions: list[str]) -> Path:
+    """One folder holding one small series per description (as an archive export does)."""
+    study = tmp_path / "study"
+    study.mkdir()
+    for n, text in enumerate(descriptions):
+        array = np.random.default_rng(n).random((6, 7, 5 + n)).astype(np.float32) + n
+        save_dicom_series(
+            Volume(array, np.diag([1.0, 1.0, 2.0 + n, 1.0])),
+            tmp_path / f"s{n}",
+            series_description=text,
+            series_number=n + 1,
+        )
+        for f in (tmp_path / f"s{n}").iterdir():
+            f.rename(study / f"s{n}_{f.name}")
+    return study
+
+
+def test_folder_with_two_series_lists_them(tmp_path: Path) -> None:
+    study = _study(tmp_path, ["T1 MPRAGE", "DWI b1000"])
+    with pytest.raises(ImageError) as info:
+        load_volume(study)
+    text = str(info.value)
+    assert "2 DICOM series" in text and "\n" not in text
+    assert "#1 'T1 MPRAGE' (5 slices, 1x1x2 mm)" in text
+    assert "#2 'DWI b1000' (6 slices, 1x1x3 mm)" in text
+    assert "--series" in text
+
+
+def test_a_series_is_chosen_by_pattern_or_as_the_flair(tmp_path: Path) -> None:
+    study = _study(tmp_path, ["localizer", "T1 MPRAGE", "AX T2 FLAIR", "DWI"])
+    flair = load_volume(study)  # the one series whose description says FLAIR
+    assert flair.shape == (6, 7, 7)
+    t1 = load_volume(study, series="mprage")
+    assert t1.shape == (6, 7, 6) and np.isclose(t1.spacing[2], 3.0)
+    with pytest.raises(ImageError, match="no series matches 'sagittal'.*#3 'AX T2 FLAIR'"):
+        load_volume(study, series="sagittal")
+    with pytest.raises(ImageError, match="2 series match"):
+        load_volume(study, series="T")
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,10 @@ Every failure caused by the file is an ``ImageError`` whose message names the fi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,11 +122,17 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
 # Reading
 
 
-def load_volume(path: str | Path, *, max_voxels: int = 400_000_000) -> Volume:
+def load_volume(
+    path: str | Path, *, max_voxels: int = 400_000_000, series: str | None = None
+) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file, or a DICOM series folder, as a float32 Volume.
 
     The header's dimensions are checked before any pixel data is read, so a file that
-    declares more than ``max_voxels`` voxels is refused without allocating it.
+    declares more than ``max_voxels`` voxels is refused without allocating it. A DICOM folder
+    holding several series (a study as exported from the archive) gives the one whose
+    description matches ``series`` (a case-insensitive regular expression, e.g. ``FLAIR``);
+    without ``series`` the one series whose tags say FLAIR; otherwise the error lists every
+    series (number, description, slices, voxel size).
     """
     path = Path(path)
     if not path.exists():
@@ -136,7 +140,7 @@ def load_volume(path: str | Path, *, max_voxels: int = 400_000_000) -> Volume:
     name = path.name.lower()
     try:
         if path.is_dir():
-            array, affine = _read_dicom_folder(path, max_voxels)
+            array, affine = _read_dicom_folder(path, max_voxels, pattern=series)
         elif name.endswith(".dcm"):
             array, affine = _read_dicom_folder(path.parent, max_voxels, member=path)
         elif name.endswith(NIFTI_SUFFIXES):
@@ -221,8 +225,90 @@ def _read_itk(path: Path, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
     return _from_sitk(reader.Execute())
 
 
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder, described from the tags of its first file."""
+
+    uid: str
+    number: str
+    description: str
+    slices: int
+    voxel_mm: tuple[float, float, float]
+    flair: bool  # the tags say FLAIR (description, sequence or protocol name, or a long TI)
+
+    def label(self) -> str:
+        size = "x".join(f"{v:g}" for v in self.voxel_mm)
+        return f"#{self.number or '?'} {self.description or '(no description)'!r} ({self.slices} slices, {size} mm)"
+
+
+def _tag(reader: sitk.ImageFileReader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
+    """Every series in ``folder``, ordered by series number."""
+    folder = Path(folder)
+    out = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        info = sitk.ImageFileReader()
+        info.SetFileName(files[0])
+        info.LoadPrivateTagsOff()
+        info.ReadImageInformation()
+        spacing = [float(v) for v in info.GetSpacing()[:2]]
+        thickness = _tag(info, "0018|0050") or _tag(info, "0018|0088")
+        try:
+            spacing.append(float(thickness))
+        except ValueError:
+            spacing.append(float(info.GetSpacing()[2]) if info.GetDimension() > 2 else 0.0)
+        names = " ".join(_tag(info, k) for k in ("0008|103e", "0018|0024", "0018|1030"))
+        try:
+            inversion = float(_tag(info, "0018|0082") or 0.0)
+        except ValueError:
+            inversion = 0.0
+        out.append(
+            DicomSeries(
+                uid=uid,
+                number=_tag(info, "0020|0011"),
+                description=_tag(info, "0008|103e"),
+                slices=len(files),
+                voxel_mm=tuple(round(v, 3) for v in spacing),  # type: ignore[arg-type]
+                flair=bool(re.search(r"flair|dark.?fluid", names, re.I)) or inversion > 1500,
+            )
+        )
+    return sorted(out, key=lambda s: (int(s.number) if s.number.isdigit() else 1 << 30, s.uid))
+
+
+def _choose_series(folder: Path, pattern: str | None, where: Path) -> str:
+    """The UID of the series to read from a folder holding several."""
+    found = list_dicom_series(folder)
+    listing = "; ".join(s.label() for s in found)
+    if pattern is not None:
+        try:
+            wanted = re.compile(pattern, re.I)
+        except re.error as exc:
+            raise ImageError(
+                f"series pattern {pattern!r} is not valid ({exc})", file=where
+            ) from None
+        chosen = [s for s in found if wanted.search(s.description)]
+        if len(chosen) == 1:
+            return chosen[0].uid
+        what = "no series matches" if not chosen else f"{len(chosen)} series match"
+        raise ImageError(
+            f"holds {len(found)} DICOM series and {what} {pattern!r}: {listing}", file=where
+        )
+    flair = [s for s in found if s.flair]
+    if len(flair) == 1:
+        return flair[0].uid
+    raise ImageError(
+        f"holds {len(found)} DICOM series: {listing}; choose one by its description "
+        "(--series PATTERN, or the manifest's series column) or point to one .dcm file",
+        file=where,
+    )
+
+
 def _read_dicom_folder(
-    folder: Path, max_voxels: int, member: Path | None = None
+    folder: Path, max_voxels: int, member: Path | None = None, pattern: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     where = member or folder
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -236,12 +322,8 @@ def _read_dicom_folder(
         if wanted not in series:
             raise ImageError("is not part of a readable DICOM series", file=where)
         series = (wanted,)
-    if len(series) > 1:
-        raise ImageError(
-            f"holds {len(series)} DICOM series; point to a folder with one series "
-            "or to one .dcm file of the wanted series",
-            file=where,
-        )
+    if len(series) > 1 or (pattern is not None and member is None):
+        series = (_choose_series(folder, pattern, where),)
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
     info = sitk.ImageFileReader()
     info.SetFileName(files[0])
@@ -338,83 +420,6 @@ def _save_detached(image: sitk.Image, path: Path) -> None:
         os.replace(header, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def save_dicom_series(
-    volume: Volume,
-    folder: str | Path,
-    *,
-    patient_id: str = "anonymous",
-    series_description: str = "AutoimmuneAI",
-    modality: str = "MR",
-) -> Path:
-    """Write ``volume`` as a DICOM series (one file per k-slice) into an empty ``folder``.
-
-    Intensities are stored as int16 with a rescale slope, so values come back within half a
-    slope. Geometry (ImagePositionPatient per slice, ImageOrientationPatient, spacing) is
-    exact when the direction matrix is a proper rotation (DICOM stacks slices along the
-    row x column normal). The folder appears complete or not at all.
-    """
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise ImageError("DICOM output folder is not empty", file=folder)
-    direction = volume.direction
-    if np.linalg.det(direction) < 0:
-        raise ImageError("DICOM needs a right-handed direction matrix", file=folder)
-    array = np.asarray(volume.array, dtype=np.float64)
-    peak = float(np.abs(array).max()) or 1.0
-    slope = peak / 32000.0
-    image = _to_sitk(array, volume.affine)
-    lps_direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    orientation = "\\".join(f"{v:.10f}" for v in [*lps_direction[:, 0], *lps_direction[:, 1]])
-    stamp = f"{time.time_ns()}"
-    root = "1.2.826.0.1.3680043.8.498." + stamp[-20:]
-    now = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
-    common = {
-        "0008|0008": "DERIVED\\SECONDARY",
-        "0008|0020": now[0],
-        "0008|0030": now[1],
-        "0008|0021": now[0],
-        "0008|0031": now[1],
-        "0008|0060": modality,
-        "0008|103e": series_description,
-        "0010|0010": patient_id,
-        "0010|0020": patient_id,
-        "0020|000d": root + ".1",
-        "0020|000e": root + ".2",
-        "0020|0011": "1",
-        "0020|0037": orientation,
-        "0018|0050": f"{volume.spacing[2]:.10g}",
-        "0018|0088": f"{volume.spacing[2]:.10g}",
-        "0028|1052": "0",
-        "0028|1053": f"{slope:.10g}",
-        "0028|0100": "16",
-        "0028|0101": "16",
-        "0028|0102": "15",
-        "0028|0103": "1",
-    }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    try:
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        for k in range(image.GetDepth()):
-            piece = image[:, :, k]
-            for key, value in common.items():
-                piece.SetMetaData(key, value)
-            position = image.TransformIndexToPhysicalPoint((0, 0, k))
-            piece.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in position))
-            piece.SetMetaData("0020|0013", str(k + 1))
-            piece.SetMetaData("0008|0018", f"{root}.3.{k + 1}")
-            writer.SetFileName(str(staging / f"slice{k:04d}.dcm"))
-            writer.Execute(piece)
-        if folder.exists():
-            folder.rmdir()
-        os.replace(staging, folder)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(staging)
-    return folder
 
 
 # ----------------------------------------------------------------------------------------
