@@ -485,6 +485,7 @@ def writeCaseInputs(workDir: Path, caseId: str, volumeNode, serology: dict, pane
 
     ``volumeNode`` is a volume node for a one-channel panel, or a dict channel -> node.
     """
+    from autoimmuneai.atomic import write_csv
     from autoimmuneai.data.imaging import save_volume
     from autoimmuneai.output.mrml import node_to_volume
 
@@ -506,10 +507,7 @@ def writeCaseInputs(workDir: Path, caseId: str, volumeNode, serology: dict, pane
     for feature in panel.features:
         row[feature.name] = serology.get(feature.name, "")
     manifest = workDir / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow(row)
+    write_csv(manifest, [row], list(row))  # spreadsheet-safe; the package reads it back exactly
     return manifest
 
 
@@ -579,8 +577,10 @@ def probabilityChanges(before: dict, after: dict) -> list[tuple[str, float, floa
 
 
 def _safeCaseId(caseId: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(caseId)).strip("._")
-    return cleaned or "case"
+    """The package's one case-id slug rule (imported here, not copied)."""
+    from autoimmuneai.data.cohort import case_id_slug
+
+    return case_id_slug(caseId)
 
 
 def _readCsv(path: Path) -> list[dict]:
