@@ -470,3 +470,17 @@ def test_demo_eta_comes_from_measured_costs_only(tmp_path: Path) -> None:
     old["stages"]["quality"]["done"] = False
     assert Eta(expected, previous_seconds(old, stages, 100)).remaining(0) is None
     assert previous_seconds(None, stages, 100) is None
+
+
+def test_report_template_ships_as_package_data() -> None:
+    """Every template file is matched by pyproject's package-data, so a wheel carries it."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    section = text.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    patterns = re.findall(r'"([^"]+)"', re.search(r"^autoimmuneai\s*=\s*\[(.*?)\]", section,
+                                                    re.M | re.S).group(1))  # fmt: skip
+    package = root / "AutoimmuneAI" / "Logic"
+    templates = sorted(p for p in (package / "output" / "templates").iterdir() if p.is_file())
+    assert templates, "no template files"
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    assert set(templates) <= shipped, (patterns, templates)
