@@ -35,7 +35,8 @@ PIPELINE = "mni152_affine_v1"
 # Quality limits: below WARN a warning goes into prediction.json, below FAIL the case is refused.
 NCC_WARN, NCC_FAIL = 0.35, 0.12
 COVERAGE_WARN, COVERAGE_FAIL = 0.95, 0.5
-EDGE_WARN = 1.0
+EDGE_WARN = 0.3  # median z step at the mask's edge
+SCALE_RANGE = (0.6, 1.6)  # template -> patient brain volume ratio of adult heads
 
 
 @dataclass
@@ -148,18 +149,7 @@ class Preprocessor:
                 "template inside the brain); nothing usable is left",
                 file=where,
             )
-        warnings = []
-        if ncc < NCC_WARN:
-            warnings.append(
-                f"registration to the template is doubtful (correlation {ncc:.2f} < {NCC_WARN})"
-            )
-        if coverage < COVERAGE_WARN:
-            warnings.append(f"the image covers only {coverage:.0%} of the brain")
-        if quality["brain_edge_contrast"] < EDGE_WARN:
-            warnings.append(
-                "the brain mask is doubtful: its edge does not separate brain from its "
-                f"surroundings (contrast {quality['brain_edge_contrast']:.2f} < {EDGE_WARN})"
-            )
+        warnings = _quality_warnings(quality)
         return PreprocessedSample(
             tensor=torch.from_numpy(np.ascontiguousarray(z[None], dtype=np.float32)),
             affine=grid,
@@ -251,6 +241,30 @@ def preprocessing_from_dict(data: dict) -> ModelGrid | Preprocessor:
     if "pipeline" in data:
         return Preprocessor.from_dict(data)
     return ModelGrid.from_dict(data)
+
+
+def _quality_warnings(quality: dict) -> list[str]:
+    """Warnings for the quality figures of one case (registration, coverage, brain mask)."""
+    warnings: list[str] = []
+    ncc = quality["registration_ncc"]
+    if ncc < NCC_WARN:
+        warnings.append(
+            f"registration to the template is doubtful (correlation {ncc:.2f} < {NCC_WARN})"
+        )
+    if quality["brain_coverage"] < COVERAGE_WARN:
+        warnings.append(f"the image covers only {quality['brain_coverage']:.0%} of the brain")
+    if quality["brain_edge_contrast"] < EDGE_WARN:
+        warnings.append(
+            "the brain mask is doubtful: its edge does not separate brain from its "
+            f"surroundings (contrast {quality['brain_edge_contrast']:.2f} < {EDGE_WARN})"
+        )
+    volume_ratio = float(np.prod(quality["scale"]))
+    if not SCALE_RANGE[0] <= volume_ratio <= SCALE_RANGE[1]:
+        warnings.append(
+            f"the brain mask is doubtful: the registration scales the template brain by "
+            f"{volume_ratio:.2f} in volume (expected {SCALE_RANGE[0]}-{SCALE_RANGE[1]})"
+        )
+    return warnings
 
 
 def _edge_contrast(z: np.ndarray, brain: np.ndarray, inside: np.ndarray) -> float:
