@@ -138,3 +138,27 @@ def test_standardisation_ignores_scanner_scale_and_offset() -> None:
     inside = a[mask]
     assert abs(float(np.median(inside))) < 1e-6 and inside.min() < -2.0  # the dark 20%
     assert np.all(a[~mask] == BACKGROUND_Z)
+
+
+@pytest.mark.parametrize(
+    ("mni", "expected"),
+    [
+        ((20.0, -10.0, 25.0), "right periventricular"),
+        ((-20.0, -60.0, -35.0), "left infratentorial"),
+        ((-12.0, -18.0, 6.0), "left deep grey matter"),
+        ((-40.0, 10.0, 40.0), "left juxtacortical"),
+        ((30.0, -30.0, 30.0), "right other white matter"),
+        ((0.0, 0.0, 90.0), "outside the brain parenchyma"),
+    ],
+)
+def test_evidence_is_named_by_anatomy_in_template_space(mni, expected) -> None:
+    from autoimmuneai.explain.regions import Region, anatomical_location, name_by_anatomy
+
+    assert anatomical_location(np.asarray(mni)) == expected
+    # a region of a patient image whose pose is a 10 mm shift: named where it lies in MNI
+    shift = np.eye(4)
+    shift[:3, 3] = [10.0, -5.0, 3.0]  # template -> patient
+    centroid = shift @ np.r_[mni, 1.0]
+    region = Region(1, "x", "top 1%", 2.4, 0.31, tuple(centroid[:3]), 300, (1.0, 0.0, 0.0))
+    (named,) = name_by_anatomy([region], "MS", np.linalg.inv(shift))
+    assert named.name == f"Evidence for MS — {expected}, 2.4 mL, 31%"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.imaging import Volume
+from ..data.imaging import Volume, save_volume
 from ..output.mrml import SegmentSpec, write_case_scene
-from .regions import evidence_regions
+from .regions import evidence_regions, name_by_anatomy
 
 
 def explain_into(
@@ -49,6 +49,9 @@ def explain_into(
     volume = prepared.volume
     band_options = {"bands": tuple(bands)} if bands else {}
     labelmap, regions = evidence_regions(attribution, volume.affine, target_name, **band_options)
+    matrix = getattr(prepared.sample, "matrix", None)  # template -> patient (preprocessing)
+    if matrix is not None:
+        regions = name_by_anatomy(regions, target_name, np.linalg.inv(matrix))
     segments = [SegmentSpec(r.label, r.name, tuple(r.color), r.band) for r in regions]
     write_case_scene(
         case_dir,
@@ -61,6 +64,12 @@ def explain_into(
         survival=(prediction["survival"]["times_months"], prediction["survival"]["probability"]),
         class_name=target_name,
     )
+    if matrix is not None:  # preprocessing outputs: the brain mask and the template-space image
+        save_volume(
+            Volume(bundle.grid.native_brain_mask(prepared.sample), volume.affine),
+            case_dir / "brain_mask.nii.gz",
+        )
+        save_volume(bundle.grid.template_volume(prepared.sample), case_dir / "image_mni.nii.gz")
     if snapshot:
         from ..output.snapshot import render_snapshot
 

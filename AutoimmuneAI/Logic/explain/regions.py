@@ -12,6 +12,7 @@ label in the labelmap, so the labelmap, the legend and ``prediction.json`` agree
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +168,60 @@ def evidence_regions(
             )
         )
     return labelmap, regions
+
+
+# Names of the template's region labels (synth.anatomy.LABELS), as clinicians say them for
+# dissemination in space.
+LOCATION_NAMES = {
+    1: "periventricular",
+    2: "juxtacortical",
+    3: "infratentorial",
+    4: "deep grey matter",
+    5: "other white matter",
+}
+_MIDLINE_MM = 4.0
+_SEARCH_MM = 8.0
+
+
+def anatomical_location(centroid_mni: np.ndarray) -> str:
+    """Where an MNI point lies: side and region of the template's region map, e.g.
+    "left periventricular"; the nearest labelled voxel within 8 mm when the point falls on
+    CSF, and "outside the brain parenchyma" when none is that close."""
+    from ..synth.anatomy import load_anatomy  # the template's region map
+
+    anat = load_anatomy(2)
+    xyz = np.asarray(centroid_mni, dtype=np.float64)[:3]
+    ijk = np.linalg.inv(anat.affine) @ np.r_[xyz, 1.0]
+    centre = np.rint(ijk[:3]).astype(int)
+    reach = int(np.ceil(_SEARCH_MM / anat.voxel_mm))
+    lo = np.maximum(centre - reach, 0)
+    hi = np.minimum(centre + reach + 1, anat.shape)
+    if np.any(hi <= lo):
+        return "outside the brain parenchyma"
+    box = anat.label_map[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    found = np.argwhere(box > 0)
+    if len(found) == 0:
+        return "outside the brain parenchyma"
+    distance = np.linalg.norm((found + lo - ijk[:3]) * anat.voxel_mm, axis=1)
+    if distance.min() > _SEARCH_MM:
+        return "outside the brain parenchyma"
+    label = int(box[tuple(found[int(np.argmin(distance))])])
+    side = "midline" if abs(xyz[0]) < _MIDLINE_MM else ("right" if xyz[0] > 0 else "left")
+    return f"{side} {LOCATION_NAMES[label]}"
+
+
+def name_by_anatomy(
+    regions: list[Region], class_name: str, to_template: np.ndarray
+) -> list[Region]:
+    """The regions renamed by location ("Evidence for MS — left periventricular, 2.4 mL, 31%");
+    ``to_template`` maps the patient's RAS mm to MNI mm (the inverse of the registration)."""
+    out = []
+    for r in regions:
+        mni = to_template @ np.r_[np.asarray(r.centroid_ras, dtype=np.float64), 1.0]
+        where = anatomical_location(mni[:3])
+        name = (
+            f"Evidence for {class_name} — {where}, "
+            f"{_format_ml(r.volume_ml)} mL, {100 * r.share:.0f}%"
+        )
+        out.append(dataclasses.replace(r, name=name))
+    return out
