@@ -1,0 +1,84 @@
+"""The preprocessing stage end to end: a whole-head cohort, train with it, the bundle records it,
+predict uses it and reports its quality, results come back in the patient's geometry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from autoimmuneai.model.bundle import load_bundle
+from autoimmuneai.preprocess.pipeline import Preprocessor
+from autoimmuneai.synth import SynthConfig, generate_cohort
+from autoimmuneai.training.trainer import TrainConfig, train_bundle
+
+
+@pytest.fixture(scope="module")
+def head_cohort(tmp_path_factory) -> Path:
+    cfg = SynthConfig()
+    cfg.scan["acquisitions"] = {"3d_2mm": 0.5, "2d_axial": 0.5}
+    cfg.scan["inplane_mm"] = [1.6, 1.6]
+    out = tmp_path_factory.mktemp("heads")
+    return generate_cohort(out, 10, 0, workers=2, progress=False, config=cfg, anatomy="head")
+
+
+def test_head_cohort_carries_the_truth(head_cohort: Path) -> None:
+    root = head_cohort.parent
+    scans = json.loads((root / "scans.json").read_text())
+    assert len(scans) == 10
+    assert {s["acquisition"] for s in scans.values()} <= {"3d_2mm", "2d_axial"}
+    case, truth = next(iter(scans.items()))
+    image = nib.load(root / f"images/{case}_flair.nii.gz")
+    brain = nib.load(root / truth["brain_mask"])
+    lesions = nib.load(root / f"masks/{case}_lesions.nii.gz")
+    assert image.shape == brain.shape == lesions.shape
+    assert np.allclose(image.affine, brain.affine)
+    volume_ml = brain.get_fdata().sum() * np.prod(brain.header.get_zooms()) / 1000
+    assert 1200 < volume_ml < 2600  # a brain, not a head
+    head_voxels = (image.get_fdata() > 0.3 * np.percentile(image.get_fdata(), 99)).sum()
+    assert head_voxels > 1.5 * brain.get_fdata().sum()  # skull, scalp and neck around it
+    pose = np.asarray(truth["template_to_image_ras"])
+    assert pose.shape == (4, 4) and abs(np.linalg.det(pose[:3, :3]) - 1) < 0.5
+    # the same patients as the brain-only cohort: identical labs and diagnoses
+    brain_only = generate_cohort(root / "brain_only", 10, 0, workers=1, progress=False)
+    assert (
+        brain_only.read_text().split("\n")[1].split(",")[3:]
+        == head_cohort.read_text().split("\n")[1].split(",")[3:]
+    )
+
+
+def test_train_records_the_preprocessing_and_predict_uses_it(head_cohort: Path, tmp_path) -> None:
+    config = TrainConfig(
+        epochs=1,
+        preprocessing="mni152",
+        grid_shape=(16, 20, 16),
+        grid_spacing=10.0,
+        channels=(4, 8),
+        strides=(2, 2),
+    )
+    bundle_dir = train_bundle(head_cohort, tmp_path / "bundle", config, progress=False)
+    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    assert meta["preprocessing"]["grid"]["pipeline"] == "mni152_affine_v1"
+    bundle = load_bundle(bundle_dir)
+    assert isinstance(bundle.grid, Preprocessor)
+
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.inference.predictor import Predictor
+
+    cohort = load_cohort(head_cohort, panel=bundle.panel)
+    case = cohort.cases[0]
+    from autoimmuneai.data.imaging import load_volume
+
+    volume = load_volume(case.images["flair"])
+    predictor = Predictor(bundle)
+    result = predictor.predict(volume, case.labs, case.case_id).to_json()
+    quality = result["quality"]
+    assert quality["registration_ncc"] > 0.35 and quality["brain_coverage"] > 0.99
+    assert quality["warnings"] == []
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-5
+    prepared = predictor.prepare(volume, case.labs)
+    back = bundle.grid.to_input(prepared.sample.tensor, prepared.sample)
+    assert back.shape == volume.shape  # model-grid arrays come back on the patient's voxels
