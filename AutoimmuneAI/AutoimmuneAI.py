@@ -451,6 +451,10 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not ensureDependencies():  # reading a manifest needs pandas (and openpyxl)
                 return
             self.ui.cohortCaseComboBox.addItems(_lib().labform.caseIds(path))
+            panel = self._panel()
+            warnings = _lib().labform.cohortWarnings(path, panel) if panel is not None else []
+            if warnings:
+                slicer.util.warningDisplay("\n".join(warnings), windowTitle=_("Cohort file"))
 
     def onLoadCase(self):
         with slicer.util.tryWithErrorDisplay(_("Cannot load the case's lab values.")):

@@ -114,6 +114,14 @@ def readCohortCase(manifestPath: str | Path, caseId: str, panel: Panel) -> dict[
     return {f.name: str(row[f.name]) for f in panel.features if f.name in table.columns}
 
 
+def cohortWarnings(manifestPath: str | Path, panel: Panel) -> list[str]:
+    """Columns of the manifest the panel does not know (with the closest panel feature) and labs
+    missing on every row: shown when a cohort file is picked, as ``validate`` prints them."""
+    from autoimmuneai.data.cohort import cohort_warnings
+
+    return cohort_warnings(manifestPath, panel)
+
+
 def caseIds(manifestPath: str | Path) -> list[str]:
     """The case ids of a manifest, in file order (for the "load from cohort file" picker)."""
     from autoimmuneai.data.cohort import read_manifest

@@ -211,6 +211,13 @@ def test_every_listed_script_and_resource_exists_and_every_py_is_listed():
         for p in (MODULE_DIR / "Resources" / "Panels").glob("*.json")
     )
     assert panels and not uncovered(panels, resources, panel_globs)
+    template_globs = glob_patterns("AUTOIMMUNEAI_TEMPLATES")
+    templates = sorted(
+        p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Logic").rglob("*.j2")
+    )
+    assert templates and not uncovered(templates, resources, template_globs), (
+        "a template the package reads is not shipped by AutoimmuneAI/CMakeLists.txt"
+    )
     for resource in (
         "Resources/UI/AutoimmuneAI.ui",
         "Resources/Icons/AutoimmuneAI.png",

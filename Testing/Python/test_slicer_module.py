@@ -53,6 +53,7 @@ from AutoimmuneAILib import registerPackage  # noqa: E402
 from AutoimmuneAILib.labform import (  # noqa: E402
     checkEntry,
     checkSerology,
+    cohortWarnings,
     formRows,
     readCohortCase,
     readTable,
@@ -435,6 +436,7 @@ SLICER_API: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "slicer.util.confirmOkCancelDisplay": (UTIL, "def confirmOkCancelDisplay(", BOTH),
     "slicer.util.createProgressDialog": (UTIL, "def createProgressDialog(", BOTH),
     "slicer.util.errorDisplay": (UTIL, "def errorDisplay(", BOTH),
+    "slicer.util.warningDisplay": (UTIL, "def warningDisplay(", BOTH),
     "slicer.util.loadUI": (UTIL, "def loadUI(", BOTH),
     "slicer.util.pip_install": (UTIL, "def pip_install(", BOTH),  # install.py (5.10)
     "slicer.util.resetThreeDViews": (UTIL, "def resetThreeDViews(", BOTH),
@@ -1345,3 +1347,15 @@ def test_requirements_file_reads_as_slicer_5_12_reads_it():
     requirements = [Requirement(line) for line in lines if line and not line.startswith(("#", "-"))]
     assert requirements and all("#" not in str(r) for r in requirements)
     assert "torch" in {r.name for r in requirements}
+
+
+def test_a_misspelt_lab_column_of_the_cohort_file_is_named_with_the_closest_feature(
+    tmp_path, panel
+):
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("case_id,AQP4,age,sex\np1,1:160,41,F\np2,neg,35,M\n", encoding="utf-8")
+    warnings = cohortWarnings(manifest, panel)
+    assert any("AQP4" in w and "aqp4_igg" in w for w in warnings), warnings
+    clean = tmp_path / "clean.csv"
+    clean.write_text("case_id,aqp4_igg,age,sex\np1,1:160,41,F\n", encoding="utf-8")
+    assert not any("AQP4" in w or "aqp4_igg?" in w for w in cohortWarnings(clean, panel))
