@@ -31,14 +31,19 @@ from pathlib import Path
 
 import pytest
 
-SLOW_FIXTURES = frozenset({"tiny_bundle", "tiny_demo"})
-"""Fixtures that train a model: a test that uses one (directly or through another) is slow."""
+SLOW_FIXTURES = frozenset({"tiny_bundle", "tiny_demo", "toy"})
+"""Fixtures that train a model (``toy``: test_explain's): a test that uses one, directly or
+through another fixture, is slow."""
+SLOW_MODULES = frozenset({"test_training", "test_distributed"})
+"""Test files whose every test trains a model of its own."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``slow`` every test whose fixtures include a trained bundle or the demo."""
+    """Mark ``slow`` every test that trains a model or needs the trained bundle or demo."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        module = getattr(item, "module", None)
+        in_slow_module = module is not None and module.__name__ in SLOW_MODULES
+        if in_slow_module or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

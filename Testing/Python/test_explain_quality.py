@@ -51,6 +51,7 @@ def test_rank_correlation_over_a_mask():
     assert rank_correlation(a, np.zeros_like(a), mask) == 0.0
 
 
+@pytest.mark.slow  # trains the toy model (once per process)
 def test_randomisation_cascade_is_top_down():
     model, _ = trained_toy()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -63,6 +64,7 @@ def test_randomisation_cascade_is_top_down():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
 
 
+@pytest.mark.slow  # trains the toy model (once per process)
 def test_deletion_curves_start_together_and_areas_match():
     model, encoder = trained_toy()
     image, values, missing, _ = toy_case(MS, 71)
@@ -93,6 +95,7 @@ def test_deletion_curves_start_together_and_areas_match():
         )
 
 
+@pytest.mark.slow  # trains the toy model (once per process)
 def test_deletion_goes_by_magnitude_and_fills_with_the_opened_image():
     """A map that is large and NEGATIVE on a few voxels deletes exactly those first."""
     model, encoder = trained_toy()
@@ -113,6 +116,7 @@ def test_deletion_goes_by_magnitude_and_fills_with_the_opened_image():
     assert curves["attribution"][1] == pytest.approx(p, abs=1e-6)
 
 
+@pytest.mark.slow  # trains the toy model (once per process)
 def test_quality_report_on_the_toy_model():
     model, encoder = trained_toy()
     cases = toy_quality_cases(encoder, (81, 82))
