@@ -103,14 +103,7 @@ class Preprocessor:
         values = ndi.affine_transform(
             source, to_voxel[:3, :3], to_voxel[:3, 3], output_shape=self.shape, order=1, cval=0.0
         )
-        inside = ndi.affine_transform(
-            np.ones(volume.shape, np.float32),
-            to_voxel[:3, :3],
-            to_voxel[:3, 3],
-            output_shape=self.shape,
-            order=0,
-            cval=0.0,
-        ).astype(bool)
+        inside = _inside(to_voxel, self.shape, volume.shape)
         if self.bias:
             log_field, field_affine = log_bias_field(image)
             to_field = np.linalg.inv(field_affine) @ matrix @ grid
@@ -275,6 +268,14 @@ def _edge_contrast(z: np.ndarray, brain: np.ndarray, inside: np.ndarray) -> floa
     if not inner.any() or not around.any():
         return 0.0
     return float(np.median(z[inner]) - np.median(z[around]))
+
+
+def _inside(to_voxel: np.ndarray, shape: tuple, source_shape: tuple) -> np.ndarray:
+    """Grid voxels whose source position lies inside the source image's field of view."""
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    src = to_voxel[:3, :3].astype(np.float32) @ ijk + to_voxel[:3, 3:4].astype(np.float32)
+    limit = np.asarray(source_shape, np.float32)[:, None] - 0.5
+    return np.all((src >= -0.5) & (src <= limit), axis=0).reshape(shape)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
