@@ -143,6 +143,13 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voxel-size", type=float, default=2.0, help="mm (default 2)")
     p.add_argument("--oblique", type=float, default=0.0, help="rotate the image grid by DEG")
     p.add_argument("--anisotropic", action="store_true", help="thick slices (anisotropic voxels)")
+    p.add_argument(
+        "--anatomy",
+        choices=["brain", "head"],
+        default="brain",
+        help="brain: skull-stripped images on one grid (default); head: clinical scans (whole "
+        "head, head pose, mixed 1 mm / 2D 4-6 mm / 2 mm acquisitions, scanner scale)",
+    )
     p.add_argument("--workers", type=int, default=None)
 
 
@@ -166,6 +173,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fusion", choices=["film", "concat"], default="film")
+    p.add_argument(
+        "--preprocessing",
+        choices=["model_grid", "mni152"],
+        default="model_grid",
+        help="model_grid: resample and z-score (skull-stripped images; default); mni152: bias "
+        "correction, registration to MNI152, brain mask (clinical scans)",
+    )
     p.add_argument("--alpha", type=float, default=0.1, help="conformal error rate")
     p.add_argument(
         "--conformal",
@@ -306,6 +320,7 @@ def _synth(args: argparse.Namespace) -> int:
         oblique_deg=args.oblique,
         anisotropic=args.anisotropic,
         workers=args.workers,
+        anatomy=args.anatomy,
     )
     print(f"wrote {args.cases} cases: {manifest}")
     return 0
@@ -339,6 +354,7 @@ def _train(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         fusion=args.fusion,
+        preprocessing=args.preprocessing,
         alpha=args.alpha,
         conformal_method=args.conformal,
         class_conditional=args.class_conditional,
