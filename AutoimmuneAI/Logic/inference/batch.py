@@ -29,10 +29,6 @@ class Outputs:
     case_ids: list[str]
     temperature: float = 1.0
 
-    @property
-    def probs_calibrated(self) -> np.ndarray:
-        return self.probs
-
 
 def infer(
     bundle,

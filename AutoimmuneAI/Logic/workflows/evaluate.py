@@ -274,7 +274,7 @@ def _baseline_outputs(
     try:
         res = run_network("image_only")
         out["image_only"] = ModelOutputs(
-            np.asarray(res.probs_calibrated, dtype=np.float64),
+            np.asarray(res.probs, dtype=np.float64),
             np.asarray(res.risk, dtype=np.float64),
             getattr(bundle, "image_only_baseline_hazard", None),
         )
@@ -338,7 +338,7 @@ def evaluate_bundle(
     steps.set_postfix_str("fused model")
     res = infer(bundle, arrays, which="fused")
     logits = np.asarray(res.logits, dtype=np.float64)
-    probs = np.asarray(res.probs_calibrated, dtype=np.float64)
+    probs = np.asarray(res.probs, dtype=np.float64)
     risk = np.asarray(res.risk, dtype=np.float64)
     labels = cohort.labels()
     times, events = cohort.survival()
