@@ -103,6 +103,18 @@ def test_second_panel_needs_no_code(tmp_path):
     )
 
 
+def test_a_panel_read_from_a_bundle_can_be_stored_again(tmp_path):
+    """A panel built from JSON alone (as a bundle's metadata holds it) keeps that JSON."""
+    from example_panel import EXAMPLE_PANEL
+
+    from autoimmuneai.data.panel import panel_from_dict
+
+    panel = panel_from_dict(EXAMPLE_PANEL, source=f"{tmp_path / 'bundle'} (panel)")
+    assert panel.to_dict() == EXAMPLE_PANEL
+    assert panel_from_dict(panel.to_dict()).feature_names == panel.feature_names
+    assert panel.to_dict() is not panel.to_dict()  # a copy: editing it leaves the panel alone
+
+
 @pytest.mark.parametrize(
     ("feature", "raw", "expected"),
     [("crp", "<5", 2.5), ("crp", ">800", 800.0), ("crp", "12", 12.0), ("aqp4_igg", "<1:10", 5.0)],

@@ -7,6 +7,7 @@ inputs, the Slicer form) reads the panel instead of hard-coding features.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,9 @@ class Panel:
     features: tuple[Feature, ...]
     description: str = ""
     source: str = ""
+    # the JSON the panel was built from, so that a panel read from a bundle (no file of its
+    # own) can be stored in another bundle
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -96,7 +100,9 @@ class Panel:
         return self.classes.index(name)
 
     def to_dict(self) -> dict:
-        """The panel as stored in a bundle (enough to rebuild it)."""
+        """The panel as stored in a bundle (enough to rebuild it): the JSON it was built from."""
+        if self.raw:
+            return copy.deepcopy(self.raw)
         return json.loads(Path(self.source).read_text(encoding="utf-8")) if self.source else {}
 
 
@@ -133,6 +139,7 @@ def panel_from_dict(data: dict, source: str | Path = "") -> Panel:
             features=features,
             description=str(data.get("description", "")),
             source=str(source),
+            raw=copy.deepcopy(data),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"panel is malformed: {exc!r}", file=where) from None
