@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "coverage": round(float(np.mean([m["coverage"] for m in rs])), 3),
                 "per_class_mean": np.round(np.mean([m["per_class"] for m in rs], 0), 3).tolist(),
                 "worst_class_mean": round(float(np.mean([m["worst_class"] for m in rs])), 3),
-                "worst_class_p10": round(float(np.quantile([m["worst_class"] for m in rs], 0.1)), 3),
+                "worst_class_p10": round(
+                    float(np.quantile([m["worst_class"] for m in rs], 0.1)), 3
+                ),
                 "mean_size": round(float(np.mean([m["mean_size"] for m in rs])), 3),
                 "mondrian_share": float(np.mean([m["mondrian"] for m in rs])),
             }
