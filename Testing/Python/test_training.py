@@ -228,3 +228,23 @@ def test_test_split_is_never_loaded_and_folds_are_reported(
     per_fold = [f["balanced_accuracy"] for f in cv["per_fold"]]
     assert cv["balanced_accuracy_mean"] == pytest.approx(np.nanmean(per_fold))
     assert cv["balanced_accuracy_std"] == pytest.approx(np.nanstd(per_fold))
+
+
+def test_augmentation_shift_neither_wraps_nor_draws_an_edge() -> None:
+    from autoimmuneai.training.trainer import augment_batch, shift_replicating_edges
+
+    background = -6.5  # model-grid images are z-scored on the head: the background is far below 0
+    x = torch.full((1, 8, 8, 8), background)
+    x[0, 6, 4, 4] = 3.0  # a bright spot near the high edge of axis 0
+    moved = shift_replicating_edges(x, (2, 0, 0))
+    assert float(moved.max()) == background  # pushed out, not wrapped round to the low edge
+    back = shift_replicating_edges(x, (-2, 0, 0))
+    assert float(back[0, 4, 4, 4]) == 3.0 and int((back == 3.0).sum()) == 1
+    assert float(back.min()) == background  # no stripe of another value along the edge
+    params = {
+        "flip": torch.tensor([False]),
+        "shift": torch.tensor([[-2, 0, 0]]),
+        "scale": torch.tensor([1.0]),
+        "offset": torch.tensor([0.0]),
+    }
+    torch.testing.assert_close(augment_batch(x[None], params)[0], back)
