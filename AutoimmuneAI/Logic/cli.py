@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError
+from .explain.methods import METHODS
 
 log = logging.getLogger("autoimmuneai")
 EXIT_OK = 0
@@ -246,7 +247,10 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--explain", action="store_true", help="attributions, evidence segments, scene")
     p.add_argument(
-        "--method", default=None, help="image attribution method (default: the bundle's)"
+        "--method",
+        default=None,
+        choices=METHODS,
+        help="image attribution method (default: the bundle's)",
     )
     p.add_argument("--target", default=None, help="class to explain (default: predicted)")
     p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete")

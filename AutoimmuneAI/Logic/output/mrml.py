@@ -43,7 +43,6 @@ SCENE_ROLES = (
 FILES: dict[str, str] = {role: CASE_FILES[role] for role in SCENE_ROLES}
 """File name of each role that ``scene.mrml`` references (from the output contract)."""
 
-LAB_COLUMNS = LAB_CONTRIBUTION_COLUMNS
 
 # Evidence regions are places the model looked at, not a diagnosis of tissue, so the standard
 # code makes no pathology claim: DICOM "Spatial and Relational Concept" / "Reference Region".
@@ -500,10 +499,10 @@ def add_result_nodes(scene: Any, prediction: Prediction, prefix: str = "") -> di
 
 def _lab_columns(lab_contributions: list[dict]) -> dict[str, list]:
     for row, item in enumerate(lab_contributions, start=1):
-        missing = [key for key in LAB_COLUMNS if key not in item]
+        missing = [key for key in LAB_CONTRIBUTION_COLUMNS if key not in item]
         if missing:
             raise InputError(f"lab contribution lacks {missing}", row=row, field=missing[0])
-    return {key: [item[key] for item in lab_contributions] for key in LAB_COLUMNS}
+    return {key: [item[key] for item in lab_contributions] for key in LAB_CONTRIBUTION_COLUMNS}
 
 
 def _survival_columns(survival: tuple[Sequence[float], Sequence[float]]) -> dict[str, list]:
