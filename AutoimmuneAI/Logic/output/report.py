@@ -223,16 +223,21 @@ def collect_metrics(sources: Sources) -> dict:
     if quality.is_file():
         metrics["explanation_quality"] = _load_json(quality)
     if sources.stages is not None:
-        stages = _load_json(sources.stages)
-        metrics["demo_run"] = {
-            "config": stages.get("config", {}),
-            "total_seconds": stages.get("total_seconds"),
-            "stages": {
-                name: {k: v for k, v in s.items() if k in ("seconds", "peak_rss_mb")}
-                for name, s in stages.get("stages", {}).items()
-            },
-        }
+        metrics["demo_run"] = demo_run_summary(_load_json(sources.stages))
     return metrics
+
+
+def demo_run_summary(stages: dict) -> dict:
+    """The demo's ``stages.json`` as ``metrics.json`` keeps it: settings, and each stage's time
+    and peak memory (also called by the demo once the report stage itself has finished)."""
+    return {
+        "config": stages.get("config", {}),
+        "total_seconds": stages.get("total_seconds"),
+        "stages": {
+            name: {k: v for k, v in s.items() if k in ("seconds", "peak_rss_mb")}
+            for name, s in stages.get("stages", {}).items()
+        },
+    }
 
 
 def _is_synthetic(sources: Sources) -> bool:

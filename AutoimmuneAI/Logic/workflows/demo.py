@@ -376,12 +376,28 @@ def run_demo(
         sum(s.get("seconds", 0.0) for s in stage_log.data["stages"].values()), 2
     )
     stage_log.save()
+    _record_run_in_metrics(out / "metrics.json", stage_log.data)
     log.info(
         "demo finished in %s -> open %s",
         _duration(time.perf_counter() - start),
         out / "report.html",
     )
     return 0
+
+
+def _record_run_in_metrics(metrics_path: Path, stages: dict) -> None:
+    """Put the finished run's stages, the report stage included, into ``metrics.json``: the
+    report stage writes that file before its own time is known."""
+    from ..output.report import demo_run_summary
+
+    if not metrics_path.is_file():
+        return
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    summary = json_safe(demo_run_summary(stages))
+    if metrics.get("demo_run") == summary:
+        return  # a resumed run that recomputed nothing leaves the file as it was
+    metrics["demo_run"] = summary
+    write_text(metrics_path, json.dumps(json_safe(metrics), indent=2, allow_nan=False))
 
 
 def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
