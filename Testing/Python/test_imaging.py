@@ -24,6 +24,7 @@ from autoimmuneai.data.imaging import (
     voxel_to_ras,
 )
 from autoimmuneai.errors import ImageError, InputError
+from autoimmuneai.preprocess.brain_mask import dice
 from autoimmuneai.preprocess.model_grid import ModelGrid
 
 # ---------------------------------------------------------------------------------------
@@ -202,8 +203,8 @@ def test_model_grid_map_of_the_cube_lands_on_the_cube(
     label = grid.to_input(marked, sample, mode="nearest")
     assert set(np.unique(label)) <= {0.0, 1.0}
     hit = label > 0.5
-    dice = 2 * np.logical_and(hit, truth).sum() / (hit.sum() + truth.sum())
-    assert dice > 0.8, f"{fmt}: Dice {dice:.3f}"
+    overlap = dice(hit, truth)
+    assert overlap > 0.8, f"{fmt}: Dice {overlap:.3f}"
 
     soft = grid.to_input(marked, sample, mode="linear")
     saved = save_volume(Volume(soft, loaded.affine), tmp_path / f"map{fmt}.nrrd")
