@@ -10,7 +10,7 @@ Usage (Slicer Python console)::
 
     from AutoimmuneAILib.logic import AutoimmuneAILogic
     logic = AutoimmuneAILogic()
-    result = logic.process(getNode("FLAIR"), {"aqp4_igg": "1:640", "ocb": "neg"},
+    result = logic.process(getNode("FLAIR"), {"lab_a": "1:640", "lab_b": "neg"},
                            "/data/bundle", explain=True)
     result.predicted, result.predictionSet, result.nodes["segmentation"]
     summary = logic.processCohort("/data/cohort.csv", "/data/bundle", "/data/out")

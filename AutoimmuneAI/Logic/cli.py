@@ -234,14 +234,14 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="a lab value of the --image case, as on a lab sheet (repeatable): "
-        "--lab aqp4_igg=1:160 --lab ocb=neg; labs not given are missing",
+        "--lab NAME=1:160 --lab OTHER=neg (names as in the panel); labs not given are missing",
     )
     p.add_argument(
         "--labs",
         type=Path,
         default=None,
         metavar="JSON",
-        help='the --image case\'s labs as a JSON object: {"aqp4_igg": "1:160", "ocb": "neg"}',
+        help='the --image case\'s labs as a JSON object: {"NAME": "1:160", "OTHER": "neg"}',
     )
     p.add_argument("--case-id", default=None, help="id of the --image case (default: file name)")
     p.add_argument("--out", type=Path, required=True)
@@ -453,7 +453,10 @@ def _single_case_labs(args: argparse.Namespace) -> dict[str, object] | None:
         except (OSError, ValueError) as exc:
             raise InputError(f"not readable JSON ({exc})", file=args.labs, field="--labs") from None
         if not isinstance(data, dict):
-            raise InputError('expected a JSON object such as {"aqp4_igg": "1:160"}', file=args.labs)
+            raise InputError(
+                'expected a JSON object of lab name -> value, such as {"NAME": "1:160"}',
+                file=args.labs,
+            )
         labs.update({str(k): "" if v is None else v for k, v in data.items()})
     for item in args.lab:
         name, sep, value = item.partition("=")

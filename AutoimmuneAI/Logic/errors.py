@@ -39,7 +39,7 @@ class InputError(Exception):
 
 
 def describe_field(name: str) -> str:
-    """``column c3`` for a manifest column, ``option --alpha`` for a command-line option."""
+    """``column lab_a`` for a manifest column, ``option --alpha`` for a command-line option."""
     return f"option {name}" if name.startswith("-") else f"column {name}"
 
 

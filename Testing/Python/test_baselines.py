@@ -115,7 +115,7 @@ def _rows(*cases: dict) -> np.ndarray:
 
 def test_criteria_rules_on_hand_made_rows():
     crit = CriteriaBaseline.for_panel(PANEL)
-    assert crit.applicable and crit.thresholds["mog_positive"] == 100.0
+    assert crit.thresholds["mog"] == 100.0 and crit.thresholds["aqp4_high"] == 320.0
     rows = _rows(
         {"aqp4_igg": 160, "mog_igg": 0, "ocb": 1},  # AQP4 positive wins over OCB
         {"aqp4_igg": 160, "mog_igg": 400},  # rule order: NMOSD before MOGAD
@@ -142,7 +142,7 @@ def test_criteria_rules_on_hand_made_rows():
         "SVD",
         "SVD",
     ]
-    assert crit.sle_points(rows).tolist() == [0, 0, 0, 0, 6, 5, 6, 6, 6, 0, 0]
+    assert crit.score("sle_immunology_points", rows).tolist() == [0, 0, 0, 0, 6, 5, 6, 6, 6, 0, 0]
     p = crit.predict_proba(rows)
     assert p.shape == (11, 5)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
@@ -157,29 +157,96 @@ def test_criteria_rules_on_hand_made_rows():
     assert risk.tolist() == [0.0, 2.0, 3.0]  # low C3 and C4 count as one marker
 
 
-def test_criteria_round_trip_and_not_applicable_panel():
+def test_criteria_round_trip_and_panel_without_rules():
     crit = CriteriaBaseline.for_panel(PANEL)
     back = baseline_from_dict(json.loads(json.dumps(crit.to_dict())))
     rows = _rows({"aqp4_igg": 20}, {"mog_igg": 100}, {"ocb": 1})
     assert back.predict(rows).tolist() == ["NMOSD", "MOGAD", "MS"]
-    ra = panel_from_dict(
+    other = panel_from_dict(
         {
-            "name": "ra",
+            "name": "other",
             "channels": ["t1"],
-            "classes": [{"name": "RA"}, {"name": "other"}],
+            "classes": [{"name": "A"}, {"name": "B"}],
             "features": [
                 {"name": "rf", "kind": "continuous"},
                 {"name": "anti_ccp", "kind": "continuous"},
             ],
         }
     )
-    na = CriteriaBaseline.for_panel(ra)
-    assert not na.applicable and "not applicable" in na.reason and "aqp4_igg" in na.reason
-    with pytest.raises(ValueError, match="not applicable"):
-        na.predict_proba(np.zeros((2, 2)))
+    assert CriteriaBaseline.for_panel(other) is None
+    x, labels, times, events = _problem(120, d=3, c=2, seed=3)
+    inputs = BaselineInputs(x, np.zeros((120, 2)))
+    fitted = fit_baselines(other, inputs, labels, times, events)
+    assert set(fitted) == {"serology_only"}  # no rules published: the baseline is absent
+    assert set(baseline_outputs(fitted, inputs, other)) == {"serology_only"}
+    # an older bundle's criteria entry (no rules stored) falls back to the panel's rules
+    old = {"kind": "criteria", "feature_names": [], "classes": [], "thresholds": {}}
+    assert "criteria" not in baseline_outputs({"criteria": old}, inputs, other)
 
 
-# -- oracle -------------------------------------------------------------------------------
+def test_criteria_rules_are_data_a_new_panel_gets_its_own():
+    """A panel with its own rules and risk markers: the same code applies them."""
+    panel = panel_from_dict(
+        {
+            "name": "toy",
+            "channels": ["t1"],
+            "classes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
+            "features": [
+                {"name": "x", "kind": "continuous", "reference_high": 5.0},
+                {"name": "y", "kind": "binary"},
+            ],
+            "criteria": {
+                "markers": {
+                    "x_high": {"feature": "x", "op": ">", "threshold": "reference_high"},
+                    "y_pos": {"feature": "y", "threshold": 0.5},
+                },
+                "rules": [
+                    {"class": "B", "all": ["x_high", "y_pos"]},
+                    {"class": "C", "all": ["y_pos"]},
+                ],
+                "default": "A",
+                "risk_markers": [{"label": "x above reference", "any": ["x_high"]}],
+            },
+        }
+    )
+    crit = CriteriaBaseline.for_panel(panel)
+    rows = np.array([[6.0, 1.0], [5.0, 1.0], [9.0, 0.0], [np.nan, np.nan]])
+    assert crit.predict(rows).tolist() == ["B", "C", "A", "A"]
+    assert crit.predict_risk(rows).tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rules": [{"class": "Z", "all": ["y_pos"]}]}, "unknown class 'Z'"),
+        ({"markers": {"y_pos": {"feature": "q", "threshold": 1}}}, "unknown feature 'q'"),
+        (
+            {"markers": {"y_pos": {"feature": "y", "threshold": "positive_at"}}},
+            "has no positive_at",
+        ),
+        ({"markers": {"y_pos": {"feature": "y", "op": "=", "threshold": 1}}}, "has op '='"),
+        ({"default": "Q"}, "default class 'Q'"),
+    ],
+)
+def test_malformed_criteria_are_refused_with_the_problem(change, message):
+    from autoimmuneai.errors import InputError
+
+    crit = {
+        "markers": {"y_pos": {"feature": "y", "threshold": 0.5}},
+        "rules": [{"class": "B", "all": ["y_pos"]}],
+        "default": "A",
+    } | change
+    with pytest.raises(InputError, match=message):
+        panel_from_dict(
+            {
+                "name": "toy",
+                "channels": ["t1"],
+                "classes": [{"name": "A"}, {"name": "B"}],
+                "features": [{"name": "y", "kind": "binary"}],
+                "criteria": crit,
+            },
+            source="toy.json",
+        )
 
 
 def test_oracle_uses_truth_columns_and_beats_serology():

@@ -104,7 +104,6 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
     import csv
 
     from autoimmuneai.atomic import json_safe
-    from autoimmuneai.stats.baselines import CriteriaBaseline
     from autoimmuneai.stats.calibration import fit_temperature
     from autoimmuneai.stats.conformal import fit_conformal
     from autoimmuneai.stats.survival import risk_cutoffs
@@ -144,7 +143,7 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
         risk_cutoffs(risk[cal]),
         {
             "serology_only": weak,
-            "criteria": CriteriaBaseline(["x"], ["A", "B"]).to_dict() | {"applicable": False},
+            "criteria": {"available": False, "reason": "stored without its rules"},
         },
     )
     d = metrics["diagnosis"]
@@ -163,7 +162,7 @@ def test_evaluate_predictions_figures_and_table(tmp_path):
     sero = metrics["baselines"]["serology_only"]
     assert sero["diagnosis"]["balanced_accuracy"] < d["balanced_accuracy"]
     assert np.isnan(sero["progression"]["integrated_brier_score"])  # no baseline hazard given
-    assert metrics["baselines"]["criteria"]["applicable"] is False
+    assert metrics["baselines"]["criteria"]["available"] is False
     comp = metrics["comparison"]
     assert comp["best_single_modality_balanced_accuracy"]["baseline"] == "serology_only"
     assert comp["fused_minus_best_single_balanced_accuracy"] == pytest.approx(

@@ -1,7 +1,7 @@
 """Cohort manifests: read CSV/TSV/XLSX, check every row against the panel, parse lab values.
 
 Row numbers are those a spreadsheet shows (the header is row 1, the first case row 2), so a
-message such as ``manifest.csv, row 7, column c3: ...`` points at the cell to fix.
+message such as ``manifest.csv, row 7, column lab_a: ...`` points at the cell to fix.
 """
 
 from __future__ import annotations
@@ -157,9 +157,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def manifest_warnings(table: pd.DataFrame, panel: Panel, path: str | Path) -> list[str]:
     """One line per column the panel does not know and per lab feature missing on every row.
 
-    A misspelt lab column (``AQP4`` for ``aqp4_igg``) would otherwise be ignored without a
+    A misspelt lab column (``IGGINDEX`` for ``igg_idx``) would otherwise be ignored without a
     word, and the model would see that lab as "not done" for every case. Unknown columns are
-    named with the closest panel column ("did you mean aqp4_igg?"); a feature whose column is
+    named with the closest panel column ("did you mean igg_idx?"); a feature whose column is
     absent or empty on every row is named with its label. Used by ``validate``, ``predict``
     and the Slicer module (through :func:`cohort_warnings`).
     """
@@ -187,7 +187,7 @@ def manifest_warnings(table: pd.DataFrame, panel: Panel, path: str | Path) -> li
 def closest_column(column: str, panel: Panel, known: list[str]) -> str | None:
     """The known column closest to ``column`` (by name or feature label), or None.
 
-    Compared case- and punctuation-blind (``AQP4`` ~ ``aqp4_igg`` ~ "AQP4-IgG") with
+    Compared case- and punctuation-blind (``IGGINDEX`` ~ ``igg_idx`` ~ "IgG-Idx") with
     difflib's similarity ratio.
     """
 
@@ -234,7 +234,7 @@ def single_case_cohort(
     """A one-case cohort from the command line: an image file and ``{feature: lab text}``.
 
     The labs are parsed exactly as manifest cells are; a name the panel does not know is
-    refused with the closest feature ("did you mean aqp4_igg?"), and features not given are
+    refused with the closest feature ("did you mean igg_idx?"), and features not given are
     missing. The case id defaults to the image's file name without its suffixes.
     """
     panel = panel if isinstance(panel, Panel) else load_panel(panel or "cns_autoimmune")

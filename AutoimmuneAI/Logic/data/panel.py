@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,15 @@ class Panel:
     features: tuple[Feature, ...]
     description: str = ""
     source: str = ""
+    # channels a case may lack (a zero image plus a missing flag); never the first one, the
+    # reference the others are registered with
+    optional_channels: tuple[str, ...] = ()
+    channel_descriptions: dict[str, str] = field(default_factory=dict)
+    # the published diagnostic rules on the labs (``criteria`` section, checked by
+    # :func:`check_criteria`); None: the panel has none and the criteria baseline is absent
+    criteria: dict | None = field(default=None, compare=False, repr=False)
+    # the progression endpoint that event_time / event record (name, label, description)
+    endpoint: dict[str, str] = field(default_factory=dict, compare=False)
     # the JSON the panel was built from, so that a panel read from a bundle (no file of its
     # own) can be stored in another bundle
     raw: dict = field(default_factory=dict, compare=False, repr=False)
@@ -98,6 +108,11 @@ class Panel:
 
     def class_index(self, name: str) -> int:
         return self.classes.index(name)
+
+    @property
+    def required_channels(self) -> tuple[str, ...]:
+        """The channels every case must have (the first one always among them)."""
+        return tuple(c for c in self.channels if c not in self.optional_channels)
 
     def to_dict(self) -> dict:
         """The panel as stored in a bundle (enough to rebuild it): the JSON it was built from."""
@@ -127,7 +142,9 @@ def panel_from_dict(data: dict, source: str | Path = "") -> Panel:
     try:
         classes = tuple(c["name"] for c in data["classes"])
         descriptions = {c["name"]: c.get("description", "") for c in data["classes"]}
-        channels = tuple(c["name"] if isinstance(c, dict) else str(c) for c in data["channels"])
+        channel_list = [c if isinstance(c, dict) else {"name": str(c)} for c in data["channels"]]
+        channels = tuple(str(c["name"]) for c in channel_list)
+        optional = tuple(str(c["name"]) for c in channel_list if c.get("optional", False))
         features = tuple(_feature_from_dict(f) for f in data["features"])
         panel = Panel(
             name=str(data["name"]),
@@ -139,10 +156,21 @@ def panel_from_dict(data: dict, source: str | Path = "") -> Panel:
             features=features,
             description=str(data.get("description", "")),
             source=str(source),
+            optional_channels=optional,
+            channel_descriptions={
+                str(c["name"]): str(c.get("description", "")) for c in channel_list
+            },
+            criteria=copy.deepcopy(data["criteria"]) if data.get("criteria") else None,
+            endpoint={
+                "name": "progression",
+                "label": "progression",
+                **{str(k): str(v) for k, v in data.get("endpoint", {}).items()},
+            },
             raw=copy.deepcopy(data),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"panel is malformed: {exc!r}", file=where) from None
+    _check_channels(panel, where)
     if len(set(classes)) != len(classes) or len(classes) < 2:
         raise InputError("panel needs at least two distinct classes", file=where)
     names = [f.name for f in features]
@@ -155,7 +183,99 @@ def panel_from_dict(data: dict, source: str | Path = "") -> Panel:
             )
         if f.kind == "categorical" and not f.categories:
             raise InputError(f"categorical feature {f.name!r} lists no categories", file=where)
+    if panel.criteria is not None:
+        problem = check_criteria(panel.criteria, panel)
+        if problem:
+            raise InputError(f"panel criteria: {problem}", file=where)
     return panel
+
+
+def _check_channels(panel: Panel, where: str) -> None:
+    channels = panel.channels
+    if not channels:
+        raise InputError("panel declares no image channels", file=where)
+    if len(set(channels)) != len(channels):
+        raise InputError("panel has duplicate channel names", file=where)
+    bad = [c for c in channels if not re.fullmatch(r"[a-z][a-z0-9_]*", c)]
+    if bad:
+        raise InputError(
+            f"channel name {bad[0]!r} must be lower-case letters, digits and _ "
+            "(it becomes the manifest column image_<channel>)",
+            file=where,
+        )
+    if channels[0] in panel.optional_channels:
+        raise InputError(
+            f"the first channel {channels[0]!r} cannot be optional: the other channels are "
+            "registered with it",
+            file=where,
+        )
+
+
+CRITERIA_OPS = (">=", ">", "<=", "<")
+THRESHOLD_FIELDS = ("positive_at", "reference_high", "reference_low")
+
+
+def check_criteria(criteria: dict, panel: Panel) -> str:
+    """The first problem of a panel's ``criteria`` section, or "" when it is sound.
+
+    The section (docs/contracts.md, *Panel criteria*) has ``markers`` (name -> feature, op,
+    threshold: a number or the name of the feature's ``positive_at`` / ``reference_high`` /
+    ``reference_low``), optional ``scores`` (name -> ``domains``: lists of items ``{"all" |
+    "any": [markers], "points": n}``; each domain gives the points of its first item met),
+    ordered ``rules`` (``class`` and ``all``: markers or ``{"score", "at_least"}``), the
+    ``default`` class when no rule fires, and optional ``risk_markers`` (``label``, ``any``).
+    """
+    try:
+        return _criteria_problem(criteria, panel)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"malformed ({exc!r})"
+
+
+def _criteria_problem(criteria: dict, panel: Panel) -> str:  # noqa: C901 (one check per key)
+    markers = criteria["markers"]
+    if not isinstance(markers, dict) or not markers:
+        return "'markers' must name at least one marker"
+    for name, m in markers.items():
+        if m["feature"] not in panel.feature_names:
+            return f"marker {name!r} reads unknown feature {m['feature']!r}"
+        if m.get("op", ">=") not in CRITERIA_OPS:
+            return f"marker {name!r} has op {m.get('op')!r} (one of {', '.join(CRITERIA_OPS)})"
+        th = m["threshold"]
+        if isinstance(th, str):
+            if th not in THRESHOLD_FIELDS:
+                return f"marker {name!r} threshold {th!r} is neither a number nor one of {THRESHOLD_FIELDS}"
+            if getattr(panel.feature(m["feature"]), th) is None:
+                return f"marker {name!r}: feature {m['feature']!r} has no {th}"
+        else:
+            float(th)
+    scores = criteria.get("scores", {})
+    for name, sc in scores.items():
+        for domain in sc["domains"]:
+            for item in domain:
+                used = item.get("all", item.get("any"))
+                if not used or any(u not in markers for u in used):
+                    return f"score {name!r} uses an unknown marker or no marker ({used})"
+                float(item["points"])
+    rules = criteria["rules"]
+    if not rules:
+        return "'rules' is empty"
+    for i, rule in enumerate(rules):
+        if rule["class"] not in panel.classes:
+            return f"rule {i + 1} names unknown class {rule['class']!r}"
+        for cond in rule["all"]:
+            if isinstance(cond, str):
+                if cond not in markers:
+                    return f"rule {i + 1} uses unknown marker {cond!r}"
+            elif cond["score"] not in scores:
+                return f"rule {i + 1} uses unknown score {cond['score']!r}"
+            else:
+                float(cond["at_least"])
+    if criteria["default"] not in panel.classes:
+        return f"default class {criteria['default']!r} is not a class of the panel"
+    for rm in criteria.get("risk_markers", []):
+        if not rm.get("any") or any(u not in markers for u in rm["any"]):
+            return f"risk marker {rm.get('label')!r} uses an unknown marker or none"
+    return ""
 
 
 def _feature_from_dict(d: dict) -> Feature:

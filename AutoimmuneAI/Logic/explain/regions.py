@@ -35,7 +35,7 @@ class Region:
     """One connected evidence region of one band."""
 
     label: int  # value in the labelmap (1 = largest share)
-    name: str  # "Evidence for MS — region 1, 2.4 mL, 31%"
+    name: str  # "Evidence for <class> — region 1, 2.4 mL, 31%"
     band: str  # "top 1%" or "top 5%"
     volume_ml: float
     share: float  # fraction of the map's total positive attribution inside the region
@@ -213,7 +213,7 @@ def anatomical_location(centroid_mni: np.ndarray) -> str:
 def name_by_anatomy(
     regions: list[Region], class_name: str, to_template: np.ndarray
 ) -> list[Region]:
-    """The regions renamed by location ("Evidence for MS — left periventricular, 2.4 mL, 31%");
+    """The regions renamed by location ("Evidence for <class> — left periventricular, 2.4 mL, 31%");
     ``to_template`` maps the patient's RAS mm to MNI mm (the inverse of the registration)."""
     out = []
     for r in regions:

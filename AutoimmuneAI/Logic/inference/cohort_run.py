@@ -71,7 +71,7 @@ class BatchResult:
 
 
 def _failure_line(error: dict) -> str:
-    """``case X, row 7, column c3: reason``: one errors.csv row as the summary shows it."""
+    """``case X, row 7, column lab_a: reason``: one errors.csv row as the summary shows it."""
     where = [f"case {error['case_id']}"] if error.get("case_id") else []
     if error.get("row") not in ("", None):
         where.append(f"row {error['row']}")

@@ -70,9 +70,9 @@ class Predictor:
     """Load a bundle once, predict many cases.
 
     >>> predictor = Predictor("bundle/")                       # doctest: +SKIP
-    >>> result = predictor.predict(load_volume("flair.nii.gz"), {"aqp4_igg": "1:160"})  # doctest: +SKIP
+    >>> result = predictor.predict(load_volume("case.nii.gz"), {"lab_a": "1:160"})  # doctest: +SKIP
     >>> result.prediction_set                                  # doctest: +SKIP
-    ['NMOSD']
+    ['class A']
     """
 
     def __init__(self, bundle: Bundle | str | Path, *, alpha: float | None = None) -> None:

@@ -3,7 +3,8 @@
 - ``serology_only``: what a researcher would fit first: multinomial logistic regression
   (scikit-learn, balanced class weights) and a Cox model (lifelines, small ridge penalty) on
   the encoded serology.
-- ``criteria``: published diagnostic criteria applied to the parsed lab values (no learning).
+- ``criteria``: the published diagnostic criteria of the panel's ``criteria`` section applied
+  to the parsed lab values (no learning); absent for a panel that publishes no rules.
 - ``oracle``: the same simple models on the synthetic generator's latent truth (``truth.csv``)
   plus the serology: the ceiling a model could reach from what the images encode.
 
@@ -19,6 +20,7 @@ summary and ``evaluate`` both get their figures from :func:`baseline_outputs`.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,103 +263,64 @@ class SerologyBaseline:
 # --------------------------------------------------------------------------------------
 # criteria baseline
 
-CRITERIA_CLASSES = ("MS", "NMOSD", "MOGAD", "NPSLE", "SVD")
-CRITERIA_REQUIRED = ("aqp4_igg", "mog_igg", "ana", "ocb")
-# EULAR/ACR 2019 SLE classification, immunology domains (weights of the published criteria).
-SLE_POINTS = {"low_c3_or_c4": 3, "low_c3_and_c4": 4, "dsdna_or_sm": 6, "antiphospholipid": 2}
-# Classification needs >= 10 points with >= 1 clinical item. Clinical items are not in the
-# data; every case here presents with a neurological event, which we credit as 4 points
-# (between psychosis 3 and seizure 5), so the immunology domains must reach 6.
-SLE_IMMUNOLOGY_THRESHOLD = 6
-DEFAULT_THRESHOLDS = {
-    "aqp4_positive": 10.0,  # cell-based assay, reciprocal titre
-    "aqp4_high": 320.0,
-    "mog_positive": 100.0,  # MOGAD 2023: clear positive >= 1:100
-    "ana_positive": 80.0,  # EULAR/ACR 2019 entry criterion
-    "dsdna_high": 30.0,  # IU/mL upper reference limit
-    "c3_low": 0.9,  # g/L
-    "c4_low": 0.1,  # g/L
-    "wbc_high": 5.0,  # cells/uL
-}
 # One-hot rule output smoothed so that log-loss and calibration stay finite.
 CRITERIA_SMOOTHING = 0.05
-# Adverse markers for the rule risk score (relapse risk factors in docs/clinical_priors.md).
-RISK_MARKERS = (
-    "ocb positive (MS relapse HR 2.2)",
-    "AQP4-IgG >= 1:320 (higher NMOSD relapse rate)",
-    "ANA >= 1:80 (NMOSD RR 2.2)",
-    "low C3 or C4 (SLE flares)",
-    "antiphospholipid positive",
-    "CSF WBC > 5/uL (pleocytosis)",
-    "MOG-IgG >= 1:100 (MOGAD relapse)",
-)
+_OPS = {
+    ">=": np.greater_equal,
+    ">": np.greater,
+    "<=": np.less_equal,
+    "<": np.less,
+}
+
+
+def resolve_criteria(panel: Panel) -> dict | None:
+    """The panel's ``criteria`` section with every named threshold (``positive_at`` ...)
+    replaced by the feature's number, or None when the panel publishes no rules."""
+    if panel.criteria is None:
+        return None
+    spec = copy.deepcopy(panel.criteria)
+    for m in spec["markers"].values():
+        m.setdefault("op", ">=")
+        if isinstance(m["threshold"], str):
+            m["threshold"] = float(getattr(panel.feature(m["feature"]), m["threshold"]))
+        else:
+            m["threshold"] = float(m["threshold"])
+    return spec
 
 
 class CriteriaBaseline:
-    """Rules from published criteria on parsed lab values; no fitting.
+    """Published criteria, read from the panel's ``criteria`` section, on parsed lab values.
 
-    In order: AQP4-IgG positive -> NMOSD; MOG-IgG >= 1:100 -> MOGAD; ANA >= 1:80 and
-    EULAR/ACR 2019 immunology points >= ``SLE_IMMUNOLOGY_THRESHOLD`` -> NPSLE; OCB positive ->
-    MS; else SVD. A missing test counts as not positive (the rule as applied in clinic).
-    Thresholds come from the panel (``positive_at``, reference limits). The risk score is the
-    number of adverse markers present (``RISK_MARKERS``). Applicable only to a panel that has
-    those five classes and at least the features in ``CRITERIA_REQUIRED``.
+    No fitting: each marker is a threshold on one lab (``markers``), scores add the points of
+    the first item met in each domain (``scores``, e.g. the EULAR/ACR 2019 immunology
+    domains), and the ordered ``rules`` give the class of the first rule whose conditions all
+    hold (``default`` when none does). A missing test counts as not positive (the rule as
+    applied in clinic). The risk score is the number of ``risk_markers`` present.
     """
 
     name = "criteria"
 
-    def __init__(
-        self,
-        feature_names: Sequence[str],
-        classes: Sequence[str],
-        thresholds: dict[str, float] | None = None,
-    ) -> None:
+    def __init__(self, spec: dict, feature_names: Sequence[str], classes: Sequence[str]) -> None:
+        self.spec = copy.deepcopy(spec)
         self.feature_names = list(feature_names)
         self.classes = list(classes)
-        self.thresholds = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
-        missing_classes = [c for c in CRITERIA_CLASSES if c not in self.classes]
-        missing_features = [f for f in CRITERIA_REQUIRED if f not in self.feature_names]
-        if missing_classes or missing_features:
-            self.applicable = False
-            self.reason = "not applicable: panel lacks " + ", ".join(
-                [f"class {c}" for c in missing_classes] + [f"feature {f}" for f in missing_features]
-            )
-        else:
-            self.applicable = True
-            self.reason = ""
 
     @classmethod
-    def for_panel(cls, panel: Panel) -> CriteriaBaseline:
-        """Rules with the panel's positivity thresholds (defaults where it gives none)."""
-        th = dict(DEFAULT_THRESHOLDS)
-        sources = {
-            "aqp4_igg": ("positive_at", "aqp4_positive"),
-            "mog_igg": ("positive_at", "mog_positive"),
-            "ana": ("positive_at", "ana_positive"),
-            "anti_dsdna": ("reference_high", "dsdna_high"),
-            "c3": ("reference_low", "c3_low"),
-            "c4": ("reference_low", "c4_low"),
-            "csf_wbc": ("reference_high", "wbc_high"),
-        }
-        for feature, (attr, key) in sources.items():
-            if feature in panel.feature_names:
-                v = getattr(panel.feature(feature), attr)
-                if v is not None:
-                    th[key] = float(v)
-        return cls(panel.feature_names, panel.classes, th)
+    def for_panel(cls, panel: Panel) -> CriteriaBaseline | None:
+        """The panel's rules with its thresholds; None when the panel has no criteria."""
+        spec = resolve_criteria(panel)
+        return None if spec is None else cls(spec, panel.feature_names, panel.classes)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Marker name -> threshold in the panel's unit."""
+        return {k: float(m["threshold"]) for k, m in self.spec["markers"].items()}
 
     def fit(self, *args: object, **kwargs: object) -> CriteriaBaseline:
         """Rules are not fitted; present for a uniform interface."""
         return self
 
-    def _col(self, values: np.ndarray, name: str) -> np.ndarray:
-        if name not in self.feature_names:
-            return np.full(values.shape[0], np.nan)
-        return values[:, self.feature_names.index(name)]
-
-    def _check(self, values: np.ndarray) -> np.ndarray:
-        if not self.applicable:
-            raise ValueError(f"criteria baseline {self.reason}")
+    def _values(self, values: np.ndarray) -> np.ndarray:
         values = np.atleast_2d(np.asarray(values, dtype=np.float64))
         if values.shape[1] != len(self.feature_names):
             raise ValueError(
@@ -365,49 +328,51 @@ class CriteriaBaseline:
             )
         return values
 
-    def _markers(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        th = self.thresholds
+    def markers(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """Marker name -> [n] bool: the lab passes the marker's threshold (missing: False)."""
+        values = self._values(values)
+        out = {}
         with np.errstate(invalid="ignore"):
-            c3_low = self._col(values, "c3") < th["c3_low"]
-            c4_low = self._col(values, "c4") < th["c4_low"]
-            return {
-                "aqp4": self._col(values, "aqp4_igg") >= th["aqp4_positive"],
-                "aqp4_high": self._col(values, "aqp4_igg") >= th["aqp4_high"],
-                "mog": self._col(values, "mog_igg") >= th["mog_positive"],
-                "ana": self._col(values, "ana") >= th["ana_positive"],
-                "dsdna": self._col(values, "anti_dsdna") > th["dsdna_high"],
-                "sm": self._col(values, "anti_sm") >= 0.5,
-                "apl": self._col(values, "antiphospholipid") >= 0.5,
-                "c3_low": c3_low,
-                "c4_low": c4_low,
-                "ocb": self._col(values, "ocb") >= 0.5,
-                "wbc": self._col(values, "csf_wbc") > th["wbc_high"],
-            }
+            for name, m in self.spec["markers"].items():
+                col = values[:, self.feature_names.index(m["feature"])]
+                out[name] = _OPS[m["op"]](col, float(m["threshold"])) & np.isfinite(col)
+        return out
 
-    def sle_points(self, values: np.ndarray) -> np.ndarray:
-        """EULAR/ACR 2019 immunology points per case (0 to 12)."""
-        m = self._markers(self._check(values))
-        complement = np.where(
-            m["c3_low"] & m["c4_low"],
-            SLE_POINTS["low_c3_and_c4"],
-            np.where(m["c3_low"] | m["c4_low"], SLE_POINTS["low_c3_or_c4"], 0),
-        )
-        return (
-            complement
-            + np.where(m["dsdna"] | m["sm"], SLE_POINTS["dsdna_or_sm"], 0)
-            + np.where(m["apl"], SLE_POINTS["antiphospholipid"], 0)
-        )
+    @staticmethod
+    def _met(item: dict, m: dict[str, np.ndarray], n: int) -> np.ndarray:
+        if "all" in item:
+            return np.logical_and.reduce([m[k] for k in item["all"]] + [np.ones(n, bool)])
+        return np.logical_or.reduce([m[k] for k in item["any"]] + [np.zeros(n, bool)])
+
+    def score(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Points of score ``name`` per case (each domain: the points of its first item met)."""
+        m = self.markers(values)
+        n = len(self._values(values))
+        total = np.zeros(n)
+        for domain in self.spec["scores"][name]["domains"]:
+            got = np.zeros(n)
+            for item in reversed(domain):  # the first item met wins
+                got = np.where(self._met(item, m, n), float(item["points"]), got)
+            total += got
+        return total
 
     def predict(self, values: np.ndarray) -> np.ndarray:
         """Class names [n] from the rules, applied in order."""
-        values = self._check(values)
-        m = self._markers(values)
-        sle = m["ana"] & (self.sle_points(values) >= SLE_IMMUNOLOGY_THRESHOLD)
-        out = np.where(
-            m["aqp4"],
-            "NMOSD",
-            np.where(m["mog"], "MOGAD", np.where(sle, "NPSLE", np.where(m["ocb"], "MS", "SVD"))),
-        )
+        values = self._values(values)
+        m = self.markers(values)
+        n = len(values)
+        out = np.full(n, self.spec["default"], dtype=object)
+        decided = np.zeros(n, bool)
+        for rule in self.spec["rules"]:
+            hold = np.ones(n, bool)
+            for cond in rule["all"]:
+                if isinstance(cond, str):
+                    hold &= m[cond]
+                else:
+                    hold &= self.score(cond["score"], values) >= float(cond["at_least"])
+            fire = hold & ~decided
+            out[fire] = rule["class"]
+            decided |= fire
         return out.astype(str)
 
     def predict_proba(self, values: np.ndarray) -> np.ndarray:
@@ -420,36 +385,37 @@ class CriteriaBaseline:
         return p
 
     def predict_risk(self, values: np.ndarray) -> np.ndarray:
-        """Number of adverse markers present (see ``RISK_MARKERS``), as a float risk score."""
-        m = self._markers(self._check(values))
-        keys = ("ocb", "aqp4_high", "ana", "apl", "wbc", "mog")
-        return sum(m[k].astype(float) for k in keys) + (m["c3_low"] | m["c4_low"]).astype(float)
+        """Number of the panel's ``risk_markers`` present, as a float risk score."""
+        values = self._values(values)
+        m = self.markers(values)
+        n = len(values)
+        risk = np.zeros(n)
+        for rm in self.spec.get("risk_markers", []):
+            risk += self._met({"any": rm["any"]}, m, n).astype(float)
+        return risk
 
     def outputs(self, inputs: BaselineInputs) -> ModelOutputs:
-        """Rule probabilities and the adverse-marker count on ``inputs.values``."""
-        return ModelOutputs(
-            self.predict_proba(inputs.values),
-            self.predict_risk(inputs.values),
-            None,
-            ["rule baseline: risk is a count of adverse markers (c-index only)"],
-        )
+        """Rule probabilities and the risk-marker count on ``inputs.values``."""
+        notes = ["rule baseline: class from the panel's published criteria"]
+        if self.spec.get("risk_markers"):
+            notes.append("risk is a count of the panel's risk markers (c-index only)")
+        risk = self.predict_risk(inputs.values) if self.spec.get("risk_markers") else None
+        return ModelOutputs(self.predict_proba(inputs.values), risk, None, notes)
 
     def to_dict(self) -> dict:
         return {
             "kind": self.name,
             "feature_names": self.feature_names,
             "classes": self.classes,
-            "thresholds": self.thresholds,
-            "sle_immunology_threshold": SLE_IMMUNOLOGY_THRESHOLD,
+            "spec": self.spec,
             "smoothing": CRITERIA_SMOOTHING,
-            "risk_markers": list(RISK_MARKERS),
-            "applicable": self.applicable,
-            "reason": self.reason,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> CriteriaBaseline:
-        return cls(d["feature_names"], d["classes"], d.get("thresholds"))
+        if "spec" not in d:
+            raise ValueError("stored without its rules (an older bundle): retrain")
+        return cls(d["spec"], d["feature_names"], d["classes"])
 
 
 # --------------------------------------------------------------------------------------
@@ -618,15 +584,17 @@ def fit_baselines(
 ) -> dict[str, Baseline]:
     """Fit every non-network baseline on the training cases; returns name -> baseline.
 
-    ``serology_only`` always, ``criteria`` always (it records when the panel does not fit the
-    rules), ``oracle`` when the training cohort has a truth table with latent columns. Their
+    ``serology_only`` always, ``criteria`` when the panel has a ``criteria`` section,
+    ``oracle`` when the training cohort has a truth table with latent columns. Their
     ``to_dict()`` is what ``train`` stores under ``baselines`` in the bundle.
     """
     n_classes = len(panel.classes)
     out: dict[str, Baseline] = {
         "serology_only": SerologyBaseline(n_classes).fit(inputs.encoded, labels, times, events),
-        "criteria": CriteriaBaseline.for_panel(panel),
     }
+    criteria = CriteriaBaseline.for_panel(panel)
+    if criteria is not None:
+        out["criteria"] = criteria
     if inputs.truth is not None and truth_feature_columns(inputs.truth):
         out["oracle"] = OracleBaseline(n_classes).fit(
             inputs.truth, inputs.encoded, labels, times, events
@@ -640,20 +608,22 @@ def baseline_outputs(
     """Outputs of every baseline on ``inputs``, or a dict saying why there are none.
 
     ``baselines`` holds fitted baselines or their stored ``to_dict()`` form (a bundle's). A
-    bundle without a stored ``criteria`` entry gets the panel's rules; ``serology_only``
-    missing is reported as not stored.
+    bundle whose ``criteria`` entry is missing or stored without rules gets the panel's rules
+    (none when the panel publishes none: the baseline is then absent, not an error);
+    ``serology_only`` missing is reported as not stored.
     """
     fitted: dict[str, Baseline] = {}
     for name, b in baselines.items():
+        if name == "criteria" and isinstance(b, Mapping) and "spec" not in b:
+            continue  # an older bundle's rules: the panel's are used below
         fitted[name] = baseline_from_dict(b) if isinstance(b, Mapping) else b
-    fitted.setdefault("criteria", CriteriaBaseline.for_panel(panel))
+    panel_rules = CriteriaBaseline.for_panel(panel)
+    if "criteria" not in fitted and panel_rules is not None:
+        fitted["criteria"] = panel_rules
     out: dict[str, ModelOutputs | dict] = {}
     if "serology_only" not in fitted:
         out["serology_only"] = {"available": False, "reason": "not stored in the bundle"}
     for name, b in fitted.items():
-        if isinstance(b, CriteriaBaseline) and not b.applicable:
-            out[name] = {"applicable": False, "reason": b.reason}
-            continue
         try:
             out[name] = b.outputs(inputs)
         except ValueError as exc:

@@ -1,6 +1,6 @@
 """Split-conformal prediction sets (LAC / APS / RAPS, marginal or class-conditional).
 
-The set is the clinician-facing differential ("MS or MOGAD, 90% coverage"): on exchangeable
+The set is the clinician-facing differential ("class A or class B, 90% coverage"): on exchangeable
 data it contains the true diagnosis with probability >= 1 - alpha, whatever the model.
 
 LAC (Sadinle et al. 2019, "least ambiguous set-valued classifiers"): the score of class y is
