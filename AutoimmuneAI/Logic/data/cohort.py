@@ -322,7 +322,7 @@ def load_cohort(
 
 
 def _check_columns(table: pd.DataFrame, panel: Panel, path: Path, require_labels: bool) -> None:
-    required = ["case_id", *[f"image_{ch}" for ch in panel.channels]]
+    required = ["case_id", *[f"image_{ch}" for ch in panel.required_channels]]
     required += [f.name for f in panel.features if not f.missing_allowed]
     if require_labels:
         required.append("diagnosis")
@@ -361,6 +361,8 @@ def _parse_row(
     images: dict[str, Path] = {}
     for channel in panel.channels:
         column = f"image_{channel}"
+        if channel in panel.optional_channels and not str(record.get(column, "") or "").strip():
+            continue  # an optional channel not acquired: a zero image and a missing flag
         image = _resolve_path(record.get(column, ""), path, allow_outside_root, problem, column)
         if image is not None:
             if check_images:

@@ -81,8 +81,10 @@ class CaseArrays:
         )
 
 
-def _cache_key(paths: Sequence[Path], grid_dict: dict) -> str:
+def _cache_key(paths: Sequence[Path], grid_dict: dict, layout: Sequence[Path | None] = ()) -> str:
     h = hashlib.sha256(json.dumps(grid_dict, sort_keys=True).encode())
+    if any(p is None for p in layout):  # which channels are missing is part of the key
+        h.update(str([p is None for p in layout]).encode())
     for p in paths:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -90,23 +92,30 @@ def _cache_key(paths: Sequence[Path], grid_dict: dict) -> str:
 
 
 def case_image(
-    case, channels: Sequence[str], grid, cache_dir: Path | None = None
+    case, channels: Sequence[str], grid, cache_dir: Path | None = None, optional: Sequence[str] = ()
 ) -> tuple[np.ndarray, dict]:
     """One case's image on the model grid, float16 [C, *grid.shape], and a description of
     its first channel (``imaging.describe_volume``, for out-of-distribution checks).
 
+    The first channel is preprocessed by ``grid``; the others follow its transform
+    (``preprocess.channels``). A channel in ``optional`` that the case lacks is a zero plane
+    (the description's ``channels_present`` says which); a required one is an ``ImageError``.
     Both are cached in ``cache_dir`` when given.
     """
+    from ..preprocess.channels import channels_to_model
     from .imaging import describe_volume, load_volume
 
-    paths = []
+    paths: list[Path | None] = []
     for ch in channels:
-        if ch not in case.images:
+        if ch in case.images:
+            paths.append(Path(case.images[ch]))
+        elif ch in optional and paths:
+            paths.append(None)
+        else:
             raise ImageError(f"case {case.case_id} has no image for channel {ch!r}")
-        paths.append(Path(case.images[ch]))
     cache_file = desc_file = None
     if cache_dir is not None:
-        key = _cache_key(paths, grid.to_dict())
+        key = _cache_key([p for p in paths if p is not None], grid.to_dict(), paths)
         cache_file, desc_file = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
         if cache_file.is_file() and desc_file.is_file():
             try:
@@ -116,15 +125,18 @@ def case_image(
                     return arr, desc
             except (OSError, ValueError):
                 pass  # a damaged cache entry is rebuilt below
-    planes, desc = [], {}
-    for k, p in enumerate(paths):
-        volume = load_volume(p)
-        if k == 0:
-            desc = describe_volume(volume)
-        t = grid.to_model(volume).tensor
+    volumes = [None if p is None else load_volume(p) for p in paths]
+    reference = volumes[0]
+    assert reference is not None  # the first channel is never optional (data.panel)
+    desc = describe_volume(reference)
+    if len(channels) == 1:
+        t = grid.to_model(reference).tensor
         arr = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
-        planes.append(arr.reshape(grid.shape))
-    out = np.stack(planes).astype(np.float16)
+        out = arr.reshape(1, *grid.shape).astype(np.float16)
+    else:
+        stacked = channels_to_model(grid, volumes)
+        out = stacked.array.astype(np.float16)
+        desc["channels_present"] = dict(zip(channels, stacked.present))
     if cache_file is not None and desc_file is not None:
         with atomic_path(cache_file) as tmp:
             np.save(tmp, out, allow_pickle=False)
@@ -157,7 +169,9 @@ def build_arrays(
     descriptions: list[dict] = [{} for _ in range(n)]
 
     def one(i: int) -> None:
-        images[i], descriptions[i] = case_image(cases[i], channels, grid, cdir)
+        images[i], descriptions[i] = case_image(
+            cases[i], channels, grid, cdir, cohort.panel.optional_channels
+        )
 
     bar = tqdm(total=n, desc="images -> model grid", unit="case", disable=not progress)
     if workers > 1 and n > 1:

@@ -73,6 +73,10 @@ class Explanation:
     baseline: str = DEFAULT_BASELINE
     modality_effect: dict[str, float] = field(default_factory=dict)  # signed, logits
     contribution_units: str = CONTRIBUTION_UNITS
+    # per image channel (the panel's order): the signed map [C, D, H, W] (``image_map`` is
+    # their sum) and each channel's share of the positive attribution (sums to 1)
+    channel_maps: np.ndarray | None = field(default=None, repr=False)
+    channel_share: dict[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------
@@ -223,7 +227,12 @@ def explain(
                 ablation_effect(model, image, serology, b_img, b_ser, target),
             )
         a_img, a_ser, effect = attributed.image, attributed.serology, attributed.effect
-        image_map = a_img.detach()[0].sum(dim=0).numpy().astype(np.float32)
+        channel_maps = a_img.detach()[0].numpy().astype(np.float32)
+        image_map = channel_maps.sum(axis=0)
+        channel_names = list(getattr(encoder.panel, "channels", ())) or ["image"]
+        if len(channel_names) != len(channel_maps):
+            channel_names = [f"channel {k}" for k in range(len(channel_maps))]
+        channel_share = positive_shares(channel_maps, channel_names)
         per_column = a_ser.detach().reshape(-1).numpy().astype(np.float64)
         contributions = lab_contributions(per_column, encoder, labs, classes[target])
         denom = abs(effect["image"]) + abs(effect["serology"])
@@ -241,7 +250,17 @@ def explain(
             n_steps=attributed.steps,
             baseline=baseline,
             modality_effect={k: round(v, 6) for k, v in effect.items()},
+            channel_maps=channel_maps,
+            channel_share=channel_share,
         )
+
+
+def positive_shares(maps: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Each map's share of the positive attribution over all ``maps`` [C, ...] (sums to 1;
+    all 0 when nothing is positive): which contrast carries the evidence."""
+    pos = np.clip(np.asarray(maps, dtype=np.float64).reshape(len(maps), -1), 0.0, None).sum(1)
+    total = float(pos.sum())
+    return {n: round(float(v / total) if total > 0 else 0.0, 4) for n, v in zip(names, pos)}
 
 
 @dataclass

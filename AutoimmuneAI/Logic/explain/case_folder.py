@@ -7,7 +7,7 @@ patient's own geometry) -> ``overlay`` (evidence regions) -> ``mrml`` (Slicer fi
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,9 @@ def explain_into(
     matrix = getattr(prepared.sample, "matrix", None)  # template -> patient (preprocessing)
     if matrix is not None:
         regions = name_by_anatomy(regions, target_name, np.linalg.inv(matrix))
+    region_channels = _region_channels(bundle, prepared, explanation, labelmap, regions)
+    if region_channels:  # name the contrast that carries each region's evidence
+        regions = [replace(r, name=f"{r.name} ({region_channels[r.label]})") for r in regions]
     segments = [SegmentSpec(r.label, r.name, tuple(r.color), r.band) for r in regions]
     write_case_scene(
         case_dir,
@@ -100,16 +103,37 @@ def explain_into(
             "relative_delta": explanation.relative_delta,
             "n_steps": explanation.n_steps,
             "seconds": round(explanation.seconds, 3),
+            "channel_share": explanation.channel_share,
             "attribution": {
                 "positive_sum": float(positive.sum()),
                 "negative_sum": float(attribution[attribution < 0].sum()),
                 "max": float(attribution.max()) if attribution.size else 0.0,
             },
         },
-        "regions": [_region_json(r) for r in regions],
+        "regions": [
+            _region_json(r) | ({"channel": region_channels[r.label]} if region_channels else {})
+            for r in regions
+        ],
         "lab_contributions": explanation.lab_contributions,
         "modality_share": explanation.modality_share,
     }
+
+
+def _region_channels(bundle, prepared, explanation, labelmap, regions) -> dict[int, str]:
+    """Region label -> the channel with the most positive attribution inside it (multi-channel
+    panels only; each channel's map brought back to the patient's voxels)."""
+    maps = explanation.channel_maps
+    channels = list(bundle.panel.channels)
+    if maps is None or len(channels) < 2 or len(maps) != len(channels) or not regions:
+        return {}
+    native = [
+        np.clip(bundle.grid.to_input(m, prepared.sample, mode="linear"), 0.0, None) for m in maps
+    ]
+    out = {}
+    for r in regions:
+        inside = labelmap == r.label
+        out[r.label] = channels[int(np.argmax([float(m[inside].sum()) for m in native]))]
+    return out
 
 
 def _region_json(region) -> dict:

@@ -206,8 +206,10 @@ def run_case(
     bands: tuple[float, ...] | None = None,
 ) -> dict:
     """Predict and explain one case into ``case_dir``; return the prediction.json content."""
-    volume = _load_case_image(case, predictor.panel.channels[0])
-    prepared = predictor.prepare(volume, case.labs)
+    channels = predictor.panel.channels
+    volume = _load_case_image(case, channels[0])
+    others = {c: _load_case_image(case, c) for c in channels[1:] if c in case.images}
+    prepared = predictor.prepare(volume, case.labs, others)
     prediction = predictor.predict_prepared(prepared, oid).to_json()
     if explain:
         from ..explain.case_folder import explain_into

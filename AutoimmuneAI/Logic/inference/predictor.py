@@ -19,6 +19,7 @@ from ..data.imaging import Volume, describe_volume
 from ..data.labvalues import LabValue, LabValueError, model_value, parse_lab_value
 from ..errors import InputError
 from ..model.bundle import Bundle, load_bundle
+from ..preprocess.channels import channels_to_model
 from ..preprocess.model_grid import GridSample
 from ..preprocess.pipeline import PreprocessedSample
 from ..stats.calibration import softmax
@@ -34,11 +35,13 @@ class PreparedCase:
 
     volume: Volume
     sample: GridSample | PreprocessedSample
-    image: torch.Tensor  # [1, 1, D, H, W]
+    image: torch.Tensor  # [1, C, D, H, W] (the panel's channels in order)
     serology: torch.Tensor  # [1, n_encoded]
     values: np.ndarray  # [features], canonical units, NaN missing
     missing: np.ndarray  # [features] bool
     labs: dict[str, LabValue]
+    # per channel: acquired (False: an optional channel not given, a zero plane)
+    channels_present: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,8 +112,17 @@ class Predictor:
                 raise InputError(str(exc), field=feature.name) from None
         return labs
 
-    def prepare(self, volume: Volume, labs: dict[str, LabValue | object]) -> PreparedCase:
-        """Bring the image to the model grid and encode the labs."""
+    def prepare(
+        self,
+        volume: Volume,
+        labs: dict[str, LabValue | object],
+        others: dict[str, Volume | None] | None = None,
+    ) -> PreparedCase:
+        """Bring the image(s) to the model grid and encode the labs.
+
+        ``volume`` is the panel's first channel; ``others`` the further channels by name (a
+        missing optional channel: absent or None, a zero plane the model sees as missing).
+        """
         if not all(isinstance(v, LabValue) for v in labs.values()) or set(labs) != set(
             self.panel.feature_names
         ):
@@ -123,10 +135,24 @@ class Predictor:
             if not lab.missing:
                 values[j] = model_value(lab)
                 missing[j] = False
-        sample = self.bundle.grid.to_model(volume)
-        image = sample.tensor.unsqueeze(0).float()
+        channels = list(self.panel.channels)
+        if len(channels) == 1:
+            sample = self.bundle.grid.to_model(volume)
+            image = sample.tensor.unsqueeze(0).float()
+            present = {channels[0]: True}
+        else:
+            others = others or {}
+            absent = [c for c in self.panel.required_channels[1:] if others.get(c) is None]
+            if absent:
+                raise InputError(f"no image for required channel(s) {', '.join(absent)}")
+            stacked = channels_to_model(
+                self.bundle.grid, [volume, *[others.get(c) for c in channels[1:]]]
+            )
+            sample = stacked.reference  # type: ignore[assignment]
+            image = torch.from_numpy(stacked.array).unsqueeze(0).float()
+            present = dict(zip(channels, stacked.present))
         serology = torch.from_numpy(self.bundle.encoder.transform(values[None], missing[None]))
-        return PreparedCase(volume, sample, image, serology, values, missing, labs)
+        return PreparedCase(volume, sample, image, serology, values, missing, labs, present)
 
     def logits_and_risk(self, prepared: PreparedCase) -> tuple[np.ndarray, float]:
         with torch.no_grad():

@@ -357,6 +357,22 @@ class ImageEncoder(nn.Module):
         self.last_block = blocks[-1]
         self.trunk_channels = cfg.channels[-2]
         self.out_channels = cfg.channels[-1]
+        # every channel after the first (the reference, where lesions are bright) is read out
+        # for bright and for dark lesions (enhancing on T1-Gd, black holes on T1), and each
+        # channel adds a presence flag (a missing optional channel is an all-zero image)
+        # (whole-brain totals only: a regional grid per channel would add hundreds of inputs)
+        self.extra_channels = cfg.image_channels - 1
+        self.channel_lesions = LesionLoad(
+            (1, 1, 1) if cfg.lesion_regions else (),
+            cfg.lesion_contrast,
+            cfg.lesion_window,
+            cfg.lesion_count,
+            cfg.lesion_coarse_windows,
+        )
+        self.readout_features = self.lesions.out_features
+        if self.extra_channels:
+            per_channel = 2 * self.channel_lesions.out_features
+            self.readout_features += self.extra_channels * per_channel + cfg.image_channels
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (trunk features, last-block feature map, lesion read-out [B, n]).
@@ -380,7 +396,20 @@ class ImageEncoder(nn.Module):
             if self.lesions.out_features
             else image.new_zeros(image.shape[0], 0)
         )
+        if self.extra_channels:
+            readout = torch.cat([readout, *self._channel_readouts(image, tissue)], dim=1)
         return h, self.last_block(h), readout
+
+    def _channel_readouts(self, image: torch.Tensor, tissue: torch.Tensor) -> list[torch.Tensor]:
+        """Bright and dark read-outs of each further channel, then the presence flags."""
+        parts = []
+        for c in range(1, 1 + self.extra_channels):
+            x = image[:, c : c + 1]
+            if self.channel_lesions.out_features:
+                parts += [self.channel_lesions(x, tissue), self.channel_lesions(-x, tissue)]
+        present = image.detach().flatten(2).abs().amax(dim=2) > 0
+        parts.append(present.to(image.dtype))
+        return parts
 
 
 class SerologyMLP(nn.Module):
@@ -444,7 +473,7 @@ class FusionModel(nn.Module):
         if cfg.use_image:
             self.image_encoder = ImageEncoder(cfg)
             n_fused += self.image_encoder.out_channels * (2 if cfg.pool == "avgmax" else 1)
-            n_fused += self.image_encoder.lesions.out_features
+            n_fused += self.image_encoder.readout_features
         if cfg.use_serology:
             self.serology_encoder = SerologyMLP(cfg.n_serology, cfg.serology_width)
             n_fused += cfg.serology_width
@@ -461,7 +490,7 @@ class FusionModel(nn.Module):
         )
         self.diagnosis_head = nn.Linear(cfg.hidden, cfg.n_classes)
         n_wide = (cfg.n_serology if cfg.use_serology else 0) + (
-            self.image_encoder.lesions.out_features if cfg.use_image else 0
+            self.image_encoder.readout_features if cfg.use_image else 0
         )
         self.wide_head = (
             nn.Linear(n_wide, cfg.n_classes, bias=False) if cfg.wide and n_wide else None
@@ -489,7 +518,7 @@ class FusionModel(nn.Module):
             if self.config.pool == "avgmax":  # small bright lesions vanish in an average
                 pooled.append(fmap.flatten(2).amax(dim=2))
             parts.append(self.image_dropout(torch.cat(pooled, dim=1)))
-            if self.image_encoder.lesions.out_features:  # regional loads, lesion counts
+            if self.image_encoder.readout_features:  # regional loads, lesion counts
                 parts.append(lesions)
                 wide.append(lesions)
         if ser is not None:
