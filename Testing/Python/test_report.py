@@ -66,7 +66,7 @@ def parse(path: Path) -> Page:
     return page
 
 
-def numbers_in(obj: object) -> set[str]:  # noqa: C901 (one branch per JSON type and number format)
+def numbers_in(obj: object) -> set[str]:
     """Every number in a JSON value, formatted as the report may show it (0-3 decimals)."""
     out: set[str] = set()
     if isinstance(obj, dict):
@@ -77,18 +77,23 @@ def numbers_in(obj: object) -> set[str]:  # noqa: C901 (one branch per JSON type
     elif isinstance(obj, list):
         for v in obj:
             out |= numbers_in(v)
-    elif isinstance(obj, bool):
-        pass
-    elif isinstance(obj, int):
-        out.add(str(obj))
-        out |= {f"{obj:.{d}f}" for d in range(1, 4)}
-    elif isinstance(obj, float):
-        out |= {f"{obj:.{d}f}" for d in range(0, 4)}
-        if obj.is_integer():
-            out.add(str(int(obj)))
-    elif isinstance(obj, str):
-        out |= set(NUMBER.findall(obj))  # numbers inside stored strings (region names)
+    else:
+        out |= scalar_numbers(obj)
     return out
+
+
+def scalar_numbers(obj: object) -> set[str]:
+    """The ways the report may show one JSON scalar (booleans and null show no number)."""
+    if isinstance(obj, bool) or obj is None:
+        return set()
+    if isinstance(obj, int):
+        return {str(obj)} | {f"{obj:.{d}f}" for d in range(1, 4)}
+    if isinstance(obj, float):
+        out = {f"{obj:.{d}f}" for d in range(0, 4)}
+        return out | {str(int(obj))} if obj.is_integer() else out
+    if isinstance(obj, str):
+        return set(NUMBER.findall(obj))  # numbers inside stored strings (region names)
+    return set()
 
 
 @pytest.fixture(scope="module")

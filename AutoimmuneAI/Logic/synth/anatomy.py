@@ -103,87 +103,145 @@ def _polyline_distance(points: np.ndarray, line: np.ndarray) -> np.ndarray:
     return best
 
 
-@functools.lru_cache(maxsize=2)
-def load_anatomy(resolution: int = 2) -> Anatomy:  # noqa: PLR0915 (one step per template map; split per map)
-    """Template maps and region maps at ``resolution`` mm (1 or 2), cropped to the brain."""
-    if resolution not in (1, 2):
-        raise ValueError("template resolution must be 1 or 2 mm")
-    affine, mask, gm, wm = _load_templates(resolution)
-    brain = mask > 0.5
-    # Crop to the brain's bounding box plus a margin: less work for every case.
+@dataclass
+class _Grid:
+    """The cropped template grid: brain mask, affine and the MNI mm of every voxel."""
+
+    resolution: int
+    affine: np.ndarray
+    brain: np.ndarray
+    world: np.ndarray  # (N, 3) float32, C order
+    x: np.ndarray  # MNI mm of every voxel, one array per axis (grid shape)
+    y: np.ndarray
+    z: np.ndarray
+
+    @property
+    def sampling(self) -> tuple[float, float, float]:
+        vox = float(self.resolution)
+        return (vox, vox, vox)
+
+    def near(self, center: tuple[float, float, float], radius: float) -> np.ndarray:
+        """Voxels within ``radius`` mm of an MNI point."""
+        c = np.asarray(center)
+        return ((self.x - c[0]) ** 2 + (self.y - c[1]) ** 2 + (self.z - c[2]) ** 2) <= radius**2
+
+
+@dataclass
+class _Zones:
+    """Tissue zones the label map and the lesion regions are cut from."""
+
+    parenchyma: np.ndarray  # grey or white matter
+    wm_core: np.ndarray
+    supra: np.ndarray  # supratentorial parenchyma
+    infratent: np.ndarray  # cerebellum and brainstem
+    deep_box: np.ndarray  # the box around the basal ganglia and thalami
+    deep_grey: np.ndarray
+    dist_cortex: np.ndarray  # mm from cortical grey matter
+
+
+def _crop(
+    affine: np.ndarray, brain: np.ndarray, gm: np.ndarray, wm: np.ndarray, resolution: int
+) -> tuple[_Grid, np.ndarray, np.ndarray]:
+    """Crop to the brain's bounding box plus a margin (less work for every case); grey and
+    white matter maps masked by the brain."""
     lo = np.maximum(np.argwhere(brain).min(axis=0) - 3, 0)
     hi = np.minimum(np.argwhere(brain).max(axis=0) + 4, brain.shape)
     sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     brain, gm, wm = brain[sl], gm[sl] * brain[sl], wm[sl] * brain[sl]
     affine = affine.copy()
     affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain
-    vox = float(resolution)
-    sampling = (vox, vox, vox)
-
     ijk = np.indices(brain.shape).reshape(3, -1).T
     world = (ijk @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)
     x, y, z = (world[:, a].reshape(brain.shape) for a in range(3))
+    return _Grid(resolution, affine, brain, world, x, y, z), gm, wm
 
-    dist_outside = ndi.distance_transform_edt(brain, sampling=sampling).astype(np.float32)
-    dist_outside_inv = ndi.distance_transform_edt(~brain, sampling=sampling)
-    # Ventricles: CSF deep inside the brain, above the tentorium, near the midline.
-    vent = (csf > 0.5) & (dist_outside > 12.0) & (np.abs(x) < 40) & (z > -12) & (z < 40)
-    vent = ndi.binary_opening(vent, iterations=1) if resolution == 1 else vent
+
+def _ventricles(g: _Grid, csf: np.ndarray, dist_outside: np.ndarray) -> np.ndarray:
+    """Lateral + third ventricles: CSF deep inside the brain, above the tentorium, near the
+    midline, without specks."""
+    vox = float(g.resolution)
+    vent = (csf > 0.5) & (dist_outside > 12.0) & (np.abs(g.x) < 40) & (g.z > -12) & (g.z < 40)
+    vent = ndi.binary_opening(vent, iterations=1) if g.resolution == 1 else vent
     lab, n = ndi.label(vent)
     if n:
         sizes = ndi.sum(vent, lab, index=np.arange(1, n + 1))
         keep = np.arange(1, n + 1)[sizes >= max(20.0 / vox**3, 0.05 * sizes.max())]
         vent = np.isin(lab, keep)
-    dist_vent, nearest = ndi.distance_transform_edt(~vent, sampling=sampling, return_indices=True)
-    dist_vent = dist_vent.astype(np.float32)
-    # Direction away from the nearest ventricle voxel (RAS): Dawson's fingers point along it.
-    near_ijk = nearest.reshape(3, -1).T
-    near_world = near_ijk @ affine[:3, :3].T + affine[:3, 3]
-    normal = world - near_world
-    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-6)
-    normal = normal.T.reshape((3, *brain.shape)).astype(np.float32)
+    return vent
 
-    # Cortical grey matter: grey matter near the brain surface (deep grey is far from it).
+
+def _ventricle_distance(g: _Grid, vent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """mm from the ventricles and the unit direction (3, ...) away from the nearest
+    ventricle voxel (RAS): Dawson's fingers point along it."""
+    dist_vent, nearest = ndi.distance_transform_edt(~vent, sampling=g.sampling, return_indices=True)
+    near_ijk = nearest.reshape(3, -1).T
+    near_world = near_ijk @ g.affine[:3, :3].T + g.affine[:3, 3]
+    normal = g.world - near_world
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-6)
+    normal = normal.T.reshape((3, *g.brain.shape)).astype(np.float32)
+    return dist_vent.astype(np.float32), normal
+
+
+def _zones(g: _Grid, gm: np.ndarray, wm: np.ndarray, dist_outside: np.ndarray) -> _Zones:
+    """Deep grey, infratentorial and cortical zones (cortical grey matter is grey matter near
+    the brain surface; deep grey is far from it)."""
+    x, y, z = g.x, g.y, g.z
     gm_core = gm > 0.5
     deep_box = (np.abs(x) < 30) & (y > -38) & (y < 26) & (z > -12) & (z < 21)
     deep_grey = gm_core & deep_box & (dist_outside > 14.0)
-    infratent = brain & (
+    infratent = g.brain & (
         ((y < -34) & (z < -10 + 0.35 * (-34 - y)) & (z < 6))  # cerebellum (under the tentorium)
         | ((np.abs(x) < 16) & (y < -8) & (y > -48) & (z < -10))  # brainstem
     )
     cortex = gm_core & ~deep_grey & ~infratent
-    dist_cortex = ndi.distance_transform_edt(~cortex, sampling=sampling).astype(np.float32)
+    dist_cortex = ndi.distance_transform_edt(~cortex, sampling=g.sampling).astype(np.float32)
+    parenchyma = g.brain & (gm + wm > 0.5)
+    return _Zones(
+        parenchyma=parenchyma,
+        wm_core=wm > 0.5,
+        supra=parenchyma & ~infratent,
+        infratent=infratent,
+        deep_box=deep_box,
+        deep_grey=deep_grey,
+        dist_cortex=dist_cortex,
+    )
 
-    parenchyma = brain & (gm + wm > 0.5)
-    wm_core = wm > 0.5
-    supra = parenchyma & ~infratent
 
-    cst_dist = np.minimum(
-        _polyline_distance(world, _CST_LINE), _polyline_distance(world, _CST_LINE * [-1, 1, 1])
-    ).reshape(brain.shape)
-    third_v = (np.abs(x) < 5) & (y > -28) & (y < 2) & (z > -12) & (z < 14)
-    fourth_v = (np.abs(x) < 6) & (y > -54) & (y < -36) & (z > -42) & (z < -20)
-
-    def near(center: tuple[float, float, float], radius: float) -> np.ndarray:
-        c = np.asarray(center)
-        return ((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) <= radius**2
-
-    # Label map: every parenchymal voxel gets one region label (priority order below).
-    label_map = np.zeros(brain.shape, np.uint8)
+def _label_map(
+    zn: _Zones, gm: np.ndarray, dist_vent: np.ndarray, dist_outside: np.ndarray
+) -> np.ndarray:
+    """Every parenchymal voxel's region label 1..5 (later assignments take priority)."""
+    supra = zn.supra
+    label_map = np.zeros(supra.shape, np.uint8)
     pv_band = supra & (dist_vent <= 10.0)
-    jc_band = supra & wm_core & (dist_cortex <= 5.0)
+    jc_band = supra & zn.wm_core & (zn.dist_cortex <= 5.0)
     label_map[supra] = 5
     label_map[jc_band] = 2
     label_map[pv_band] = 1
     label_map[
-        deep_grey | (supra & (gm > 0.45) & deep_box & (dist_vent > 3.0) & (dist_outside > 14.0))
+        zn.deep_grey
+        | (supra & (gm > 0.45) & zn.deep_box & (dist_vent > 3.0) & (dist_outside > 14.0))
     ] = 4
-    label_map[infratent & parenchyma] = 3
-    label_map[~parenchyma] = 0
+    label_map[zn.infratent & zn.parenchyma] = 3
+    label_map[~zn.parenchyma] = 0
+    return label_map
+
+
+def _regions(
+    g: _Grid, zn: _Zones, label_map: np.ndarray, dist_vent: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The lesion placement regions (flat voxel indices inside the brain)."""
+    x, y, z = g.x, g.y, g.z
+    wm_core, supra, parenchyma, dist_cortex = zn.wm_core, zn.supra, zn.parenchyma, zn.dist_cortex
+    cst_dist = np.minimum(
+        _polyline_distance(g.world, _CST_LINE),
+        _polyline_distance(g.world, _CST_LINE * [-1, 1, 1]),
+    ).reshape(g.brain.shape)
+    third_v = (np.abs(x) < 5) & (y > -28) & (y < 2) & (z > -12) & (z < 14)
+    fourth_v = (np.abs(x) < 6) & (y > -54) & (y < -36) & (z > -42) & (z < -20)
 
     def idx(m: np.ndarray) -> np.ndarray:
-        return np.flatnonzero((m & brain).ravel()).astype(np.int64)
+        return np.flatnonzero((m & g.brain).ravel()).astype(np.int64)
 
     regions = {
         # Touching the lateral ventricles (ovoid lesions reach the ventricle wall).
@@ -198,7 +256,7 @@ def load_anatomy(resolution: int = 2) -> Anatomy:  # noqa: PLR0915 (one step per
         ),
         "callosal": idx(wm_core & (np.abs(x) < 8) & (z > 8) & (z < 30) & (y > -40) & (y < 30)),
         "deep_grey": idx(label_map == 4),
-        "infratentorial": idx(infratent & parenchyma),
+        "infratentorial": idx(zn.infratent & parenchyma),
         "pons": idx(parenchyma & (np.abs(x) < 12) & (y > -38) & (y < -14) & (z > -44) & (z < -18)),
         "pons_peripheral": idx(
             parenchyma
@@ -218,7 +276,7 @@ def load_anatomy(resolution: int = 2) -> Anatomy:  # noqa: PLR0915 (one step per
             & (z > -40)
             & (z < -20)
         ),
-        "area_postrema": idx(parenchyma & near((0, -44, -50), 6.0)),
+        "area_postrema": idx(parenchyma & g.near((0, -44, -50), 6.0)),
         "periependymal": idx(
             parenchyma
             & (dist_vent > 0)
@@ -232,25 +290,44 @@ def load_anatomy(resolution: int = 2) -> Anatomy:  # noqa: PLR0915 (one step per
     }
     for name, ix in regions.items():
         if ix.size == 0:
-            raise RuntimeError(f"anatomy region {name!r} is empty at {resolution} mm")
+            raise RuntimeError(f"anatomy region {name!r} is empty at {g.resolution} mm")
+    return regions
+
+
+@functools.lru_cache(maxsize=2)
+def load_anatomy(resolution: int = 2) -> Anatomy:
+    """Template maps and region maps at ``resolution`` mm (1 or 2), cropped to the brain."""
+    if resolution not in (1, 2):
+        raise ValueError("template resolution must be 1 or 2 mm")
+    affine, mask, gm, wm = _load_templates(resolution)
+    g, gm, wm = _crop(affine, mask > 0.5, gm, wm, resolution)
+    brain = g.brain
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain
+    dist_outside = ndi.distance_transform_edt(brain, sampling=g.sampling).astype(np.float32)
+    vent = _ventricles(g, csf, dist_outside)
+    dist_vent, normal = _ventricle_distance(g, vent)
+    zones = _zones(g, gm, wm, dist_outside)
+    label_map = _label_map(zones, gm, dist_vent, dist_outside)
     return Anatomy(
         resolution=resolution,
-        affine=affine,
+        affine=g.affine,
         brain=brain,
         gm=gm.astype(np.float32),
         wm=wm.astype(np.float32),
         csf=csf.astype(np.float32),
         ventricles=vent,
         dist_ventricle=dist_vent,
-        dist_cortex=dist_cortex,
+        dist_cortex=zones.dist_cortex,
         dist_outside=dist_outside,
         ventricle_normal=normal,
         label_map=label_map,
-        regions=regions,
-        world=world,
+        regions=_regions(g, zones, label_map, dist_vent),
+        world=g.world,
         # The brain grown by 7 mm: output voxels that map outside it are background.
-        brain_near=(dist_outside_inv <= 7.0).astype(np.uint8),
-        ventricle_center_mm=world[np.flatnonzero(vent.ravel())].mean(axis=0).astype(float),
+        brain_near=(ndi.distance_transform_edt(~brain, sampling=g.sampling) <= 7.0).astype(
+            np.uint8
+        ),
+        ventricle_center_mm=g.world[np.flatnonzero(vent.ravel())].mean(axis=0).astype(float),
         # Lesions show in parenchyma only (FLAIR suppresses CSF): weight 0 in CSF, 1 in tissue.
         lesion_tissue=np.clip((gm + wm - 0.25) / 0.5, 0.0, 1.0).astype(np.float32),
     )

@@ -227,7 +227,87 @@ def _run(tasks: list, workers: int, job: dict[str, Any]) -> Iterator[tuple[dict,
         yield from pool.map(_make_case, tasks, chunksize=chunk)
 
 
-def generate_cohort(  # noqa: C901 (the generator's options; split into stages)
+def _check_options(
+    n_cases: int, seed: int, voxel_size: float, oblique_deg: float, anatomy: str
+) -> None:
+    """One-line errors for options outside what the generator renders."""
+    if not isinstance(n_cases, int) or n_cases < 1:
+        raise InputError(f"--cases must be a positive whole number, not {n_cases!r}")
+    if not (0.5 <= float(voxel_size) <= 6.0):
+        raise InputError(f"--voxel-size must be between 0.5 and 6 mm, not {voxel_size!r}")
+    if not (-60.0 <= float(oblique_deg) <= 60.0):
+        raise InputError(f"--oblique must be between -60 and 60 degrees, not {oblique_deg!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise InputError(f"--seed must be a non-negative whole number, not {seed!r}")
+    if anatomy not in ("brain", "head"):
+        raise InputError(f"--anatomy must be 'brain' or 'head', not {anatomy!r}")
+
+
+def _prepare_folder(out: Path) -> None:
+    """The output folder with its ``images/`` and ``masks/`` (an existing file is refused)."""
+    if out.exists() and not out.is_dir():
+        raise InputError("output path exists and is not a folder", file=out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+
+
+def _collect(
+    results: Iterable[tuple[dict, dict]],
+) -> tuple[list[dict], list[dict], dict[str, object]]:
+    """Manifest rows, truth rows and (head scans only) each case's scan truth, in case order."""
+    rows, truths, scans = [], [], {}
+    for row, truth in results:
+        scan_truth = truth.pop("_scan", None)
+        if scan_truth:
+            scans[str(row["case_id"])] = scan_truth
+        rows.append(row)
+        truths.append(truth)
+    return rows, truths, scans
+
+
+def _cohort_meta(
+    cfg: SynthConfig,
+    rows: list[dict],
+    grid: OutputGrid,
+    resolution: int,
+    options: dict[str, object],
+) -> dict[str, object]:
+    """``cohort.json``: how the cohort was made (options, template, grid, config, versions)."""
+    return {
+        "generator": "autoimmuneai synth",
+        **options,
+        "template": f"MNI152 (nilearn), {resolution} mm",
+        "grid": {"shape": list(grid.shape), "affine": grid.affine.round(6).tolist()},
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "classes": {c: sum(r["diagnosis"] == c for r in rows) for c in cfg.classes},
+        "splits": {s: sum(r["split"] == s for r in rows) for s in cfg.split_fractions},
+        "versions": _versions(),
+        "config": cfg.to_dict(),
+    }
+
+
+def _write_tables(
+    out: Path,
+    rows: list[dict],
+    truths: list[dict],
+    scans: dict[str, object],
+    meta: dict[str, object],
+) -> Path:
+    """``scans.json`` (head scans), ``truth.csv``, ``cohort.json`` and, last, ``manifest.csv``."""
+    if scans:
+        write_text(out / "scans.json", json.dumps(scans, indent=1) + "\n")
+        _readable(out / "scans.json")
+    manifest = out / "manifest.csv"
+    write_text(out / "truth.csv", _csv(truths, TRUTH_COLUMNS))
+    _readable(out / "truth.csv")
+    write_text(out / "cohort.json", json.dumps(meta, indent=1) + "\n")
+    write_text(manifest, _csv(rows, MANIFEST_COLUMNS))
+    for path in (out / "cohort.json", manifest):
+        _readable(path)
+    return manifest
+
+
+def generate_cohort(
     out_dir: Path,
     n_cases: int = 400,
     seed: int = 0,
@@ -252,22 +332,10 @@ def generate_cohort(  # noqa: C901 (the generator's options; split into stages)
     (labels: 1 periventricular, 2 juxtacortical, 3 infratentorial, 4 deep grey, 5 other),
     ``manifest.csv`` (lab-sheet strings), ``truth.csv`` (latent variables), ``cohort.json``.
     """
-    if not isinstance(n_cases, int) or n_cases < 1:
-        raise InputError(f"--cases must be a positive whole number, not {n_cases!r}")
-    if not (0.5 <= float(voxel_size) <= 6.0):
-        raise InputError(f"--voxel-size must be between 0.5 and 6 mm, not {voxel_size!r}")
-    if not (-60.0 <= float(oblique_deg) <= 60.0):
-        raise InputError(f"--oblique must be between -60 and 60 degrees, not {oblique_deg!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise InputError(f"--seed must be a non-negative whole number, not {seed!r}")
-    if anatomy not in ("brain", "head"):
-        raise InputError(f"--anatomy must be 'brain' or 'head', not {anatomy!r}")
+    _check_options(n_cases, seed, voxel_size, oblique_deg, anatomy)
     cfg = config or SynthConfig()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("output path exists and is not a folder", file=out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    _prepare_folder(out)
     resolution = template_resolution(float(voxel_size))
     anat = load_anatomy(resolution)
     grid = output_grid(anat, float(voxel_size), float(oblique_deg), bool(anisotropic), cfg)
@@ -276,7 +344,7 @@ def generate_cohort(  # noqa: C901 (the generator's options; split into stages)
     workers = max(1, min(int(workers), n_cases))
     if anatomy == "head":
         resolution = 2  # one anatomy for every acquisition: the same brains at any voxel size
-        anat = load_anatomy(resolution)
+        load_anatomy(resolution)
     job = {
         "config": cfg,
         "grid": grid,
@@ -289,37 +357,14 @@ def generate_cohort(  # noqa: C901 (the generator's options; split into stages)
         from tqdm import tqdm
 
         results = tqdm(results, total=n_cases, desc="synth", unit="case", file=sys.stderr)
-    rows, truths, scans = [], [], {}
-    for row, truth in results:
-        scan_truth = truth.pop("_scan", None)
-        if scan_truth:
-            scans[str(row["case_id"])] = scan_truth
-        rows.append(row)
-        truths.append(truth)
-    if scans:
-        write_text(out / "scans.json", json.dumps(scans, indent=1) + "\n")
-        _readable(out / "scans.json")
-    manifest = out / "manifest.csv"
-    write_text(out / "truth.csv", _csv(truths, TRUTH_COLUMNS))
-    _readable(out / "truth.csv")
-    meta = {
-        "generator": "autoimmuneai synth",
+    rows, truths, scans = _collect(results)
+    options = {
         "seed": seed,
         "n_cases": n_cases,
         "voxel_size": float(voxel_size),
         "oblique_deg": float(oblique_deg),
         "anisotropic": bool(anisotropic),
         "anatomy": anatomy,
-        "template": f"MNI152 (nilearn), {resolution} mm",
-        "grid": {"shape": list(grid.shape), "affine": grid.affine.round(6).tolist()},
-        "labels": {str(k): v for k, v in LABELS.items()},
-        "classes": {c: sum(r["diagnosis"] == c for r in rows) for c in cfg.classes},
-        "splits": {s: sum(r["split"] == s for r in rows) for s in cfg.split_fractions},
-        "versions": _versions(),
-        "config": cfg.to_dict(),
     }
-    write_text(out / "cohort.json", json.dumps(meta, indent=1) + "\n")
-    write_text(manifest, _csv(rows, MANIFEST_COLUMNS))
-    for path in (out / "cohort.json", manifest):
-        _readable(path)
-    return manifest
+    meta = _cohort_meta(cfg, rows, grid, resolution, options)
+    return _write_tables(out, rows, truths, scans, meta)

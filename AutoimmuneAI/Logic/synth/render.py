@@ -133,7 +133,79 @@ def _subject(latent: CaseLatent, anat: Anatomy, cfg: SynthConfig, rng: np.random
     )
 
 
-def _sample(  # noqa: PLR0915 (one rendering step per tissue and artefact; split per step)
+def _coarse_grid(grid: OutputGrid) -> tuple[tuple[int, ...], np.ndarray]:
+    """A coarse version of ``grid`` (nodes about 4 mm apart, the same extent) and the RAS mm
+    of its nodes (N, 3)."""
+    spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
+    coarse_shape = tuple(
+        max(2, int(math.ceil((n - 1) * s / 4.0)) + 1) for n, s in zip(grid.shape, spacing)
+    )
+    pos = [np.linspace(0.0, n - 1.0, m) for n, m in zip(grid.shape, coarse_shape)]
+    ijk = np.stack(np.meshgrid(*pos, indexing="ij")).reshape(3, -1)
+    world = (grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]).T
+    return coarse_shape, world
+
+
+def _template_points(
+    subject: _Subject,
+    anat: Anatomy,
+    cfg: SynthConfig,
+    world: np.ndarray,
+    pose: np.ndarray,
+    shift: np.ndarray,
+) -> np.ndarray:
+    """The template point (MNI mm, (N, 3)) that each RAS point shows: the inverse of the head
+    pose (rotate, then scale about the brain centre, then shift), the smooth deformation
+    (cubic B-spline on a coarse world lattice) and ventricle enlargement with atrophy."""
+    im = cfg.imaging
+    lo, _ = anat.bounds_mm(margin=40.0)
+    center = anat.center_mm()
+    pts = center + (world - center - shift) @ pose / subject.size
+    lat_idx = (pts - lo) / im["deform_spacing_mm"]
+    for a in range(3):
+        pts[:, a] += ndi.map_coordinates(subject.lattice[a], lat_idx.T, order=3, mode="nearest")
+    rel = pts - anat.ventricle_center_mm
+    w = np.exp(-0.5 * ((rel / np.array([16.0, 30.0, 16.0])) ** 2).sum(axis=1))
+    pts -= (im["ventricle_gain"] * subject.atrophy * w)[:, None] * rel
+    return pts
+
+
+def _candidates(
+    grid: OutputGrid, coarse_shape: tuple[int, ...], inside_c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Output voxels whose nearest coarse node maps into the brain (grown by 7 mm, more than a
+    voxel's distance to its nearest node; all others are background) as flat indices, and
+    their coordinates on the coarse grid (3, M)."""
+    nearest = [
+        np.rint(np.arange(n) * (m - 1) / max(n - 1, 1)).astype(np.intp)
+        for n, m in zip(grid.shape, coarse_shape)
+    ]
+    inside = inside_c.reshape(coarse_shape)[np.ix_(*nearest)]
+    cand = np.flatnonzero(inside)
+    ratio = np.array([(m - 1) / (n - 1) for n, m in zip(grid.shape, coarse_shape)], np.float32)
+    at = np.stack(np.unravel_index(cand, grid.shape)).astype(np.float32) * ratio[:, None]
+    return cand, at
+
+
+def _lesion_labels(subject: _Subject, vox: np.ndarray) -> np.ndarray:
+    """Lesion label at template voxel coordinates ``vox`` (3, M): the interpolated occupancy
+    >= 0.5 (a sub-voxel boundary that does not depend on the grid), labelled by the nearest
+    lesion label (grown by one voxel for the rim)."""
+    grown = ndi.grey_dilation(subject.labels, size=3)
+    near = ndi.map_coordinates(grown, vox, order=0, cval=0)
+    out = np.zeros(near.shape, np.uint8)
+    sub = np.flatnonzero(near)
+    if sub.size:
+        occ_at = ndi.map_coordinates(
+            subject.occupancy, vox[:, sub], order=1, cval=0.0, prefilter=False
+        )
+        own = ndi.map_coordinates(subject.labels, vox[:, sub], order=0, cval=0)
+        label = np.where(own > 0, own, near[sub])
+        out[sub] = np.where(occ_at >= 0.5, label, 0)
+    return out
+
+
+def _sample(
     subject: _Subject,
     anat: Anatomy,
     grid: OutputGrid,
@@ -145,29 +217,12 @@ def _sample(  # noqa: PLR0915 (one rendering step per tissue and artefact; split
     head=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Noise-free signal (float32, before scanner scale), lesion labels and, with ``head``, the
-    true brain mask (uint8) of one subject on ``grid``."""
-    im = cfg.imaging
-    lo, _ = anat.bounds_mm(margin=40.0)
-    step = im["deform_spacing_mm"]
-    # --- where each output voxel looks in the template: the mapping is smooth, so it is
-    # computed on a coarse version of the output grid and interpolated (much faster) ---
-    spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
-    coarse_shape = tuple(
-        max(2, int(math.ceil((n - 1) * s / 4.0)) + 1) for n, s in zip(grid.shape, spacing)
-    )
-    pos = [np.linspace(0.0, n - 1.0, m) for n, m in zip(grid.shape, coarse_shape)]
-    ijk = np.stack(np.meshgrid(*pos, indexing="ij")).reshape(3, -1)
-    world = (grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]).T
-    center = anat.center_mm()
-    # inverse of: rotate, then scale about center, then shift
-    pts = center + (world - center - shift) @ pose / subject.size
-    lat_idx = (pts - lo) / step
-    for a in range(3):  # smooth deformation (cubic B-spline on a coarse world lattice)
-        pts[:, a] += ndi.map_coordinates(subject.lattice[a], lat_idx.T, order=3, mode="nearest")
-    vent_c = anat.ventricle_center_mm
-    rel = pts - vent_c
-    w = np.exp(-0.5 * ((rel / np.array([16.0, 30.0, 16.0])) ** 2).sum(axis=1))
-    pts -= (im["ventricle_gain"] * subject.atrophy * w)[:, None] * rel
+    true brain mask (uint8) of one subject on ``grid``.
+
+    Where each output voxel looks in the template is smooth, so it is computed on a coarse
+    version of the output grid and interpolated (much faster)."""
+    coarse_shape, world = _coarse_grid(grid)
+    pts = _template_points(subject, anat, cfg, world, pose, shift)
     inv = np.linalg.inv(anat.affine)
     vox_c = (pts @ inv[:3, :3].T + inv[:3, 3]).T.reshape((3, *coarse_shape)).astype(np.float32)
     if head is None:
@@ -175,18 +230,10 @@ def _sample(  # noqa: PLR0915 (one rendering step per tissue and artefact; split
     else:
         at_head = vox_c.reshape(3, -1) + head.pad[:, None].astype(np.float32)
         inside_c = ndi.map_coordinates(head.near, at_head, order=0, cval=0)
+    center = anat.center_mm()
     bias_c = np.exp(bias_gain * (_poly2((world - center) / 80.0) @ subject.bias_coef))
-    # Candidate voxels: those whose nearest coarse node maps into the brain (grown by 7 mm, more
-    # than a voxel's distance to its nearest node); all others are background.
-    nearest = [
-        np.rint(np.arange(n) * (m - 1) / max(n - 1, 1)).astype(np.intp)
-        for n, m in zip(grid.shape, coarse_shape)
-    ]
-    inside = inside_c.reshape(coarse_shape)[np.ix_(*nearest)]
-    cand = np.flatnonzero(inside)
-    # Coarse-grid coordinates of the candidate voxels, then trilinear interpolation there.
-    ratio = np.array([(m - 1) / (n - 1) for n, m in zip(grid.shape, coarse_shape)], np.float32)
-    at = np.stack(np.unravel_index(cand, grid.shape)).astype(np.float32) * ratio[:, None]
+    cand, at = _candidates(grid, coarse_shape, inside_c)
+    # Trilinear interpolation of the template coordinates and the bias at the candidates.
     vox = np.stack([ndi.map_coordinates(vox_c[a], at, order=1, prefilter=False) for a in range(3)])
     bias = ndi.map_coordinates(
         bias_c.reshape(coarse_shape).astype(np.float32), at, order=1, prefilter=False
@@ -206,18 +253,7 @@ def _sample(  # noqa: PLR0915 (one rendering step per tissue and artefact; split
         brain[cand] = inside_brain
         brain = brain.reshape(grid.shape)
     img[cand] = value * bias
-    # Lesion mask: the interpolated occupancy >= 0.5 (a sub-voxel boundary that does not depend
-    # on the grid), labelled by the nearest lesion label (grown by one voxel for the rim).
-    grown = ndi.grey_dilation(subject.labels, size=3)
-    near = ndi.map_coordinates(grown, vox, order=0, cval=0)
-    sub = np.flatnonzero(near)
-    if sub.size:
-        occ_at = ndi.map_coordinates(
-            subject.occupancy, vox[:, sub], order=1, cval=0.0, prefilter=False
-        )
-        own = ndi.map_coordinates(subject.labels, vox[:, sub], order=0, cval=0)
-        label = np.where(own > 0, own, near[sub])
-        mask[cand[sub]] = np.where(occ_at >= 0.5, label, 0)
+    mask[cand] = _lesion_labels(subject, vox)
     return img.reshape(grid.shape), mask.reshape(grid.shape), brain
 
 

@@ -10,6 +10,7 @@ noise, dilution steps, tests not done), and the string a lab sheet carries ("1:1
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,6 +31,7 @@ REPORT_RANGE = {
     "igg_index": (0.1, 4.9), "csf_wbc": (0.0, 4000.0), "anti_dsdna": (0.5, 4000.0),
     "c3": (0.1, 3.9), "c4": (0.01, 1.4), "esr": (1.0, 145.0), "crp": (0.1, 450.0),
 }  # fmt: skip
+_Format = Callable[[str, float, bool, float, bool, dict], str]
 
 
 def _lognormal(rng: np.random.Generator, median: float, sd: float) -> float:
@@ -182,27 +184,53 @@ def lab_strings(
     return out
 
 
-def _continuous(  # noqa: C901 (one lab-sheet format per lab; a table would do)
+def _continuous(
     name: str, v: float, comma: bool, r: float, dsdna_cens: bool, crp_cens: bool, s: dict
 ) -> str:
-    if name == "igg_index":
-        return _num(v, 2, comma)
-    if name in ("csf_wbc", "esr"):
-        return str(int(round(v)))
-    if name == "anti_dsdna":
-        if dsdna_cens and v < s["dsdna_lower"]:
-            return f"<{s['dsdna_lower']:g}"
-        if dsdna_cens and v > s["dsdna_upper"]:
-            return f">{s['dsdna_upper']:g}"
-        return _num(v, 1, comma)
-    if name in ("c3", "c4"):
-        if r < s["c3c4_mg_dl"]:
-            return f"{_num(v * 100.0, 0 if name == 'c3' else 1, comma)} mg/dL"
-        return _num(v, 2, comma)
-    if name == "crp":
-        if crp_cens and v < s["crp_lower"]:
-            return f"<{s['crp_lower']:g}"
-        if r < s["crp_mg_dl"]:
-            return f"{_num(v / 10.0, 2, comma)} mg/dL"
-        return _num(v, 1, comma)
-    raise KeyError(name)
+    """The lab-sheet string of one continuous result (``r``: the uniform that picks the unit;
+    ``dsdna_cens`` / ``crp_cens``: whether this patient's lab reports "<" / ">" limits)."""
+    censors = {"anti_dsdna": dsdna_cens, "crp": crp_cens}.get(name, False)
+    return _CONTINUOUS_FORMATS[name](name, v, comma, r, censors, s)
+
+
+def _plain(decimals: int) -> _Format:
+    """A number with ``decimals`` decimals (comma or point)."""
+    return lambda name, v, comma, r, censors, s: _num(v, decimals, comma)
+
+
+def _count(name: str, v: float, comma: bool, r: float, censors: bool, s: dict) -> str:
+    return str(int(round(v)))
+
+
+def _dsdna(name: str, v: float, comma: bool, r: float, censors: bool, s: dict) -> str:
+    if censors and v < s["dsdna_lower"]:
+        return f"<{s['dsdna_lower']:g}"
+    if censors and v > s["dsdna_upper"]:
+        return f">{s['dsdna_upper']:g}"
+    return _num(v, 1, comma)
+
+
+def _complement(name: str, v: float, comma: bool, r: float, censors: bool, s: dict) -> str:
+    if r < s["c3c4_mg_dl"]:
+        return f"{_num(v * 100.0, 0 if name == 'c3' else 1, comma)} mg/dL"
+    return _num(v, 2, comma)
+
+
+def _crp(name: str, v: float, comma: bool, r: float, censors: bool, s: dict) -> str:
+    if censors and v < s["crp_lower"]:
+        return f"<{s['crp_lower']:g}"
+    if r < s["crp_mg_dl"]:
+        return f"{_num(v / 10.0, 2, comma)} mg/dL"
+    return _num(v, 1, comma)
+
+
+# One lab-sheet format per continuous lab (name, value, comma, unit uniform, censors, config).
+_CONTINUOUS_FORMATS: dict[str, _Format] = {
+    "igg_index": _plain(2),
+    "csf_wbc": _count,
+    "esr": _count,
+    "anti_dsdna": _dsdna,
+    "c3": _complement,
+    "c4": _complement,
+    "crp": _crp,
+}
