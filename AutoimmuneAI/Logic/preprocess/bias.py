@@ -1,7 +1,8 @@
 """Bias-field correction: N4 (SimpleITK) fitted on a shrunk copy of the image.
 
-The field is smooth, so fitting it on voxels of about 8 mm costs a fraction of a full-size fit
-and loses nothing the model grid (2.5 mm) could show. The result is the log field on that
+The field is smooth, so fitting it on voxels of about 12 mm costs a fraction of a full-size
+fit and loses nothing the model grid (2.5-3.3 mm) could show (on the generator's heads the
+log field inside the brain differs from an 8 mm fit by 0.4-1% sd, at 40% of its cost). The result is the log field on that
 coarse grid; ``pipeline`` samples it where it samples the image and divides, so the
 full-resolution image is never corrected voxel by voxel.
 """
@@ -15,7 +16,7 @@ from ..data.imaging import _from_sitk
 from .registration import shrink
 
 
-def log_bias_field(image: sitk.Image, *, spacing_mm: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+def log_bias_field(image: sitk.Image, *, spacing_mm: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
     """N4's log bias field of ``image`` on a grid of about ``spacing_mm``: (array [i, j, k],
     RAS affine). The mask is the head (Otsu); outside it the field is extrapolated by N4's
     B-spline."""

@@ -15,6 +15,7 @@ which (``preprocessing_from_dict``): bundles trained before this stage keep ``Mo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,11 +74,7 @@ class Preprocessor:
     @property
     def grid_affine(self) -> np.ndarray:
         """Model-grid voxel -> MNI RAS mm: the box centred on the template brain."""
-        t = load_template(2.0)
-        ijk = np.argwhere(t.brain_array)
-        corners = np.stack([ijk.min(0), ijk.max(0)]).astype(np.float64)
-        centre = (corners @ t.affine[:3, :3].T + t.affine[:3, 3]).mean(axis=0)
-        return ModelGrid(self.shape, self.spacing).grid_affine(centre)
+        return _grid_affine(self.shape, self.spacing).copy()
 
     # -- forward --------------------------------------------------------------------------
 
@@ -112,7 +109,7 @@ class Preprocessor:
                 mode="nearest",
             )  # fmt: skip
             values = values / np.exp(log_b).astype(np.float32)
-        brain = template_mask_on(grid, self.shape)
+        brain = _template_mask(self.shape, self.spacing)
         coverage = float(inside[brain].mean()) if brain.any() else 0.0
         usable = brain & inside
         if coverage < COVERAGE_FAIL or usable.sum() < 100:
@@ -221,11 +218,33 @@ class Preprocessor:
         )
 
     def _template_on_grid(self) -> np.ndarray:
-        t = load_template(2.0)
-        m = np.linalg.inv(t.affine) @ self.grid_affine
-        return ndi.affine_transform(
-            t.image_array, m[:3, :3], m[:3, 3], output_shape=self.shape, order=1
-        )
+        return _template_image(self.shape, self.spacing)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_affine(shape: tuple[int, int, int], spacing: float) -> np.ndarray:
+    t = load_template(2.0)
+    ijk = np.argwhere(t.brain_array)
+    corners = np.stack([ijk.min(0), ijk.max(0)]).astype(np.float64)
+    centre = (corners @ t.affine[:3, :3].T + t.affine[:3, 3]).mean(axis=0)
+    return ModelGrid(shape, spacing).grid_affine(centre)
+
+
+@functools.lru_cache(maxsize=4)
+def _template_mask(shape: tuple[int, int, int], spacing: float) -> np.ndarray:
+    """The template brain mask on the model grid (cached: the same for every case)."""
+    mask = template_mask_on(_grid_affine(shape, spacing), shape)
+    mask.setflags(write=False)
+    return mask
+
+
+@functools.lru_cache(maxsize=4)
+def _template_image(shape: tuple[int, int, int], spacing: float) -> np.ndarray:
+    t = load_template(2.0)
+    m = np.linalg.inv(t.affine) @ _grid_affine(shape, spacing)
+    image = ndi.affine_transform(t.image_array, m[:3, :3], m[:3, 3], output_shape=shape, order=1)
+    image.setflags(write=False)
+    return image
 
 
 def preprocessing_from_dict(data: dict) -> ModelGrid | Preprocessor:

@@ -10,17 +10,20 @@ wider ring, 6-12 mm, let the scale drift until the template brain filled the sku
 Initialisation, which decides whether a tilted head with a neck in the field of view lands
 right: the brain's centre is guessed from the head's vertex (the top of the foreground, which
 a neck does not move) and the centre of the upper head, at a few depths below the vertex, and
-each guess is tried at several pitches and rolls; the metric is evaluated at every start on
-8 mm images, the best starts are optimised as rigid + isotropic scale (a similarity: heads
-differ in size, and a rigid fit of a brain 10% larger than the template lands in a wrong
-minimum) on 4 mm images, first smoothed, and the best of those is refined as an affine
-transform, kept only when the metric improves (template brain sampled at 4 mm: enough for
-the 2.5 mm model grid, and fast). No optimiser is written here: SimpleITK's
+each guess is tried at several pitches (roll and yaw are left to the optimiser: +-10 degrees
+lie inside its reach); the metric is evaluated at every start on 8 mm images, the best start
+of each depth is optimised as rigid + isotropic scale (a similarity: heads differ in size, and
+a rigid fit of a brain 10% larger than the template lands in a wrong minimum) at the smoothed
+8 mm level only, and the best of those (by the 4 mm metric) alone at the 4 mm level, then
+refined as an affine transform, kept only when the metric improves (template brain sampled at
+4 mm: enough for the 2.5-3.3 mm model grid). The coarse-first order keeps one costly 4 mm
+optimisation per case instead of one per start. No optimiser is written here: SimpleITK's
 ``ImageRegistrationMethod`` does the work.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -33,9 +36,10 @@ from .template import load_template
 # RAS <-> LPS for 4x4 matrices (its own inverse).
 _F = np.diag([-1.0, -1.0, 1.0, 1.0])
 PITCHES_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
-ROLLS_DEG = (-10.0, 0.0, 10.0)
+ROLLS_DEG = (0.0,)
 DEPTHS_MM = (70.0, 80.0, 90.0)  # template brain centre below the top of the head
-N_REFINED = 3
+N_REFINED = 3  # starts optimised at the coarse level
+FINE_ITERATIONS = 50
 GROW_MM = (4.0, 2.0)  # metric mask: template brain grown by this much (mm) at 8 and 4 mm
 
 
@@ -157,7 +161,7 @@ def _similarity(transform: sitk.Transform) -> sitk.Similarity3DTransform:
 
 
 def _evaluate(template, moving: sitk.Image, transform: sitk.Transform) -> float:
-    probe = _method(template.metric_mask, 1, None)
+    probe = _method(template.metric_mask, 1, 0.5)
     probe.SetInitialTransform(transform, inPlace=False)
     return float(probe.MetricEvaluate(template.image, moving))
 
@@ -188,41 +192,41 @@ def _scored_starts(t8, m8: sitk.Image, m4: sitk.Image) -> list[tuple]:
 
 
 def _refine_similarity(t4, m4: sitk.Image, scored: list[tuple]) -> tuple:
-    """The best starts as rigid + isotropic scale (heads differ in size by 10% and more) on
-    the 4 mm images, smoothed to 8 mm first; the best result by the 4 mm metric."""
-    best = None
+    """The best starts as rigid + isotropic scale (heads differ in size by 10% and more):
+    each start at the coarse, smoothed 8 mm level (cheap), then only the best of those, by
+    the 4 mm metric, at the 4 mm level (the costly one)."""
+    coarse = []
     for _, pitch, roll, depth, transform in scored[:N_REFINED]:
-        path = "similarity"
         try:
-            sim = _pyramid(t4, m4, transform, rigid_first=False)
+            sim = _coarse_similarity(t4, m4, transform)
             value = _evaluate(t4, m4, sim)
         except RuntimeError:
             continue
-        if best is None or value < best[0]:
-            start = {"pitch_deg": pitch, "roll_deg": roll, "depth_mm": depth, "path": path}
-            best = (value, sim, start)
-    if best is None:
+        start = {"pitch_deg": pitch, "roll_deg": roll, "depth_mm": depth, "path": "similarity"}
+        coarse.append((value, sim, start))
+    if not coarse:
         raise RuntimeError("registration failed from every start")
-    return best
+    coarse.sort(key=lambda c: c[0])
+    for _, sim, start in coarse:
+        try:
+            fine = _method(t4.metric_mask, FINE_ITERATIONS, 0.5)
+            fine.SetInitialTransform(sim, inPlace=True)
+            fine.Execute(t4.image, m4)
+            return _evaluate(t4, m4, sim), sim, start
+        except RuntimeError:
+            continue
+    raise RuntimeError("registration failed from every start")
 
 
-def _pyramid(
-    t4, m4: sitk.Image, start: sitk.Euler3DTransform, *, rigid_first: bool
-) -> sitk.Similarity3DTransform:
-    """Smoothed (8 mm) then unsmoothed 4 mm stage: similarity at both, or rigid at the first
-    and similarity at the second (kept as an option: on the generator's scans it rescued
-    one failure in sixteen at twice the time, so ``register`` uses similarity only)."""
-    first: sitk.Transform = sitk.Euler3DTransform(start) if rigid_first else _similarity(start)
+def _coarse_similarity(t4, m4: sitk.Image, start: sitk.Transform) -> sitk.Similarity3DTransform:
+    """Similarity from ``start`` at the smoothed 8 mm level of the 4 mm images."""
+    sim = _similarity(start)
     coarse = _method(t4.metric_mask, 50, 0.5)
     coarse.SetShrinkFactorsPerLevel([2])
     coarse.SetSmoothingSigmasPerLevel([4.0])
     coarse.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    coarse.SetInitialTransform(first, inPlace=True)
+    coarse.SetInitialTransform(sim, inPlace=True)
     coarse.Execute(t4.image, m4)
-    sim = _similarity(first) if rigid_first else first
-    fine = _method(t4.metric_mask, 50, 0.5)
-    fine.SetInitialTransform(sim, inPlace=True)
-    fine.Execute(t4.image, m4)
     return sim
 
 
@@ -259,6 +263,12 @@ def register(
 
 def template_centre_lps() -> np.ndarray:
     """LPS mm of the template brain's centre of mass (the pivot of every start)."""
+    return np.array(_template_centre())
+
+
+@functools.lru_cache(maxsize=1)
+def _template_centre() -> tuple[float, float, float]:
     t4 = load_template(4.0, 6.0)
     ijk = np.argwhere(sitk.GetArrayViewFromImage(t4.brain))[:, ::-1].mean(axis=0)
-    return np.asarray(t4.brain.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk]))
+    point = t4.brain.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk])
+    return (float(point[0]), float(point[1]), float(point[2]))
