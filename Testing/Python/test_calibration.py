@@ -114,3 +114,43 @@ def test_choose_temperature_applies_it_only_when_held_out_folds_improve():
     # a class with one labelled case: no folds, the identity
     t, record = choose_temperature(calibrated[:6], np.array([0, 0, 1, 1, 2, -1]))
     assert t == 1.0 and record["applied"] is False and record["folds"] == 0
+
+
+def test_ece_if_calibrated_matches_a_calibrated_model_and_shrinks_with_n():
+    """The reference ECE is what a model whose probabilities are right shows on n cases."""
+    from autoimmuneai.stats.calibration import ece_if_calibrated
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0.0, 2.0, size=(4000, 5))
+    p = softmax(logits)
+    # the ECE of truly calibrated probabilities on independent 50-case draws
+    observed = []
+    for _ in range(300):
+        i = rng.choice(4000, 50, replace=False)
+        labels = np.array([rng.choice(5, p=row) for row in p[i]])
+        observed.append(expected_calibration_error(p[i], labels))
+    ref50 = ece_if_calibrated(p[:50], seed=1)
+    assert ref50["n"] == 50
+    assert ref50["mean"] == pytest.approx(np.mean(observed), abs=0.03)
+    assert ref50["mean"] > 0.08  # on 50 cases even a perfect model misses ECE <= 0.08
+    ref2000 = ece_if_calibrated(p[:2000], seed=1)
+    assert ref2000["mean"] < ref50["mean"] / 3 and ref2000["p95"] < 0.05
+    assert ref50["p95"] > ref50["mean"]
+
+
+def test_vector_scaling_fixes_a_per_class_overconfidence_temperature_cannot():
+    from autoimmuneai.stats.calibration import fit_vector_scaling
+
+    rng = np.random.default_rng(6)
+    logits = rng.normal(0.0, 1.5, size=(3000, 4))
+    labels = np.array([rng.choice(4, p=row) for row in softmax(logits)])
+    scale = np.array([3.0, 3.0, 1.0, 1.0])  # two classes over-confident, two not
+    bent = logits * scale + np.array([0.5, 0.0, 0.0, -0.5])
+    w, b = fit_vector_scaling(bent, labels, l2=1e-4)
+    t = fit_temperature(bent, labels)
+    ece_v = expected_calibration_error(softmax(bent * w + b), labels)
+    ece_t = expected_calibration_error(softmax(bent, t), labels)
+    assert ece_v < ece_t and ece_v < 0.03
+    assert w[0] < 0.6 and w[2] > 0.7  # the over-confident classes are scaled down
+    w0, b0 = fit_vector_scaling(bent, np.full(3000, -1))
+    assert np.array_equal(w0, np.ones(4)) and np.array_equal(b0, np.zeros(4))

@@ -1,0 +1,299 @@
+"""Benchmark of the small-cohort targets (issue 18) with the real network, on a large fresh cohort.
+
+``run``: generates the default demo cohort (240 cases, split 144 / 45 / 50 by the generator),
+trains the default first-look model on it exactly as ``autoimmuneai demo`` does
+(``workflows.demo.training_settings``), generates a held-out cohort of ``--heldout`` cases
+with another seed, and evaluates the bundle on both: the demo's own 50-case test split and
+every case of the fresh cohort (``workflows.evaluate.evaluate_bundle``, the path ``evaluate``
+takes). It also stores the networks' logits and log-hazards and the serology baseline's
+outputs of every case in ``arrays_<seed>.npz``, so calibration and conformal variants can be
+measured offline (``analyse``) without retraining.
+
+``analyse``: on the stored arrays, each calibration variant (temperature checked on folds of
+the validation cases as ``train`` does, always applied, vector scaling) and each conformal
+variant, measured on the fresh held-out cohort; plus the estimation noise of every figure at
+the demo's test size: the spread of the same figure over random 50-case draws from the
+held-out cohort, and the ECE a perfectly calibrated model would show on 50 cases
+(``stats.targets.expected_ece_if_calibrated``).
+
+    python Testing/Benchmarks/bench_small_cohort.py run --seed 0 --work /tmp/sc --out sc0.json
+    python Testing/Benchmarks/bench_small_cohort.py analyse --work /tmp/sc --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HELDOUT_SEED_OFFSET = 1000
+DEMO_CASES = 240
+
+
+def _cohort(work: Path, name: str, n: int, seed: int) -> Path:
+    """The manifest of a generated cohort, generated once (generation is deterministic)."""
+    from autoimmuneai.synth import generate_cohort
+
+    manifest = work / name / "manifest.csv"
+    if not manifest.is_file():
+        generate_cohort(work / name, n, seed, progress=False)
+    return manifest
+
+
+def _headline(m: dict) -> dict:
+    conf = m["conformal"]
+    sero = m["baselines"].get("serology_only", {})
+    return {
+        "n": m["n_cases"],
+        "balanced_accuracy": m["diagnosis"]["balanced_accuracy"],
+        "ece": m["diagnosis"]["ece"],
+        "ece_before_calibration": m["diagnosis"]["ece_before_calibration"],
+        "mean_set_size": conf["mean_set_size"],
+        "coverage": conf["coverage"],
+        "per_class_coverage": conf["per_class_coverage"],
+        "class_conditional": conf["class_conditional"],
+        "c_index": m["progression"]["c_index"],
+        "serology_c_index": (sero.get("progression") or {}).get("c_index"),
+        "serology_balanced_accuracy": (sero.get("diagnosis") or {}).get("balanced_accuracy"),
+        "targets": m.get("targets"),
+    }
+
+
+def _arrays(bundle_dir: Path, manifests: dict[str, Path], cache: Path) -> dict[str, np.ndarray]:
+    """Fused and serology-baseline outputs, labels and follow-up of every case, per cohort part."""
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.data.dataset import build_arrays
+    from autoimmuneai.inference.batch import infer
+    from autoimmuneai.model.bundle import load_bundle
+    from autoimmuneai.stats.baselines import BaselineInputs, baseline_outputs
+
+    bundle = load_bundle(bundle_dir)
+    out: dict[str, np.ndarray] = {"temperature": np.array(bundle.temperature)}
+    for part, manifest in manifests.items():
+        cohort = load_cohort(manifest, panel=bundle.panel)
+        arrays = build_arrays(cohort, bundle.grid, bundle.encoder, cache_dir=cache / part)
+        captured: dict[str, list] = {"readout": [], "hidden": []}
+        hooks = [
+            bundle.model.image_encoder.register_forward_hook(
+                lambda _m, _i, o, c=captured: c["readout"].append(o[2].detach().double().numpy())
+            ),
+            bundle.model.trunk.register_forward_hook(
+                lambda _m, _i, o, c=captured: c["hidden"].append(o.detach().double().numpy())
+            ),
+        ]
+        res = infer(bundle, arrays, which="fused")
+        for h in hooks:
+            h.remove()
+        out[f"{part}_readout"] = np.concatenate(captured["readout"])
+        out[f"{part}_hidden"] = np.concatenate(captured["hidden"])
+        values, missing = cohort.lab_matrix()
+        inputs = BaselineInputs(
+            bundle.encoder.transform(values, missing), values, cohort.truth_table()
+        )
+        sero = baseline_outputs(
+            {"serology_only": bundle.baselines["serology_only"]}, inputs, bundle.panel
+        )["serology_only"]
+        times, events = cohort.survival()
+        out[f"{part}_logits"] = np.asarray(res.logits, dtype=np.float64)
+        out[f"{part}_risk"] = np.asarray(res.risk, dtype=np.float64)
+        out[f"{part}_labels"] = cohort.labels()
+        out[f"{part}_split"] = np.array([c.split or "" for c in cohort.cases])
+        out[f"{part}_times"], out[f"{part}_events"] = times, events
+        out[f"{part}_sero_probs"] = np.asarray(sero.probs)  # type: ignore[union-attr]
+        out[f"{part}_sero_risk"] = np.asarray(sero.risk)  # type: ignore[union-attr]
+        out[f"{part}_serology"] = inputs.encoded
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Generate, train the default demo model, evaluate on the test split and a fresh cohort."""
+    from autoimmuneai.training.trainer import TrainConfig, train_bundle
+    from autoimmuneai.workflows.demo import demo_config, training_settings
+    from autoimmuneai.workflows.evaluate import evaluate_bundle
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    figures: dict = {"seed": args.seed, "load_average_start": os.getloadavg()[0]}
+    t = time.perf_counter()
+    demo = _cohort(work, f"demo_s{args.seed}", args.cases, args.seed)
+    figures["synth_seconds"] = round(time.perf_counter() - t, 1)
+    settings = training_settings(demo_config(args.cases, args.seed, False, None))
+    settings.update(json.loads(args.train_options))
+    cfg = TrainConfig(**settings)
+    if args.threads:
+        cfg.threads = args.threads
+    bundle_dir = work / f"bundle_s{args.seed}{args.tag}"
+    t = time.perf_counter()
+    train_bundle(demo, bundle_dir, cfg, resume=args.resume, progress=sys.stderr.isatty())
+    figures["train_seconds"] = round(time.perf_counter() - t, 1)
+    figures["train_config"] = cfg.to_dict()
+    held_seed = args.seed + HELDOUT_SEED_OFFSET
+    held = _cohort(work, f"heldout_s{held_seed}", args.heldout, held_seed)
+    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    figures["n_cases"] = meta["training"]["n_cases"]
+    figures["calibration"] = meta["training"]["calibration"]
+    figures["epochs"] = {k: meta["training"]["fused"][k] for k in ("epochs_run", "best_epoch")}
+    for name, manifest, split in (("test", demo, "test"), ("heldout", held, None)):
+        m = evaluate_bundle(bundle_dir, manifest, work / f"eval_{name}_s{args.seed}{args.tag}",
+                            split=split, progress=False)  # fmt: skip
+        figures[name] = _headline(m)
+    arrays = _arrays(bundle_dir, {"dev": demo, "heldout": held}, work / "cache")
+    np.savez(work / f"arrays_s{args.seed}{args.tag}.npz", **arrays)
+    figures["load_average_end"] = os.getloadavg()[0]
+    return figures
+
+
+# --------------------------------------------------------------------------- offline analysis
+
+
+def _metrics(probs: np.ndarray, y: np.ndarray, cp) -> dict:
+    """Held-out figures of one variant: BA, log loss, ECE, sets, coverage (overall, per class)."""
+    from sklearn.metrics import balanced_accuracy_score, log_loss
+
+    from autoimmuneai.stats.calibration import expected_calibration_error
+    from autoimmuneai.stats.conformal import coverage, mean_set_size
+
+    sets = cp.predict_sets(probs)
+    per_class = [coverage(sets[y == k], y[y == k]) for k in range(probs.shape[1])]
+    return {
+        "balanced_accuracy": round(float(balanced_accuracy_score(y, probs.argmax(1))), 4),
+        "log_loss": round(float(log_loss(y, probs, labels=range(probs.shape[1]))), 4),
+        "ece": round(expected_calibration_error(probs, y), 4),
+        "mean_set": round(mean_set_size(sets), 3),
+        "coverage": round(coverage(sets, y), 3),
+        "class_coverage": [round(v, 3) for v in per_class],
+        "worst_class_coverage": round(min(per_class), 3),
+        "mondrian": bool(cp.class_conditional),
+    }
+
+
+def _noise(probs: np.ndarray, y: np.ndarray, cp, n: int, draws: int = 300) -> dict:
+    """Spread of the figures over random ``n``-case draws from the held-out cohort."""
+    from autoimmuneai.stats.calibration import ece_if_calibrated, expected_calibration_error
+    from autoimmuneai.stats.conformal import coverage, mean_set_size
+
+    rng = np.random.default_rng(0)
+    sets = cp.predict_sets(probs)
+    rows = []
+    for _ in range(draws):
+        i = rng.choice(len(y), n, replace=False)
+        rows.append(
+            (expected_calibration_error(probs[i], y[i]), mean_set_size(sets[i]),
+             coverage(sets[i], y[i]))
+        )  # fmt: skip
+    a = np.array(rows)
+    lo, hi = np.percentile(a, [2.5, 97.5], axis=0)
+    return {
+        "n": n,
+        "ece_mean_sd": [round(a[:, 0].mean(), 4), round(a[:, 0].std(), 4)],
+        "ece_95": [round(lo[0], 4), round(hi[0], 4)],
+        "set_95": [round(lo[1], 3), round(hi[1], 3)],
+        "coverage_95": [round(lo[2], 3), round(hi[2], 3)],
+        "ece_if_calibrated": ece_if_calibrated(probs[rng.choice(len(y), n, replace=False)]),
+    }
+
+
+def _oof_linear(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Out-of-fold probabilities of the linear pipeline on ``x`` (stratified folds)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from autoimmuneai.stats.baselines import linear_pipeline
+
+    out = np.zeros((len(y), int(y.max()) + 1))
+    for rest, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        out[held] = linear_pipeline().fit(x[rest], y[rest]).predict_proba(x[held])
+    return out
+
+
+def _variants(d: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """name -> (calibration probabilities, their labels, held-out probabilities)."""
+    from autoimmuneai.stats.baselines import linear_pipeline
+    from autoimmuneai.stats.calibration import (
+        choose_temperature,
+        fit_temperature,
+        fit_vector_scaling,
+        softmax,
+    )
+
+    split, y = d["dev_split"], d["dev_labels"]
+    val, tr = split == "val", split == "train"
+    lv, lh = d["dev_logits"][val], d["heldout_logits"]
+    t_chk, _ = choose_temperature(lv, y[val])
+    t_all = fit_temperature(lv, y[val])
+    w, b = fit_vector_scaling(lv, y[val])
+    out = {
+        "stored (fold-checked T)": (softmax(lv, t_chk), y[val], softmax(lh, t_chk)),
+        f"T fitted on val ({t_all:.2f})": (softmax(lv, t_all), y[val], softmax(lh, t_all)),
+        "vector scaling on val": (softmax(lv * w + b), y[val], softmax(lh * w + b)),
+    }
+    for name, cols in (("readout+labs", ("readout", "serology")),):
+        xd = np.hstack([d[f"dev_{c}"] for c in cols])
+        xh = np.hstack([d[f"heldout_{c}"] for c in cols])
+        oof = _oof_linear(xd, y, 5, 0)
+        full = linear_pipeline().fit(xd, y).predict_proba(xh)
+        out[f"linear on {name}, OOF over train+val"] = (oof, y, full)
+        oof_tr = _oof_linear(xd[tr], y[tr], 5, 0)
+        del oof_tr
+    return out
+
+
+def analyse(args: argparse.Namespace) -> dict:
+    """Every calibration / conformal variant of the stored arrays, on the fresh cohort."""
+    from autoimmuneai.stats.conformal import fit_conformal, fit_default_conformal
+    from autoimmuneai.stats.survival import concordance
+
+    report: dict = {}
+    for path in sorted(args.work.glob("arrays_s*.npz")):
+        d = dict(np.load(path))
+        yh = d["heldout_labels"]
+        rows: dict = {}
+        for name, (pc, yc, ph) in _variants(d).items():
+            rows[name] = {
+                "n_calibration": int(len(yc)),
+                "default sets": _metrics(ph, yh, fit_default_conformal(pc, yc)),
+                "marginal LAC": _metrics(ph, yh, fit_conformal(pc, yc, method="lac")),
+            }
+        stored = _variants(d)["stored (fold-checked T)"]
+        cp = fit_default_conformal(stored[0], stored[1])
+        th, eh = d["heldout_times"], d["heldout_events"]
+        rows["noise at 50 cases (stored)"] = _noise(stored[2], yh, cp, 50)
+        rows["noise at 400 cases (stored)"] = _noise(stored[2], yh, cp, min(400, len(yh)))
+        rows["c_index"] = {
+            "fused": round(concordance(th, d["heldout_risk"], eh), 4),
+            "serology": round(concordance(th, d["heldout_sero_risk"], eh), 4),
+        }
+        report[path.stem] = rows
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="generate, train, evaluate and store the arrays")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--cases", type=int, default=DEMO_CASES)
+    r.add_argument("--heldout", type=int, default=400, help="cases of the fresh cohort")
+    r.add_argument("--train-options", default="{}", help="JSON of TrainConfig fields to change")
+    r.add_argument("--tag", default="", help="suffix of the bundle and arrays (variants)")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--resume", action="store_true", help="continue an interrupted training")
+    a = sub.add_parser("analyse", help="calibration and conformal variants of stored arrays")
+    for q in (r, a):
+        q.add_argument("--work", type=Path, required=True, help="cohorts, bundles, arrays")
+        q.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    figures = run(args) if args.command == "run" else analyse(args)
+    text = json.dumps(figures, indent=1, default=str)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
