@@ -33,7 +33,8 @@ def _case_outputs(n: int, seed: int, miss: float):
 
 
 def _by_name(targets: list[dict]) -> dict:
-    assert all(set(t) == {"name", "target", "measured", "ci", "met", "note"} for t in targets)
+    keys = {"name", "target", "measured", "ci", "met", "note"}
+    assert all(set(t) - {"if_calibrated"} == keys for t in targets)
     return {t["name"]: t for t in targets}
 
 
@@ -79,3 +80,42 @@ def test_targets_are_judged_on_many_cases_and_left_open_on_few():
     assert few["mean prediction-set size"]["target"] == "<= 2.0"
     assert few["coverage of A"]["target"] == ">= 0.8"
     assert few["fused c-index minus serology-only c-index"]["met"] is None
+
+
+def _calibrated(n: int, seed: int, sharpen: float = 1.0):
+    """Probabilities whose labels are drawn from them (``sharpen`` > 1: over-confident)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.5, size=(n, 3))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=row) for row in p])
+    q = np.exp(logits * sharpen)
+    return q / q.sum(axis=1, keepdims=True), labels
+
+
+def _ece(probs, labels, n_training=150) -> dict:
+    n = len(labels)
+    sets = np.ones((n, 3), bool)
+    targets = small_cohort_targets(
+        classes=CLASSES, probs=probs, labels=labels, sets=sets, risk=np.zeros(n),
+        times=np.ones(n), events=np.ones(n), serology_risk=None, n_training=n_training,
+    )  # fmt: skip
+    return _by_name(targets)["expected calibration error (15 bins)"]
+
+
+def test_ece_on_few_cases_is_judged_against_what_a_calibrated_model_shows():
+    from autoimmuneai.stats.calibration import expected_calibration_error
+
+    # 50 cases of a perfectly calibrated model: the ECE is above 0.08, yet nothing is wrong
+    probs, labels = _calibrated(50, 2)
+    entry = _ece(probs, labels)
+    assert entry["measured"] == pytest.approx(expected_calibration_error(probs, labels))
+    ref = entry["if_calibrated"]
+    assert ref["n"] == 50 and ref["mean"] > 0.08 and ref["p95"] > ref["mean"]
+    if entry["measured"] > 0.08:
+        assert entry["met"] is None and "perfectly calibrated" in entry["note"]
+    # 2000 cases: a calibrated model meets the target, a strongly over-confident one does not
+    probs, labels = _calibrated(2000, 3)
+    good = _ece(probs, labels)
+    assert good["met"] is True and good["if_calibrated"]["p95"] < 0.08
+    bad = _ece(*_calibrated(2000, 3, sharpen=3.0))
+    assert bad["met"] is False and bad["measured"] > bad["if_calibrated"]["p95"]
