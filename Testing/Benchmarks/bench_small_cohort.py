@@ -173,7 +173,8 @@ def _metrics(probs: np.ndarray, y: np.ndarray, cp) -> dict:
 
 
 def _noise(probs: np.ndarray, y: np.ndarray, cp, n: int, draws: int = 300) -> dict:
-    """Spread of the figures over random ``n``-case draws from the held-out cohort."""
+    """Spread of the figures over random ``n``-case draws from the held-out cohort (with
+    replacement when ``n`` is the whole cohort: its bootstrap interval)."""
     from autoimmuneai.stats.calibration import ece_if_calibrated, expected_calibration_error
     from autoimmuneai.stats.conformal import coverage, mean_set_size
 
@@ -181,7 +182,7 @@ def _noise(probs: np.ndarray, y: np.ndarray, cp, n: int, draws: int = 300) -> di
     sets = cp.predict_sets(probs)
     rows = []
     for _ in range(draws):
-        i = rng.choice(len(y), n, replace=False)
+        i = rng.choice(len(y), n, replace=n >= len(y))  # all cases: a bootstrap
         rows.append(
             (expected_calibration_error(probs[i], y[i]), mean_set_size(sets[i]),
              coverage(sets[i], y[i]))
@@ -231,6 +232,25 @@ def _variants(d: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         f"T fitted on val ({t_all:.2f})": (softmax(lv, t_all), y[val], softmax(lh, t_all)),
         "vector scaling on val": (softmax(lv * w + b), y[val], softmax(lh * w + b)),
     }
+
+    def stack(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return softmax(w[0] * a + w[1] * b)
+
+    from scipy.optimize import minimize
+
+    ls_v, ls_h = (
+        np.log(np.clip(d["dev_sero_probs"][val], 1e-9, 1)),
+        np.log(np.clip(d["heldout_sero_probs"], 1e-9, 1)),
+    )
+
+    def nll(w: np.ndarray) -> float:
+        p = stack(lv, ls_v, w)
+        return float(-np.log(p[np.arange(len(p)), y[val]] + 1e-12).mean())
+
+    w_st = minimize(nll, np.array([1.0, 0.0]), method="Nelder-Mead").x
+    out[f"stack fused {w_st[0]:.2f} + serology {w_st[1]:.2f} (val)"] = (
+        stack(lv, ls_v, w_st), y[val], stack(lh, ls_h, w_st),
+    )  # fmt: skip
     for name, cols in (("readout+labs", ("readout", "serology")),):
         xd = np.hstack([d[f"dev_{c}"] for c in cols])
         xh = np.hstack([d[f"heldout_{c}"] for c in cols])
@@ -242,13 +262,50 @@ def _variants(d: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
+def _risk_variants(d: dict) -> dict:
+    """C-index on the fresh cohort of the stored head and of covariate heads refitted on train."""
+    import torch
+
+    from autoimmuneai.model.risk_head import fit_covariate_log_hazards
+    from autoimmuneai.stats.survival import concordance
+
+    tr, va = d["dev_split"] == "train", d["dev_split"] == "val"
+    th, eh = d["heldout_times"], d["heldout_events"]
+    out = {
+        "stored head": round(concordance(th, d["heldout_risk"], eh), 4),
+        "serology Cox": round(concordance(th, d["heldout_sero_risk"], eh), 4),
+        "stored + serology Cox": round(
+            concordance(th, d["heldout_risk"] + d["heldout_sero_risk"], eh), 4
+        ),
+    }
+
+    def tt(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+    for l2 in (1.0, 0.1, 0.03, 0.01, 0.003):
+        a, w = fit_covariate_log_hazards(
+            tt(d["dev_logits"][tr]), tt(d["dev_serology"][tr]), tt(d["dev_times"][tr]),
+            tt(d["dev_events"][tr]), l2,
+        )  # fmt: skip
+
+        def eta(part: str, sel=slice(None), a=a, w=w) -> np.ndarray:
+            lp = torch.log_softmax(tt(d[f"{part}_logits"][sel]), dim=1)
+            x = tt(d[f"{part}_serology"][sel])
+            return (torch.logsumexp(lp + a.double(), dim=1) + x @ w.double()).numpy()
+
+        out[f"covariate head l2={l2}"] = {
+            "val": round(concordance(d["dev_times"][va], eta("dev", va), d["dev_events"][va]), 4),
+            "heldout": round(concordance(th, eta("heldout"), eh), 4),
+        }
+    return out
+
+
 def analyse(args: argparse.Namespace) -> dict:
     """Every calibration / conformal variant of the stored arrays, on the fresh cohort."""
     from autoimmuneai.stats.conformal import fit_conformal, fit_default_conformal
-    from autoimmuneai.stats.survival import concordance
 
     report: dict = {}
-    for path in sorted(args.work.glob("arrays_s*.npz")):
+    for path in sorted(args.work.glob(args.arrays)):
         d = dict(np.load(path))
         yh = d["heldout_labels"]
         rows: dict = {}
@@ -260,15 +317,31 @@ def analyse(args: argparse.Namespace) -> dict:
             }
         stored = _variants(d)["stored (fold-checked T)"]
         cp = fit_default_conformal(stored[0], stored[1])
-        th, eh = d["heldout_times"], d["heldout_events"]
         rows["noise at 50 cases (stored)"] = _noise(stored[2], yh, cp, 50)
         rows["noise at 400 cases (stored)"] = _noise(stored[2], yh, cp, min(400, len(yh)))
-        rows["c_index"] = {
-            "fused": round(concordance(th, d["heldout_risk"], eh), 4),
-            "serology": round(concordance(th, d["heldout_sero_risk"], eh), 4),
-        }
+        rows["c_index"] = _risk_variants(d)
         report[path.stem] = rows
     return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per variant and set rule: BA, log loss, ECE, mean set, coverage, worst class."""
+    lines = []
+    for stem, rows in report.items():
+        lines.append(f"== {stem}")
+        for name, row in rows.items():
+            if not (isinstance(row, dict) and "default sets" in row):
+                lines.append(f"  {name}: {json.dumps(row)}")
+                continue
+            for rule in ("default sets", "marginal LAC"):
+                m = row[rule]
+                lines.append(
+                    f"  {name[:46]:46s} {rule:12s} BA {m['balanced_accuracy']:.3f} "
+                    f"NLL {m['log_loss']:.3f} ECE {m['ece']:.3f} set {m['mean_set']:.2f} "
+                    f"cov {m['coverage']:.3f} worst {m['worst_class_coverage']:.3f}"
+                    f"{' M' if m['mondrian'] else ''}"
+                )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -283,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--resume", action="store_true", help="continue an interrupted training")
     a = sub.add_parser("analyse", help="calibration and conformal variants of stored arrays")
+    a.add_argument("--arrays", default="arrays_s*.npz", help="glob of stored arrays in --work")
     for q in (r, a):
         q.add_argument("--work", type=Path, required=True, help="cohorts, bundles, arrays")
         q.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -290,6 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
     figures = run(args) if args.command == "run" else analyse(args)
     text = json.dumps(figures, indent=1, default=str)
     print(text)
+    if args.command == "analyse":
+        print("\n".join(summary_lines(figures)), file=sys.stderr)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
     return figures

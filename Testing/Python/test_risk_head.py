@@ -152,3 +152,30 @@ def test_prediction_explains_its_risk_by_class(tiny_bundle, tiny_cohort) -> None
         list(result.risk_by_class.values()), p * np.exp(a - float(risk)), atol=1e-5
     )
     assert result.to_json()["risk_by_class"] == result.risk_by_class
+
+
+def test_covariate_head_with_certain_diagnoses_equals_lifelines_cox_with_the_covariate() -> None:
+    from autoimmuneai.model.risk_head import fit_covariate_log_hazards
+
+    y, _, _, true_a = _cohort(n=400, seed=4)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(len(y), 2))
+    t = rng.exponential(20.0 / np.exp(true_a[y] + 0.6 * x[:, 0])) + 0.1
+    c = rng.uniform(5, 60, len(y))
+    e, t = (t <= c).astype(float), np.minimum(t, c)
+    logits = torch.tensor(np.eye(3)[y] * 40.0)
+    a, w = fit_covariate_log_hazards(
+        logits, torch.tensor(x), torch.tensor(t), torch.tensor(e), l2=0.0, l2_class=0.0
+    )
+    df = pd.DataFrame({"c1": (y == 1) * 1.0, "c2": (y == 2) * 1.0, "x0": x[:, 0], "x1": x[:, 1]})
+    beta = CoxPHFitter().fit(df.assign(T=t, E=e), "T", "E").params_
+    a = a.double().numpy()
+    np.testing.assert_allclose(a[1:] - a[0], beta[["c1", "c2"]].to_numpy(), atol=2e-3)
+    np.testing.assert_allclose(w.double().numpy(), beta[["x0", "x1"]].to_numpy(), atol=2e-3)
+    # a strong ridge shrinks w to 0: the plain mixture head's refit
+    a_big, w_big = fit_covariate_log_hazards(
+        logits, torch.tensor(x), torch.tensor(t), torch.tensor(e), l2=1e4
+    )
+    plain = fit_class_log_hazards(logits, torch.tensor(t), torch.tensor(e))
+    assert float(w_big.abs().max()) < 1e-3
+    np.testing.assert_allclose(a_big.numpy(), plain.numpy(), atol=5e-3)

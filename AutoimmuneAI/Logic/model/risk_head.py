@@ -73,3 +73,46 @@ def fit_class_log_hazards(
     opt.step(closure)
     a = a.detach()
     return (a - a.mean()).float()
+
+
+def fit_covariate_log_hazards(
+    logits: torch.Tensor,
+    covariates: torch.Tensor,
+    times: torch.Tensor,
+    events: torch.Tensor,
+    l2: float,
+    init: torch.Tensor | None = None,
+    l2_class: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, w)`` of the log-hazard ``log sum_k p_k exp(a_k) + w . x`` at its ridge Cox optimum.
+
+    The class term is the mixture head's; ``w . x`` adds what the covariates ``x`` (the
+    standardised lab encoding) say about progression within a diagnosis, which the
+    mixture cannot (the relapse risk of an AQP4-positive case rises with the titre). ``l2``
+    (per event, on ``w``) shrinks ``w`` towards 0, i.e. towards the plain mixture head;
+    ``l2_class`` is :func:`fit_class_log_hazards`' ridge on ``a``.
+    """
+    log_p = torch.log_softmax(logits.detach().double(), dim=1)
+    x = covariates.detach().double()
+    t, e = times.detach().double(), events.detach().double()
+    n_classes = log_p.shape[1]
+    a = init.detach().double().clone() if init is not None else torch.zeros(n_classes)
+    a = a.double().requires_grad_(True)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    n_events = max(float(torch.nan_to_num(e).sum()), 1.0)
+    opt = torch.optim.LBFGS(
+        [a, w], max_iter=300, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+    nll = sorted_cox_nll(t, e)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        eta = torch.logsumexp(log_p + a, dim=1) + x @ w
+        loss = nll(eta) / n_events + l2_class * (a - a.mean()).pow(2).sum()
+        loss = loss + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a = a.detach()
+    return (a - a.mean()).float(), w.detach().float()
