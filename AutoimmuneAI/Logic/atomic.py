@@ -15,6 +15,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 
@@ -164,8 +165,13 @@ def write_csv(
     return write_text(path, csv_text(rows, columns, delimiter=delimiter))
 
 
+@overload
+def json_safe(obj: dict[Any, Any]) -> dict[str, Any]: ...
+@overload
+def json_safe(obj: object) -> object: ...
 def json_safe(obj: object) -> object:
-    """NaN/inf -> None and NumPy values -> Python ones, recursively, so output is strict JSON."""
+    """NaN/inf -> None and NumPy values -> Python ones, recursively, so output is strict JSON
+    (a dict stays a dict, with string keys)."""
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

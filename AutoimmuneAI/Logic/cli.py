@@ -286,16 +286,17 @@ def _report_options(p: argparse.ArgumentParser) -> None:
 
 
 def _bands(text: str) -> tuple[float, ...]:
-    """``"1,5"`` -> (1.0, 5.0): increasing percentages in (0, 100)."""
+    """``"1,5"`` -> (1.0, 5.0): increasing percentages in (0, 100] (``explain.regions``'s rule)."""
+    from .explain.regions import check_bands
+
     try:
         bands = tuple(float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"bands must be numbers like 1,5, not {text!r}") from None
-    if not bands or any(not 0 < b < 100 for b in bands) or list(bands) != sorted(set(bands)):
-        raise argparse.ArgumentTypeError(
-            f"bands must be increasing percentages in (0, 100): {text!r}"
-        )
-    return bands
+    try:
+        return check_bands(bands)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ imports from the rest of the package: every layer may import it.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TypedDict, get_type_hints
 
 
 class Survival(TypedDict):
@@ -111,6 +111,25 @@ def predictions_csv_columns(classes: list[str] | tuple[str, ...]) -> list[str]:
         "risk_group",
         "warnings",
     ]
+
+
+def check_matches_contract(cls: type, contract: type) -> None:
+    """Raise ``TypeError`` unless class ``cls`` (e.g. a dataclass that writes the contract)
+    declares exactly the keys of TypedDict ``contract``, each with the same type.
+
+    Called at import by the writer, so a key added, renamed or retyped on one side only
+    fails at once instead of writing a file the readers do not expect.
+    """
+    have, want = get_type_hints(cls), get_type_hints(contract)
+    if have == want:
+        return
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    differ = sorted(k for k in set(want) & set(have) if have[k] != want[k])
+    raise TypeError(
+        f"{cls.__name__} does not match the contract {contract.__name__}: "
+        f"missing {missing}, not in the contract {extra}, other types {differ}"
+    )
 
 
 def survival_of(prediction: Prediction) -> tuple[list[float], list[float]]:

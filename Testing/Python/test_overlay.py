@@ -100,3 +100,21 @@ def test_bad_inputs_are_refused():
         evidence_regions(np.full((4, 4, 4), np.nan), np.eye(4), "MS")
     with pytest.raises(InputError):
         evidence_regions(np.ones((4, 4, 4)), np.eye(4), "MS", bands=(5.0, 1.0))
+
+
+def test_the_bands_option_and_evidence_regions_share_one_rule():
+    """``--bands`` and ``evidence_regions`` refuse the same bands and accept the same ones."""
+    import argparse
+
+    from autoimmuneai.cli import _bands
+
+    values, _ = _map()
+    for text in ("5,1", "0,5", "1,101", "1,1", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="increasing percentages"):
+            _bands(text)
+        bands = tuple(float(x) for x in text.split(","))
+        with pytest.raises(InputError, match="increasing percentages"):
+            evidence_regions(values, _affine(), "X", bands=bands)
+    assert _bands("2,100") == (2.0, 100.0)
+    _, regions = evidence_regions(values, _affine(), "X", bands=(2.0, 100.0))
+    assert {r.band for r in regions} <= {"top 2%", "top 100%"} and regions

@@ -477,6 +477,47 @@ def test_demo_eta_comes_from_measured_costs_only(tmp_path: Path) -> None:
     assert previous_seconds(None, stages, 100) is None
 
 
+def test_peak_memory_reads_the_resident_memory_of_the_process_and_its_children() -> None:
+    """The demo's memory figure (stages.json peak_rss_mb): this process's RSS in MiB as psutil
+    reads it, plus live child processes, and a peak that sees an allocation freed before the
+    block ends."""
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    import psutil
+
+    from autoimmuneai.workflows.demo import PeakMemory, current_rss_mb
+
+    own = psutil.Process().memory_info().rss / 2**20
+    now = current_rss_mb()
+    assert now > 10 and abs(now - own) < max(20.0, 0.05 * own), (now, own)
+    with PeakMemory(interval=0.01) as memory:
+        block = np.ones(96 * 2**20, dtype=np.uint8)  # 96 MiB, touched
+        time.sleep(0.2)
+        del block
+        time.sleep(0.05)
+    assert memory.peak_mb >= own + 80, (memory.peak_mb, own)
+    assert current_rss_mb() < memory.peak_mb - 60  # freed again: the peak is not a current value
+    code = (
+        "import numpy, sys; a = numpy.ones(64 * 2**20, numpy.uint8); "
+        "print('ok', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ok"
+        child_mb = psutil.Process(child.pid).memory_info().rss / 2**20
+        assert child_mb > 64
+        with_child = current_rss_mb()
+        own = psutil.Process().memory_info().rss / 2**20
+        assert abs(with_child - (own + child_mb)) < max(20.0, 0.05 * with_child)
+    finally:
+        child.communicate("")
+
+
 def test_report_template_ships_as_package_data() -> None:
     """Every template file is matched by pyproject's package-data, so a wheel carries it."""
     root = Path(__file__).resolve().parents[2]

@@ -1222,14 +1222,26 @@ def test_prediction_json_has_exactly_the_contract_keys(demo_run):
     assert len(result.survival[0]) == len(result.survival[1]) >= 2
 
 
-def test_the_writer_and_the_contract_name_the_same_keys():
+def test_the_writer_is_checked_against_the_contract():
+    """The predictor's dataclass is checked against the prediction.json TypedDict at import: a
+    key renamed or retyped on one side only is refused, naming the key."""
     import dataclasses
+    import typing
 
-    from autoimmuneai.contracts import OPTIONAL_KEYS, PREDICTION_KEYS
+    from autoimmuneai.contracts import Prediction, check_matches_contract
     from autoimmuneai.inference.predictor import CasePrediction
 
-    fields = {f.name for f in dataclasses.fields(CasePrediction)}
-    assert set(PREDICTION_KEYS) <= fields <= set(PREDICTION_KEYS) | set(OPTIONAL_KEYS)
+    check_matches_contract(CasePrediction, Prediction)  # the writer as it is: no error
+    hints = typing.get_type_hints(CasePrediction)
+
+    def variant(rename: dict[str, str], retype: dict[str, type]) -> type:
+        fields = [(rename.get(k, k), retype.get(k, t)) for k, t in hints.items()]
+        return dataclasses.make_dataclass("Variant", fields)
+
+    with pytest.raises(TypeError, match=r"missing \['risk_group'\].*contract \['riskgroup'\]"):
+        check_matches_contract(variant({"risk_group": "riskgroup"}, {}), Prediction)
+    with pytest.raises(TypeError, match=r"other types \['alpha'\]"):
+        check_matches_contract(variant({}, {"alpha": str}), Prediction)
 
 
 def test_gui_process_imports_nothing_that_is_installed_on_first_use():
@@ -1238,7 +1250,8 @@ def test_gui_process_imports_nothing_that_is_installed_on_first_use():
         f"""
         import sys
         for name in ("pandas", "torch", "monai", "captum", "lifelines", "skimage", "sklearn",
-                     "nibabel", "tqdm", "matplotlib", "safetensors", "openpyxl", "nilearn"):
+                     "nibabel", "tqdm", "matplotlib", "safetensors", "openpyxl", "nilearn",
+                     "psutil"):
             sys.modules[name] = None  # not installed yet
         sys.path.insert(0, {str(MODULE_DIR)!r})
         import AutoimmuneAILib.logic, AutoimmuneAILib.labform, AutoimmuneAILib.install

@@ -24,7 +24,7 @@ from .panel import Panel, load_panel
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TRUTH_FILE = "truth.csv"
 # Columns the manifest contract defines besides the images and the panel's lab features.
-OPTIONAL_COLUMNS = ("diagnosis", "event_time", "event", "split", "mask_lesions")
+OPTIONAL_COLUMNS = ("diagnosis", "event_time", "event", "split", "mask_lesions", "series")
 
 
 def case_id_slug(text: str) -> str:
@@ -50,6 +50,9 @@ class Case:
     event: int | None = None
     split: str | None = None
     mask_lesions: Path | None = None
+    # channel -> DICOM series description pattern (``series`` / ``series_<channel>`` columns,
+    # ``--series``): which series of a study folder to read (``imaging.load_volume``)
+    series: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,7 +167,7 @@ def manifest_warnings(table: pd.DataFrame, panel: Panel, path: str | Path) -> li
     and the Slicer module (through :func:`cohort_warnings`).
     """
     known = ["case_id", *[f"image_{ch}" for ch in panel.channels], *OPTIONAL_COLUMNS]
-    known += list(panel.feature_names)
+    known += [f"series_{ch}" for ch in panel.channels] + list(panel.feature_names)
     lines: list[str] = []
     for column in table.columns:
         if column in known:
@@ -219,7 +222,7 @@ def _sniff_delimiter(path: Path) -> str:
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         header = f.readline()
     counts = {sep: header.count(sep) for sep in ("\t", ";", ",")}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=counts.__getitem__)
     return best if counts[best] else ","
 
 
@@ -230,12 +233,14 @@ def single_case_cohort(
     *,
     case_id: str | None = None,
     option: str = "--lab",
+    series: str | None = None,
 ) -> Cohort:
     """A one-case cohort from the command line: an image file and ``{feature: lab text}``.
 
     The labs are parsed exactly as manifest cells are; a name the panel does not know is
     refused with the closest feature ("did you mean igg_idx?"), and features not given are
-    missing. The case id defaults to the image's file name without its suffixes.
+    missing. The case id defaults to the image's file name without its suffixes. ``series``
+    chooses one series of a DICOM study folder by its description (``--series``).
     """
     panel = panel if isinstance(panel, Panel) else load_panel(panel or "cns_autoimmune")
     if len(panel.channels) != 1:
@@ -266,7 +271,8 @@ def single_case_cohort(
             f"case id {case_id!r} may use only letters, digits, '.', '_' and '-'",
             field="--case-id",
         )
-    case = Case(case_id, None, {panel.channels[0]: path}, parsed)
+    chosen = {panel.channels[0]: series} if series else {}
+    case = Case(case_id, None, {panel.channels[0]: path}, parsed, series=chosen)
     return Cohort(path, panel, [case])
 
 
@@ -327,7 +333,7 @@ def _check_columns(table: pd.DataFrame, panel: Panel, path: Path, require_labels
     if require_labels:
         required.append("diagnosis")
     known = ["case_id", *[f"image_{ch}" for ch in panel.channels], *OPTIONAL_COLUMNS]
-    known += list(panel.feature_names)
+    known += [f"series_{ch}" for ch in panel.channels] + list(panel.feature_names)
     for column in required:
         if column not in table.columns:
             near = [c for c in table.columns if closest_column(str(c), panel, known) == column]
@@ -358,6 +364,7 @@ def _parse_row(
     case_id = str(record.get("case_id", "")).strip()
     _check_case_id(case_id, row, seen, problem)
 
+    series = _series_patterns(record, panel, problem)
     images: dict[str, Path] = {}
     for channel in panel.channels:
         column = f"image_{channel}"
@@ -366,7 +373,7 @@ def _parse_row(
         image = _resolve_path(record.get(column, ""), path, allow_outside_root, problem, column)
         if image is not None:
             if check_images:
-                _check_image(image, read_images, problem, column)
+                _check_image(image, read_images, problem, column, series.get(channel))
             images[channel] = image
     mask = None
     if str(record.get("mask_lesions", "")).strip():
@@ -386,7 +393,25 @@ def _parse_row(
     if problems:
         return problems
     split = str(record.get("split", "")).strip().lower() or None
-    return Case(case_id, row, images, labs, diagnosis, event_time, event, split, mask)
+    return Case(case_id, row, images, labs, diagnosis, event_time, event, split, mask, series)
+
+
+def _series_patterns(record: dict, panel: Panel, problem) -> dict[str, str]:
+    """The row's DICOM series patterns: ``series`` for the first channel, ``series_<channel>``
+    for any channel; each must be a valid regular expression."""
+    found: dict[str, str] = {}
+    columns = [("series", panel.channels[0])] + [(f"series_{c}", c) for c in panel.channels]
+    for column, channel in columns:
+        text = str(record.get(column, "") or "").strip()
+        if not text:
+            continue
+        try:
+            re.compile(text)
+        except re.error as exc:
+            problem(column, f"series pattern {text!r} is not a valid regular expression ({exc})")
+            continue
+        found[channel] = text
+    return found
 
 
 def _check_case_id(case_id: str, row: int, seen: dict[str, int], problem) -> None:
@@ -457,7 +482,9 @@ def _resolve_path(
     return resolved
 
 
-def _check_image(image: Path, read_images: bool, problem, column: str) -> None:
+def _check_image(
+    image: Path, read_images: bool, problem, column: str, series: str | None = None
+) -> None:
     if not image.exists():
         problem(column, f"image not found: {image}")
         return
@@ -465,7 +492,7 @@ def _check_image(image: Path, read_images: bool, problem, column: str) -> None:
         from .imaging import load_volume  # imaging is heavier; only when asked
 
         try:
-            load_volume(image)
+            load_volume(image, series=series)
         except InputError as exc:
             problem(column, exc.reason)
     elif image.is_dir() and not any(image.iterdir()):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data.imaging import Volume, save_volume
 from ..output.mrml import SegmentSpec, write_case_scene
-from .regions import evidence_regions, name_by_anatomy
+from .regions import DEFAULT_BANDS, evidence_regions, name_by_anatomy
 
 
 def explain_into(
@@ -47,15 +47,16 @@ def explain_into(
     attribution = bundle.grid.to_input(explanation.image_map, prepared.sample, mode="linear")
     attribution = np.asarray(attribution, dtype=np.float32)
     volume = prepared.volume
-    band_options = {"bands": tuple(bands)} if bands else {}
-    labelmap, regions = evidence_regions(attribution, volume.affine, target_name, **band_options)
+    labelmap, regions = evidence_regions(
+        attribution, volume.affine, target_name, bands=tuple(bands) if bands else DEFAULT_BANDS
+    )
     matrix = getattr(prepared.sample, "matrix", None)  # template -> patient (preprocessing)
     if matrix is not None:
         regions = name_by_anatomy(regions, target_name, np.linalg.inv(matrix))
     region_channels = _region_channels(bundle, prepared, explanation, labelmap, regions)
     if region_channels:  # name the contrast that carries each region's evidence
         regions = [replace(r, name=f"{r.name} ({region_channels[r.label]})") for r in regions]
-    segments = [SegmentSpec(r.label, r.name, tuple(r.color), r.band) for r in regions]
+    segments = [SegmentSpec(r.label, r.name, r.color, r.band) for r in regions]
     write_case_scene(
         case_dir,
         image=volume,
@@ -81,7 +82,7 @@ def explain_into(
             volume,
             labelmap,
             segments,
-            tuple(center),
+            center,
             case_dir / "snapshot.png",
             case_id=str(prediction["case_id"]),
             synthetic="oracle" in bundle.baselines,  # trained with a generator's ground truth
@@ -145,4 +146,5 @@ def _region_json(region) -> dict:
 
 def _center_ras(volume: Volume) -> tuple[float, float, float]:
     center = (np.array(volume.array.shape) - 1) / 2.0
-    return tuple(float(x) for x in (volume.affine @ np.append(center, 1.0))[:3])
+    x, y, z = (float(v) for v in (volume.affine @ np.append(center, 1.0))[:3])
+    return x, y, z

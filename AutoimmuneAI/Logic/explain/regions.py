@@ -13,6 +13,7 @@ label in the labelmap, so the labelmap, the legend and ``prediction.json`` agree
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ BAND_COLORS: tuple[tuple[float, float, float], ...] = (
     (1.00, 0.90, 0.30),  # further bands: yellow
 )
 """Colour of each evidence band, strongest first (RGB in [0, 1])."""
+DEFAULT_BANDS: tuple[float, ...] = (1.0, 5.0)
+"""Evidence bands when none are asked for: the top 1% core and the top 1-5% rim."""
 
 
 @dataclass
@@ -42,6 +45,15 @@ class Region:
     centroid_ras: tuple[float, float, float]
     n_voxels: int
     color: tuple[float, float, float]
+
+
+def check_bands(bands: Sequence[float]) -> tuple[float, ...]:
+    """The evidence bands as floats; ``ValueError`` unless they are increasing percentages in
+    (0, 100] (the one rule for ``evidence_regions`` and the ``--bands`` option)."""
+    out = tuple(float(b) for b in bands)
+    if not out or any(not 0 < b <= 100 for b in out) or list(out) != sorted(set(out)):
+        raise ValueError(f"bands must be increasing percentages in (0, 100], got {out}")
+    return out
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -93,7 +105,7 @@ def evidence_regions(
     affine: np.ndarray,
     class_name: str,
     *,
-    bands: tuple[float, ...] = (1.0, 5.0),
+    bands: tuple[float, ...] = DEFAULT_BANDS,
     smooth_mm: float = 2.0,
     min_volume_ml: float = 0.02,
     max_regions: int = 20,
@@ -113,9 +125,10 @@ def evidence_regions(
         raise InputError("affine must be a finite 4x4 matrix")
     if not np.all(np.isfinite(values)):
         raise InputError("attribution map holds NaN or infinite values")
-    bands = tuple(float(b) for b in bands)
-    if not bands or any(not 0 < b <= 100 for b in bands) or list(bands) != sorted(set(bands)):
-        raise InputError(f"bands must be increasing percentages in (0, 100], got {bands}")
+    try:
+        bands = check_bands(bands)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
     voxel_ml = voxel_volume_ml(affine)
     weights = np.clip(values, 0.0, None)
@@ -162,7 +175,7 @@ def evidence_regions(
                 band=_band_name(bands[cand["band"]]),
                 volume_ml=float(volume_ml),
                 share=float(cand["share"]),
-                centroid_ras=tuple(float(x) for x in ras),
+                centroid_ras=(float(ras[0]), float(ras[1]), float(ras[2])),
                 n_voxels=int(cand["n"]),
                 color=BAND_COLORS[min(cand["band"], len(BAND_COLORS) - 1)],
             )

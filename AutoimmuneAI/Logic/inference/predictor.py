@@ -8,13 +8,15 @@ and keeps what the explanation step needs (the grid sample to map attributions b
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
-from ..contracts import Survival
+from ..contracts import Prediction, Survival, check_matches_contract
 from ..data.imaging import Volume, describe_volume
 from ..data.labvalues import LabValue, LabValueError, model_value, parse_lab_value
 from ..errors import InputError
@@ -46,7 +48,11 @@ class PreparedCase:
 
 @dataclass
 class CasePrediction:
-    """The clinician-facing answer for one case (``prediction.json``)."""
+    """The clinician-facing answer for one case (``prediction.json``).
+
+    Its fields are the contract's ``Prediction`` keys with the same types, checked when this
+    module is imported (``contracts.check_matches_contract``): the contract is the one source.
+    """
 
     case_id: str
     classes: list[str]
@@ -63,10 +69,14 @@ class CasePrediction:
     risk_by_class: dict[str, float] = field(default_factory=dict)
     # preprocessing quality (registration and brain-mask figures, their warnings); empty for
     # a bundle without the preprocessing stage
-    quality: dict = field(default_factory=dict)
+    quality: dict[str, object] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self) -> Prediction:
+        """``prediction.json`` (a deep copy: nested dicts and lists are new)."""
+        return cast(Prediction, asdict(self))  # same keys and types: checked at import below
+
+
+check_matches_contract(CasePrediction, Prediction)
 
 
 class Predictor:
@@ -93,7 +103,7 @@ class Predictor:
     def classes(self) -> list[str]:
         return list(self.panel.classes)
 
-    def parse_labs(self, raw: dict[str, object]) -> dict[str, LabValue]:
+    def parse_labs(self, raw: Mapping[str, object]) -> dict[str, LabValue]:
         """Parse raw lab-sheet values by feature name; unknown names and bad values are refused."""
         unknown = sorted(set(raw) - set(self.panel.feature_names))
         if unknown:
@@ -115,27 +125,25 @@ class Predictor:
     def prepare(
         self,
         volume: Volume,
-        labs: dict[str, LabValue | object],
-        others: dict[str, Volume | None] | None = None,
+        labs: Mapping[str, object],
+        others: Mapping[str, Volume | None] | None = None,
     ) -> PreparedCase:
         """Bring the image(s) to the model grid and encode the labs.
 
         ``volume`` is the panel's first channel; ``others`` the further channels by name (a
         missing optional channel: absent or None, a zero plane the model sees as missing).
         """
-        if not all(isinstance(v, LabValue) for v in labs.values()) or set(labs) != set(
-            self.panel.feature_names
-        ):
-            labs = self.parse_labs(dict(labs))
+        parsed = self._lab_values(labs)
         names = self.panel.feature_names
         values = np.full(len(names), np.nan)
         missing = np.ones(len(names), dtype=bool)
         for j, name in enumerate(names):
-            lab = labs[name]
+            lab = parsed[name]
             if not lab.missing:
                 values[j] = model_value(lab)
                 missing[j] = False
         channels = list(self.panel.channels)
+        sample: GridSample | PreprocessedSample
         if len(channels) == 1:
             sample = self.bundle.grid.to_model(volume)
             image = sample.tensor.unsqueeze(0).float()
@@ -148,11 +156,19 @@ class Predictor:
             stacked = channels_to_model(
                 self.bundle.grid, [volume, *[others.get(c) for c in channels[1:]]]
             )
-            sample = stacked.reference  # type: ignore[assignment]
+            # ChannelSample.reference is typed object: it is the first channel's to_model sample
+            sample = cast(GridSample | PreprocessedSample, stacked.reference)
             image = torch.from_numpy(stacked.array).unsqueeze(0).float()
             present = dict(zip(channels, stacked.present))
         serology = torch.from_numpy(self.bundle.encoder.transform(values[None], missing[None]))
-        return PreparedCase(volume, sample, image, serology, values, missing, labs, present)
+        return PreparedCase(volume, sample, image, serology, values, missing, parsed, present)
+
+    def _lab_values(self, labs: Mapping[str, object]) -> dict[str, LabValue]:
+        """Every panel feature's ``LabValue``: as given when all are parsed, else parsed."""
+        ready = {k: v for k, v in labs.items() if isinstance(v, LabValue)}
+        if len(ready) == len(labs) and set(ready) == set(self.panel.feature_names):
+            return ready
+        return self.parse_labs(labs)
 
     def logits_and_risk(self, prepared: PreparedCase) -> tuple[np.ndarray, float]:
         with torch.no_grad():
@@ -202,7 +218,7 @@ class Predictor:
         return {c: round(float(v), 6) for c, v in zip(self.classes, share)}
 
     def predict(
-        self, volume: Volume, labs: dict[str, object], case_id: str = "case"
+        self, volume: Volume, labs: Mapping[str, object], case_id: str = "case"
     ) -> CasePrediction:
         return self.predict_prepared(self.prepare(volume, labs), case_id)
 

@@ -34,7 +34,8 @@ from ..atomic import json_safe, write_bytes, write_text
 from ..data.panel import Panel, load_panel, panel_from_dict
 from ..data.serology import SerologyEncoder
 from ..errors import BundleError
-from ..preprocess.model_grid import ModelGrid
+from ..preprocess.pipeline import preprocessing_from_dict
+from ..preprocess.stage import Preprocessing
 from ..stats.conformal import ConformalPredictor
 from ..stats.survival import baseline_to_dict, hazard_from_dict
 from .fusion import FusionModel, ModelConfig
@@ -56,7 +57,7 @@ class Bundle:
 
     path: Path
     panel: Panel
-    grid: ModelGrid
+    grid: Preprocessing  # ModelGrid or the clinical-scan Preprocessor
     encoder: SerologyEncoder
     model: FusionModel
     image_only: FusionModel | None
@@ -91,7 +92,7 @@ def _hazard_dict(baseline: tuple[np.ndarray, np.ndarray] | None) -> dict | None:
     return None if baseline is None else baseline_to_dict(baseline)
 
 
-def network_data_format(panel: Panel, grid: ModelGrid, encoder: SerologyEncoder) -> dict:
+def network_data_format(panel: Panel, grid: Preprocessing, encoder: SerologyEncoder) -> dict:
     """MONAI's ``network_data_format`` for the two inputs and the two outputs."""
     return {
         "inputs": {
@@ -147,7 +148,7 @@ def save_bundle(
     out_dir: str | Path,
     *,
     panel: Panel,
-    grid: ModelGrid,
+    grid: Preprocessing,
     encoder: SerologyEncoder,
     model: FusionModel,
     image_only: FusionModel | None,
@@ -433,7 +434,7 @@ def load_bundle(path: str | Path, *, panel: Panel | str | Path | None = None) ->
     where = root / METADATA
     try:
         bundle_panel = panel_from_dict(meta["panel"], source=f"{root}:panel")
-        grid = ModelGrid.from_dict(meta["preprocessing"]["grid"])
+        grid = preprocessing_from_dict(meta["preprocessing"]["grid"])
         encoder = SerologyEncoder.from_dict(meta["preprocessing"]["serology_encoder"], bundle_panel)
         conformal = ConformalPredictor.from_dict(meta["conformal"])
         temperature = float(meta["temperature"])

@@ -14,14 +14,19 @@ import os
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..contracts import CASE_FILES, LAB_CONTRIBUTION_COLUMNS, Prediction, survival_of
+from ..contracts import (
+    CASE_FILES,
+    LAB_CONTRIBUTION_COLUMNS,
+    ExplainedPrediction,
+    survival_of,
+)
 from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -299,7 +304,7 @@ def _is_number(value: Any) -> bool:
 
 def table_node(scene: Any, name: str, columns: dict[str, list]) -> Any:
     """A vtkMRMLTableNode with one column per entry: numeric (None -> NaN) or text columns."""
-    from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkStringArray
+    from vtkmodules.vtkCommonCore import vtkAbstractArray, vtkDoubleArray, vtkStringArray
 
     lengths = {key: len(values) for key, values in columns.items()}
     if not columns or len(set(lengths.values())) != 1:
@@ -307,14 +312,17 @@ def table_node(scene: Any, name: str, columns: dict[str, list]) -> Any:
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     table = node.GetTable()
     for key, values in columns.items():
+        array: vtkAbstractArray
         if all(_is_number(v) for v in values):
-            array = vtkDoubleArray()
+            numbers = vtkDoubleArray()
             for v in values:
-                array.InsertNextValue(math.nan if v is None else float(v))
+                numbers.InsertNextValue(math.nan if v is None else float(v))
+            array = numbers
         else:
-            array = vtkStringArray()
+            texts = vtkStringArray()
             for v in values:
-                array.InsertNextValue("" if v is None else str(v))
+                texts.InsertNextValue("" if v is None else str(v))
+            array = texts
         array.SetName(str(key))
         table.AddColumn(array)
     node.Modified()
@@ -462,7 +470,7 @@ def _probability_columns(probabilities: dict[str, float]) -> dict[str, list]:
 
 def _result_tables(
     scene: Any,
-    lab_contributions: list[dict],
+    lab_contributions: Sequence[Mapping[str, object]],
     probabilities: dict[str, float],
     survival: tuple[Sequence[float], Sequence[float]],
     prefix: str = "",
@@ -480,24 +488,26 @@ def _result_tables(
     return tables
 
 
-def add_result_nodes(scene: Any, prediction: Prediction, prefix: str = "") -> dict[str, Any]:
+def add_result_nodes(
+    scene: Any, prediction: ExplainedPrediction, prefix: str = ""
+) -> dict[str, Any]:
     """Tables and charts of a prediction that has only ``prediction.json`` (no scene files).
 
     The same tables, columns and charts as a case folder written by :func:`write_case_scene`
     (the lab chart only when the prediction holds lab contributions), so the Slicer module
     shows every result the same way. Returns the nodes by role.
     """
-    labs = list(prediction.get("lab_contributions") or [])  # type: ignore[call-overload]
+    labs = list(prediction.get("lab_contributions") or [])
     lead = f"{prefix} " if prefix else ""
     nodes = _result_tables(scene, labs, prediction["probabilities"], survival_of(prediction), lead)
     for role, node in nodes.items():
         _set_role(node, role)
-    explanation = prediction.get("explanation") or {}  # type: ignore[call-overload]
+    explanation = prediction.get("explanation") or {}
     _charts(scene, nodes, str(explanation.get("explained_class", "")))
     return nodes
 
 
-def _lab_columns(lab_contributions: list[dict]) -> dict[str, list]:
+def _lab_columns(lab_contributions: Sequence[Mapping[str, object]]) -> dict[str, list]:
     for row, item in enumerate(lab_contributions, start=1):
         missing = [key for key in LAB_CONTRIBUTION_COLUMNS if key not in item]
         if missing:

@@ -215,7 +215,7 @@ def _annotated_png(
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.axis("off")
-    style = {"color": "#ffd54f", "fontsize": font, "fontweight": "bold"}
+    style: dict[str, Any] = {"color": "#ffd54f", "fontsize": font, "fontweight": "bold"}
     pad = font * 0.9
     for index, edge in enumerate(letters):
         x0, mid = index * side, top + side / 2
@@ -224,7 +224,7 @@ def _annotated_png(
         ax.text(x0 + side / 2, top + pad, edge["top"], ha="center", va="top", **style)
         ax.text(x0 + side / 2, top + side - pad, edge["bottom"], ha="center", va="bottom", **style)
     y = canvas.shape[0] + line * 0.75
-    text = {"color": "white", "fontsize": font, "va": "center"}
+    text: dict[str, Any] = {"color": "white", "fontsize": font, "va": "center"}
     ax.text(pad, y, f"Case {case_id}" if case_id else "Case (no id)", ha="left", **text)
     ax.text(width - pad, y, notice, ha="right", **{**text, "color": "#ffb74d"})
     if not segments:

@@ -35,7 +35,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..data.panel import Panel
 from .calibration import softmax
-from .survival import baseline_to_dict, breslow_baseline
+from .survival import BaselineHazard, baseline_to_dict, breslow_baseline
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ModelOutputs:
 
     probs: np.ndarray  # [n, C] (calibrated where the model has a temperature)
     risk: np.ndarray | None = None  # [n] log-hazard or rule score; None: no risk model
-    baseline_hazard: object = None  # Breslow baseline for ``risk`` (enables the IBS)
+    baseline_hazard: BaselineHazard | None = None  # Breslow baseline for ``risk`` (enables the IBS)
     notes: list[str] = field(default_factory=list)
 
 
@@ -437,7 +437,7 @@ TRUTH_EXCLUDE = {
 # ``true_*``: the noise-free versions of what is measured (serology) and the true log-hazard;
 # event and censoring times are outcomes. With them the oracle would read the answer instead
 # of showing the ceiling of a perfect image reading plus the observed labs.
-TRUTH_EXCLUDE_PREFIXES = ("true_",)
+TRUTH_EXCLUDE_PREFIXES = ("true_", "latent_", "mask_")  # mask_*: file paths, not readings
 TRUTH_EXCLUDE_PARTS = ("diagnos", "label", "event_time", "censor")
 
 
@@ -557,7 +557,7 @@ class OracleBaseline:
         return b
 
 
-_KINDS = {
+_KINDS: dict[str, type[SerologyBaseline | CriteriaBaseline | OracleBaseline]] = {
     SerologyBaseline.name: SerologyBaseline,
     CriteriaBaseline.name: CriteriaBaseline,
     OracleBaseline.name: OracleBaseline,

@@ -18,6 +18,8 @@ from lifelines.utils import concordance_index
 from scipy.integrate import trapezoid
 
 RISK_GROUPS = ("low", "intermediate", "high")
+BaselineHazard = tuple[np.ndarray, np.ndarray] | Mapping
+"""A Breslow baseline: ``(event times, H0)`` or its :func:`baseline_to_dict` form."""
 
 
 def _finite(*arrays: np.ndarray) -> np.ndarray:
@@ -64,7 +66,7 @@ def _baseline_arrays(
     return np.asarray(t, dtype=np.float64), np.asarray(h, dtype=np.float64)
 
 
-def baseline_to_dict(baseline: tuple[np.ndarray, np.ndarray] | Mapping) -> dict:
+def baseline_to_dict(baseline: BaselineHazard) -> dict:
     """JSON-able form of a Breslow baseline (as stored in the model bundle)."""
     t, h = _baseline_arrays(baseline)
     return {"times": t.tolist(), "cumulative_hazard": h.tolist()}
@@ -75,9 +77,7 @@ def hazard_from_dict(d: Mapping | None) -> tuple[np.ndarray, np.ndarray] | None:
     return None if d is None else _baseline_arrays(d)
 
 
-def cumulative_baseline_at(
-    baseline: tuple[np.ndarray, np.ndarray] | Mapping, times_grid: np.ndarray
-) -> np.ndarray:
+def cumulative_baseline_at(baseline: BaselineHazard, times_grid: np.ndarray) -> np.ndarray:
     """Right-continuous step function H0 evaluated at ``times_grid`` (0 before the first event)."""
     t, h = _baseline_arrays(baseline)
     grid = np.asarray(times_grid, dtype=np.float64)
@@ -86,7 +86,7 @@ def cumulative_baseline_at(
 
 
 def survival_curves(
-    risk: np.ndarray, baseline: tuple[np.ndarray, np.ndarray] | Mapping, times_grid: np.ndarray
+    risk: np.ndarray, baseline: BaselineHazard, times_grid: np.ndarray
 ) -> np.ndarray:
     """Per-case survival ``S(t|x) = exp(-H0(t) exp(risk))`` on ``times_grid``, [n, len(grid)]."""
     h0 = cumulative_baseline_at(baseline, times_grid)
@@ -133,14 +133,14 @@ def logrank_summary(times: np.ndarray, events: np.ndarray, groups: np.ndarray) -
     e = np.asarray(events, dtype=np.float64)
     g = np.asarray(groups).astype(str)
     keep = _finite(t, e) & np.isin(g, RISK_GROUPS)
-    t, e, g = t[keep], e[keep] > 0.5, g[keep]
+    t, observed, g = t[keep], e[keep] > 0.5, g[keep]
     present = [name for name in RISK_GROUPS if (g == name).any()]
     out: dict = {"groups": present, "overall": None, "adjacent": []}
-    if len(present) < 2 or not e.any():
+    if len(present) < 2 or not observed.any():
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = multivariate_logrank_test(t, g, e)
+        res = multivariate_logrank_test(t, g, observed)
     out["overall"] = {
         "statistic": float(res.test_statistic),
         "p_value": float(res.p_value),
@@ -148,11 +148,11 @@ def logrank_summary(times: np.ndarray, events: np.ndarray, groups: np.ndarray) -
     }
     for a, b in zip(present, present[1:]):
         ia, ib = g == a, g == b
-        entry = {"pair": [a, b], "statistic": None, "p_value": None}
-        if e[ia].any() or e[ib].any():
+        entry: dict[str, object] = {"pair": [a, b], "statistic": None, "p_value": None}
+        if observed[ia].any() or observed[ib].any():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                r = logrank_test(t[ia], t[ib], e[ia], e[ib])
+                r = logrank_test(t[ia], t[ib], observed[ia], observed[ib])
             entry.update(statistic=float(r.test_statistic), p_value=float(r.p_value))
         out["adjacent"].append(entry)
     return out

@@ -9,6 +9,7 @@ output grid; the renderer then carries them through the subject's deformation.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,12 @@ class LesionSpec:
         return float(4.0 / 3.0 * np.pi * a * b * c / 1000.0)
 
 
+def _xyz(v: Iterable[float]) -> tuple[float, float, float]:
+    """Three numbers as plain floats (a ValueError if there are not three)."""
+    x, y, z = (float(c) for c in v)
+    return x, y, z
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-9)
 
@@ -55,7 +62,7 @@ def _cst_direction(point: np.ndarray) -> np.ndarray:
     for a, b in zip(line[:-1], line[1:]):
         ab = b - a
         t = np.clip((point - a) @ ab / (ab @ ab), 0, 1)
-        d = np.linalg.norm(point - (a + t * ab))
+        d = float(np.linalg.norm(point - (a + t * ab)))
         if d < best:
             best, direction = d, ab
     return _unit(direction)
@@ -79,7 +86,7 @@ def sample_lesions(
     recipes = cfg.lesions[cls]["recipes"]
     names = list(recipes)
     weights = np.array([recipes[k] for k in names], float)
-    chosen = rng.choice(len(names), size=n, p=weights / weights.sum()) if n else []
+    chosen = rng.choice(len(names), size=n, p=weights / weights.sum()) if n else np.zeros(0, int)
     out = []
     for r in chosen:
         name = names[int(r)]
@@ -109,9 +116,9 @@ def sample_lesions(
         out.append(
             LesionSpec(
                 recipe=name,
-                center_mm=tuple(float(c) for c in center),
-                semi_axes_mm=tuple(float(s) for s in semi),
-                axes=tuple(tuple(float(v) for v in row) for row in frame),
+                center_mm=_xyz(center),
+                semi_axes_mm=_xyz(semi),
+                axes=tuple(_xyz(row) for row in frame),
                 edge_mm=float(rec["edge"]),
                 lobe=float(rec["lobe"]),
                 lobe_phase=tuple(float(v) for v in rng.uniform(0, 2 * np.pi, 8)),

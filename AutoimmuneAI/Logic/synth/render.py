@@ -242,16 +242,16 @@ def _sample(
     img = np.zeros(n_out, np.float32)
     mask = np.zeros(n_out, np.uint8)
     value = ndi.map_coordinates(subject.src, vox, order=1, cval=0.0, prefilter=False)
-    brain = None
+    brain: np.ndarray | None = None
     if head is not None:
         at_head = vox + head.pad[:, None].astype(np.float32)
         value += ndi.map_coordinates(head.image, at_head, order=1, cval=0.0, prefilter=False)
         inside_brain = ndi.map_coordinates(
             head.brain.view(np.uint8), at_head, order=0, cval=0, prefilter=False
         )
-        brain = np.zeros(n_out, np.uint8)
-        brain[cand] = inside_brain
-        brain = brain.reshape(grid.shape)
+        flat_brain = np.zeros(n_out, np.uint8)
+        flat_brain[cand] = inside_brain
+        brain = flat_brain.reshape(grid.shape)
     img[cand] = value * bias
     mask[cand] = _lesion_labels(subject, vox)
     return img.reshape(grid.shape), mask.reshape(grid.shape), brain

@@ -17,11 +17,10 @@ and peak memory of every stage are recorded in ``stages.json`` (the demo benchma
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
-import os
-import resource
 import shutil
 import sys
 import threading
@@ -29,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from ..atomic import ensure_writable_folder, json_safe, unescape_cell, write_csv, write_text
 from ..errors import InputError
@@ -161,11 +162,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 class PeakMemory:
-    """Peak resident memory (MB) of this process and its children while the block runs.
-
-    Sampled from ``/proc`` every 50 ms (Linux); elsewhere falls back to ``getrusage``'s
-    lifetime maximum, which is an upper bound.
-    """
+    """Peak resident memory (MB) of this process and its children while the block runs,
+    sampled every 50 ms (``current_rss_mb``)."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
@@ -175,9 +173,8 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         self.peak_mb = current_rss_mb()
-        if Path("/proc/self/status").exists():
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
         return self
 
     def _run(self) -> None:
@@ -188,45 +185,18 @@ class PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-            self.peak_mb = max(self.peak_mb, current_rss_mb())
-        else:
-            self.peak_mb = max(self.peak_mb, lifetime_peak_mb())
+        self.peak_mb = max(self.peak_mb, current_rss_mb())
 
 
 def current_rss_mb() -> float:
-    """Resident memory of this process plus its live child processes (Linux), in MB."""
-    total = _rss_kb(os.getpid())
-    for child in _children(os.getpid()):
-        total += _rss_kb(child)
-    return total / 1024.0 if total else lifetime_peak_mb()
-
-
-def lifetime_peak_mb() -> float:
-    """Peak RSS of this process over its whole life (``getrusage``), in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    pids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
-                pids += [int(p) for p in f.read().split()]
-    except (OSError, ValueError):
-        pass
-    return pids
+    """Resident memory (MiB) of this process plus its live child processes (psutil, every
+    platform); a child that ends or is not readable while it is read counts as nothing."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children():
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return total / (1024.0 * 1024.0)
 
 
 class Eta:

@@ -25,7 +25,13 @@ from ..stats.baselines import BaselineInputs, ModelOutputs, baseline_outputs
 from ..stats.calibration import expected_calibration_error, softmax
 from ..stats.conformal import ConformalPredictor, coverage, describe_guarantee, mean_set_size
 from ..stats.metrics import diagnosis_metrics, progression_metrics
-from ..stats.survival import default_times_grid, logrank_summary, risk_groups, survival_curves
+from ..stats.survival import (
+    BaselineHazard,
+    default_times_grid,
+    logrank_summary,
+    risk_groups,
+    survival_curves,
+)
 from ..stats.targets import small_cohort_targets
 
 if TYPE_CHECKING:
@@ -73,7 +79,7 @@ def evaluate_predictions(
     times: np.ndarray,
     events: np.ndarray,
     conformal: ConformalPredictor,
-    baseline_hazard: object,
+    baseline_hazard: BaselineHazard,
     cutoffs: tuple[float, float],
     baselines: dict[str, ModelOutputs | dict] | None = None,
     n_training: int | None = None,
@@ -182,7 +188,7 @@ def _comparison(metrics: dict) -> dict:
         singles = {n: get(base[n], part, key) for n in SINGLE_MODALITY if n in base}
         singles = {n: v for n, v in singles.items() if math.isfinite(v)}
         if singles:
-            best = max(singles, key=singles.get)
+            best = max(singles, key=singles.__getitem__)
             out[f"best_single_modality_{key}"] = {"baseline": best, "value": singles[best]}
             out[f"fused_minus_best_single_{key}"] = fused - singles[best]
         if "oracle" in base:
@@ -359,7 +365,7 @@ def evaluate_bundle(
         events,
         _as_conformal(bundle.conformal),
         bundle.baseline_hazard,
-        tuple(bundle.risk_cutoffs),
+        bundle.risk_cutoffs,
         baselines,
         n_training=_training_cases(bundle),
     )
