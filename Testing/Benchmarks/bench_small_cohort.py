@@ -4,20 +4,22 @@
 trains the default first-look model on it exactly as ``autoimmuneai demo`` does
 (``workflows.demo.training_settings``), generates a held-out cohort of ``--heldout`` cases
 with another seed, and evaluates the bundle on both: the demo's own 50-case test split and
-every case of the fresh cohort (``workflows.evaluate.evaluate_bundle``, the path ``evaluate``
-takes). It also stores the networks' logits and log-hazards and the serology baseline's
-outputs of every case in ``arrays_<seed>.npz``, so calibration and conformal variants can be
-measured offline (``analyse``) without retraining.
+every case of the fresh cohort (``workflows.evaluate.evaluate_bundle`` on the test split;
+``evaluate_predictions``, the function it calls, on the fresh cohort's stored outputs). It
+stores the network's logits, log-hazards, lesion read-out and hidden features and the
+serology baseline's outputs of every case in ``arrays_s<seed>.npz``, so calibration,
+conformal and risk variants can be measured offline (``analyse``) without retraining. A
+finished bundle is reused.
 
 ``analyse``: on the stored arrays, each calibration variant (temperature checked on folds of
 the validation cases as ``train`` does, always applied, vector scaling) and each conformal
 variant, measured on the fresh held-out cohort; plus the estimation noise of every figure at
 the demo's test size: the spread of the same figure over random 50-case draws from the
 held-out cohort, and the ECE a perfectly calibrated model would show on 50 cases
-(``stats.targets.expected_ece_if_calibrated``).
+(``stats.calibration.ece_if_calibrated``).
 
     python Testing/Benchmarks/bench_small_cohort.py run --seed 0 --work /tmp/sc --out sc0.json
-    python Testing/Benchmarks/bench_small_cohort.py analyse --work /tmp/sc --seeds 0 1
+    python Testing/Benchmarks/bench_small_cohort.py analyse --work /tmp/sc
 """
 
 from __future__ import annotations
@@ -110,8 +112,31 @@ def _arrays(bundle_dir: Path, manifests: dict[str, Path], cache: Path) -> dict[s
     return out
 
 
+def _heldout_metrics(bundle_dir: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """``evaluate``'s metrics of the fresh cohort from the stored arrays (no second pass over
+    its images): the same ``evaluate_predictions`` with the bundle's temperature and sets."""
+    from autoimmuneai.model.bundle import load_bundle
+    from autoimmuneai.stats.baselines import ModelOutputs
+    from autoimmuneai.stats.calibration import softmax
+    from autoimmuneai.workflows.evaluate import evaluate_predictions
+
+    bundle = load_bundle(bundle_dir)
+    logits = arrays["heldout_logits"]
+    sero = ModelOutputs(arrays["heldout_sero_probs"], arrays["heldout_sero_risk"])
+    counts = bundle.metadata["training"]["n_cases"]
+    metrics, _ = evaluate_predictions(
+        list(bundle.panel.classes), logits, softmax(logits, bundle.temperature),
+        arrays["heldout_labels"], arrays["heldout_risk"], arrays["heldout_times"],
+        arrays["heldout_events"], bundle.conformal, bundle.baseline_hazard,
+        tuple(bundle.risk_cutoffs), {"serology_only": sero},
+        n_training=int(counts["train"]) + int(counts["val"]),
+    )  # fmt: skip
+    return metrics
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Generate, train the default demo model, evaluate on the test split and a fresh cohort."""
+    """Generate, train the default demo model (unless its bundle is finished), evaluate on the
+    test split and on a fresh cohort, store the arrays."""
     from autoimmuneai.training.trainer import TrainConfig, train_bundle
     from autoimmuneai.workflows.demo import demo_config, training_settings
     from autoimmuneai.workflows.evaluate import evaluate_bundle
@@ -128,22 +153,25 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         cfg.threads = args.threads
     bundle_dir = work / f"bundle_s{args.seed}{args.tag}"
-    t = time.perf_counter()
-    train_bundle(demo, bundle_dir, cfg, resume=args.resume, progress=sys.stderr.isatty())
-    figures["train_seconds"] = round(time.perf_counter() - t, 1)
-    figures["train_config"] = cfg.to_dict()
+    meta_path = bundle_dir / "configs" / "metadata.json"
+    if not meta_path.is_file():
+        t = time.perf_counter()
+        train_bundle(demo, bundle_dir, cfg, resume=args.resume, progress=sys.stderr.isatty())
+        figures["train_seconds"] = round(time.perf_counter() - t, 1)
     held_seed = args.seed + HELDOUT_SEED_OFFSET
     held = _cohort(work, f"heldout_s{held_seed}", args.heldout, held_seed)
-    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    figures["train_config"] = meta["training"]["config"]
     figures["n_cases"] = meta["training"]["n_cases"]
     figures["calibration"] = meta["training"]["calibration"]
     figures["epochs"] = {k: meta["training"]["fused"][k] for k in ("epochs_run", "best_epoch")}
-    for name, manifest, split in (("test", demo, "test"), ("heldout", held, None)):
-        m = evaluate_bundle(bundle_dir, manifest, work / f"eval_{name}_s{args.seed}{args.tag}",
-                            split=split, progress=False)  # fmt: skip
-        figures[name] = _headline(m)
+    figures["fused_train_seconds"] = meta["training"]["fused"]["seconds"]
+    m = evaluate_bundle(bundle_dir, demo, work / f"eval_test_s{args.seed}{args.tag}",
+                        split="test", progress=False)  # fmt: skip
+    figures["test"] = _headline(m)
     arrays = _arrays(bundle_dir, {"dev": demo, "heldout": held}, work / "cache")
     np.savez(work / f"arrays_s{args.seed}{args.tag}.npz", **arrays)
+    figures["heldout"] = _headline(_heldout_metrics(bundle_dir, arrays))
     figures["load_average_end"] = os.getloadavg()[0]
     return figures
 
