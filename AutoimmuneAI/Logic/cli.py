@@ -256,6 +256,14 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete")
     p.add_argument("--no-snapshot", action="store_true", help="skip the PNG snapshots")
     p.add_argument(
+        "--series",
+        default=None,
+        metavar="PATTERN",
+        help="the --image is a DICOM study folder: read the series whose description matches "
+        "PATTERN (case-insensitive regular expression, e.g. FLAIR; a manifest has a series "
+        "column instead)",
+    )
+    p.add_argument(
         "--hash-ids",
         default=None,
         metavar="SALT",
@@ -420,6 +428,7 @@ def _predict(args: argparse.Namespace) -> int:
     print(result.summary())
     return EXIT_PARTIAL if result.n_failed else EXIT_OK
 
+        series=args.series,
 
 def _check_bundle_folder(path: Path) -> None:
     """``--bundle`` must be the bundle folder; a file inside it gets a pointed message."""
@@ -442,8 +451,12 @@ def _single_case_labs(args: argparse.Namespace) -> dict[str, object] | None:
             field="--cohort",
         )
     if args.cohort is not None:
-        if args.lab or args.labs or args.case_id:
-            raise InputError("--lab, --labs and --case-id go with --image only", field="--lab")
+        if args.lab or args.labs or args.case_id or args.series:
+            raise InputError(
+                "--lab, --labs, --case-id and --series go with --image only (a manifest has "
+                "a series column)",
+                field="--lab",
+            )
         return None
     labs: dict[str, object] = {}
     if args.labs is not None:

@@ -146,7 +146,8 @@ def test_bundle_file_instead_of_folder_is_pointed_at_the_folder(tmp_path: Path) 
     [
         ([], "option --cohort: give either --cohort (a manifest) or --image (one case), not neither"),
         (["--cohort", "m.csv", "--image", "x.nii.gz"], "not both"),
-        (["--cohort", "m.csv", "--lab", "ocb=neg"], "--lab, --labs and --case-id go with --image only"),
+        (["--cohort", "m.csv", "--lab", "ocb=neg"], "--lab, --labs, --case-id and --series go with --image only"),
+        (["--cohort", "m.csv", "--series", "FLAIR"], "a manifest has a series column"),
         (["--image", "x.nii.gz", "--lab", "ocb"], "option --lab: expected NAME=VALUE, got 'ocb'"),
     ],
 )  # fmt: skip

@@ -479,3 +479,89 @@ def test_too_many_voxels_is_refused_from_the_header(tmp_path: Path) -> None:
     _expect(nhdr, "more than the limit")
     small = _nifti(tmp_path, "small.nii.gz", np.ones((10, 10, 10), np.float32))
     _expect(small, "1,000 voxels", max_voxels=999)
+
+
+# --------------------------------------------------------------------------- series choice
+
+
+def _study_of(volume: Volume, folder: Path) -> Path:
+    """An archive export of one patient: localizer, two FLAIRs (axial = ``volume``, sagittal
+    = a decoy of other values and shape) and a T1, all in one folder."""
+    rng = np.random.default_rng(3)
+    parts = [
+        ("localizer", Volume(rng.random((8, 8, 3)).astype(np.float32) * 50, np.eye(4))),
+        ("AX T2 FLAIR", volume),
+        ("SAG T2 FLAIR", Volume(volume.array[:, :, ::2] * 0.5 + 7.0, volume.affine)),
+        ("T1 MPRAGE", Volume(rng.random(volume.shape).astype(np.float32) * 80, volume.affine)),
+    ]
+    folder.mkdir(parents=True)
+    for n, (text, part) in enumerate(parts):
+        save_dicom_series(part, folder.parent / f"part{n}", series_description=text,
+                          series_number=n + 1)  # fmt: skip
+        for f in (folder.parent / f"part{n}").iterdir():
+            f.rename(folder / f"{n}_{f.name}")
+    return folder
+
+
+def test_manifest_series_column_chooses_the_series_of_a_study_folder(
+    tmp_path: Path, cohort_copy
+) -> None:
+    from conftest import read_rows, write_rows
+
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.data.dataset import case_image
+
+    manifest, rows = cohort_copy(tmp_path / "cohort", n=3)
+    flair = load_volume(manifest.parent / rows[0]["image_flair"])
+    _study_of(flair, tmp_path / "cohort" / "study")
+    _, columns = read_rows(manifest)
+    rows[0].update(image_flair="study", series="^ax")
+    rows[1].update(image_flair="study")  # two FLAIR series: the folder alone is ambiguous
+    rows[2].update(image_flair="study", series="(flair")
+    write_rows(manifest, rows, [*columns, "series"])
+
+    cohort = load_cohort(manifest, read_images=True, strict=False)
+    assert [c.case_id for c in cohort.cases] == [rows[0]["case_id"]]
+    assert cohort.cases[0].series == {"flair": "^ax"}
+    assert not [w for w in cohort.warnings if "column series" in w]  # a known column
+    ambiguous, bad = cohort.failed[rows[1]["case_id"]], cohort.failed[rows[2]["case_id"]]
+    assert ambiguous.field == "image_flair" and "holds 4 DICOM series" in str(ambiguous)
+    assert "#2 'AX T2 FLAIR'" in str(ambiguous) and "#3 'SAG T2 FLAIR'" in str(ambiguous)
+    assert bad.row == 4 and bad.field == "series" and "not a valid regular expression" in str(bad)
+
+    # the chosen series reaches the model grid: the same input as the NIfTI it was written from
+    grid = ModelGrid((24, 28, 24), 6.0)
+    arr, desc = case_image(cohort.cases[0], ["flair"], grid, tmp_path / "cache")
+    reference = grid.to_model(flair).tensor.numpy().reshape(arr.shape)
+    assert np.abs(arr.astype(np.float32) - reference).max() < 0.02
+    assert desc["shape"] == list(flair.shape)
+
+
+def test_predict_reads_the_series_given_by_series(tmp_path: Path, cohort_copy, tiny_bundle):
+    import contextlib
+    import io
+    import json
+
+    from autoimmuneai.cli import main
+
+    manifest, rows = cohort_copy(tmp_path / "cohort", n=1)
+    image = manifest.parent / rows[0]["image_flair"]
+    study = _study_of(load_volume(image), tmp_path / "study")
+    labs = ["--lab", "aqp4_igg=1:160", "--lab", "age=41", "--lab", "sex=F", "--no-snapshot"]
+
+    def run(*argv) -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            rc = main(["predict", "--bundle", str(tiny_bundle), *map(str, argv), *labs])
+        return rc, out.getvalue()
+
+    assert run("--image", image, "--case-id", "nifti", "--out", tmp_path / "a")[0] == 0
+    rc, _ = run(
+        "--image", study, "--series", "ax t2", "--case-id", "dicom", "--out", tmp_path / "b"
+    )
+    assert rc == 0
+    a = json.loads((tmp_path / "a" / "nifti" / "prediction.json").read_text("utf-8"))
+    b = json.loads((tmp_path / "b" / "dicom" / "prediction.json").read_text("utf-8"))
+    assert b["probabilities"] == pytest.approx(a["probabilities"], abs=2e-3)
+    rc, out = run("--image", study, "--case-id", "dicom", "--out", tmp_path / "c")
+    assert rc == 3 and "4 DICOM series" in out and "#1 'localizer'" in out, out

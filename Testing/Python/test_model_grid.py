@@ -193,3 +193,53 @@ def test_dict_round_trip_and_validation() -> None:
         ModelGrid(spacing=-1.0)
     small = grid.to_model(make_phantom())
     assert tuple(small.tensor.shape) == (1, 32, 40, 32)
+
+
+class _CountingGrid(ModelGrid):
+    """A ModelGrid that counts how often it really preprocesses an image."""
+
+    calls = 0
+
+    def to_model(self, volume):  # type: ignore[override]
+        type(self).calls += 1
+        return super().to_model(volume)
+
+
+def test_cache_is_keyed_by_content_and_shared_by_the_demo(tmp_path, mni: Volume) -> None:
+    import shutil
+
+    import nibabel as nib
+
+    from autoimmuneai.data.cohort import Case
+    from autoimmuneai.data.dataset import build_arrays, case_image, shared_image_cache
+
+    first = tmp_path / "a" / "x_flair.nii.gz"
+    first.parent.mkdir()
+    nib.save(nib.Nifti1Image(mni.array, mni.affine), first)
+    copy = tmp_path / "b" / "renamed.nii.gz"
+    copy.parent.mkdir()
+    shutil.copyfile(first, copy)
+    grid, cache = _CountingGrid((24, 30, 24), 6.0), tmp_path / "cache"
+    _CountingGrid.calls = 0
+    a, _ = case_image(Case("p1", 2, {"flair": first}, {}), ["flair"], grid, cache)
+    b, _ = case_image(Case("p2", 3, {"flair": copy}, {}), ["flair"], grid, cache)
+    assert _CountingGrid.calls == 1 and np.array_equal(a, b)  # same bytes: read from the cache
+    other = _CountingGrid((24, 30, 24), 5.0)  # other settings: another entry
+    case_image(Case("p1", 2, {"flair": first}, {}), ["flair"], other, cache)
+    assert _CountingGrid.calls == 2
+    time.sleep(0.01)
+    nib.save(nib.Nifti1Image(mni.array[:, :, ::-1].copy(), mni.affine), copy)  # rewritten
+    c, _ = case_image(Case("p2", 3, {"flair": copy}, {}), ["flair"], grid, cache)
+    assert _CountingGrid.calls == 3 and not np.array_equal(b, c)
+
+    class _Cohort:  # the two members build_arrays reads besides the cases
+        from autoimmuneai.data.panel import load_panel
+
+        panel = load_panel("cns_autoimmune")
+        cases = [Case("p1", 2, {"flair": first}, {})]
+
+    _CountingGrid.calls = 0
+    # the stand-in cohort has no labs: build_arrays stops after the image stage
+    with shared_image_cache(cache), pytest.raises(AttributeError, match="lab_matrix"):
+        build_arrays(_Cohort(), grid, None, progress=False, workers=1)
+    assert _CountingGrid.calls == 0  # the demo's evaluation reuses training's cache

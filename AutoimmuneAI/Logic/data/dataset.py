@@ -1,17 +1,18 @@
 """Cohort -> tensors the network trains on: model-grid images, encoded serology, labels, follow-up.
 
 Resampling hundreds of MRI volumes to the model grid is the slow part of training, so each
-case's model-grid image is cached (float16 ``.npy``, keyed by the image files' path, size and
-modification time and by the grid) and reused by later epochs, ``--resume`` and
-cross-validation folds. Images are kept in float16 in memory (half the RAM; batches are cast
-to float32 on the way into the network).
+case's model-grid image is cached (float16 ``.npy``, keyed by the image files' content and by
+the preprocessing's settings) and reused by later epochs, ``--resume``, cross-validation folds
+and, inside ``shared_image_cache`` (the demo), by evaluation. Images are kept in float16 in
+memory (half the RAM; batches are cast to float32 on the way into the network).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,13 +83,54 @@ class CaseArrays:
 
 
 def _cache_key(paths: Sequence[Path], grid_dict: dict, layout: Sequence[Path | None] = ()) -> str:
+    """Key of one case's cached model-grid image: the stage's settings (``grid.to_dict()``)
+    and the content of every image file, so a copied or renamed cohort hits the cache and an
+    image rewritten in place misses it."""
     h = hashlib.sha256(json.dumps(grid_dict, sort_keys=True).encode())
     if any(p is None for p in layout):  # which channels are missing is part of the key
         h.update(str([p is None for p in layout]).encode())
     for p in paths:
-        st = Path(p).stat()
-        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(content_digest(Path(p)).encode())
     return h.hexdigest()[:32]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of an image file's bytes (memoised per path, size and modification time); for a
+    DICOM folder, of its files' names, sizes and modification times (reading every slice
+    would cost as much as loading the series)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo in _DIGESTS:
+        return _DIGESTS[memo]
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(q for q in path.rglob("*") if q.is_file()):
+            fs = f.stat()
+            h.update(f"{f.relative_to(path)}|{fs.st_size}|{fs.st_mtime_ns}".encode())
+    else:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    _DIGESTS[memo] = digest = h.hexdigest()
+    return digest
+
+
+_SHARED_CACHE: list[Path] = []
+
+
+@contextlib.contextmanager
+def shared_image_cache(folder: str | Path) -> Iterator[Path]:
+    """Within the block, ``build_arrays`` calls without a ``cache_dir`` use ``folder``: the
+    demo's training and evaluation share one cache, so no image is preprocessed twice."""
+    _SHARED_CACHE.append(Path(folder))
+    try:
+        yield Path(folder)
+    finally:
+        _SHARED_CACHE.pop()
 
 
 def case_image(
@@ -115,7 +157,8 @@ def case_image(
             raise ImageError(f"case {case.case_id} has no image for channel {ch!r}")
     cache_file = desc_file = None
     if cache_dir is not None:
-        key = _cache_key([p for p in paths if p is not None], grid.to_dict(), paths)
+        settings = {**grid.to_dict(), **({"series": case.series} if case.series else {})}
+        key = _cache_key([p for p in paths if p is not None], settings, paths)
         cache_file, desc_file = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
         if cache_file.is_file() and desc_file.is_file():
             try:
@@ -125,7 +168,10 @@ def case_image(
                     return arr, desc
             except (OSError, ValueError):
                 pass  # a damaged cache entry is rebuilt below
-    volumes = [None if p is None else load_volume(p) for p in paths]
+    volumes = [
+        None if p is None else load_volume(p, series=case.series.get(ch))
+        for p, ch in zip(paths, channels)
+    ]
     reference = volumes[0]
     assert reference is not None  # the first channel is never optional (data.panel)
     desc = describe_volume(reference)
@@ -161,7 +207,10 @@ def build_arrays(
     """
     channels = list(cohort.panel.channels)
     cases = list(cohort.cases)
-    cdir = Path(cache_dir) if cache_dir is not None else None
+    if cache_dir is not None:
+        cdir: Path | None = Path(cache_dir)
+    else:
+        cdir = _SHARED_CACHE[-1] if _SHARED_CACHE else None
     if cdir is not None:
         cdir.mkdir(parents=True, exist_ok=True)
     n = len(cases)

@@ -113,11 +113,14 @@ def predict_cohort(
     image: str | Path | None = None,
     labs: Mapping[str, object] | None = None,
     case_id: str | None = None,
+    series: str | None = None,
 ) -> BatchResult:
     """Predict (and explain) every case of a manifest; see the module docstring.
 
     Without a manifest (``cohort_path`` None) the one case is ``image`` with ``labs``
-    (``{feature: lab text}``, parsed as manifest cells are against the bundle's panel).
+    (``{feature: lab text}``, parsed as manifest cells are against the bundle's panel);
+    ``series`` picks one series of a DICOM study folder given as ``image`` (a manifest has
+    its own ``series`` column).
     """
     from .predictor import Predictor
 
@@ -133,7 +136,9 @@ def predict_cohort(
     if cohort_path is None:
         if image is None:
             raise InputError("give a manifest (--cohort) or an image (--image)", field="--cohort")
-        cohort = single_case_cohort(image, labs or {}, predictor.panel, case_id=case_id)
+        cohort = single_case_cohort(
+            image, labs or {}, predictor.panel, case_id=case_id, series=series
+        )
     else:
         cohort = load_cohort(
             cohort_path,
@@ -236,7 +241,7 @@ def _load_case_image(case: Case, channel: str) -> Volume:
     if path is None:
         raise InputError(f"no image for channel {channel!r}", row=case.row, field=column)
     try:
-        return load_volume(path)
+        return load_volume(path, series=case.series.get(channel))
     except InputError as exc:
         raise InputError(exc.reason, file=exc.file, row=case.row, field=column) from None
 

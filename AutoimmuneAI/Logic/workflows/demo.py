@@ -46,7 +46,10 @@ FULL_MIN_CASES = 400
 # by several points (the figures are in CHANGELOG.md)
 FULL_SPLITS = {"train": 0.32, "val": 0.16, "test": 0.52}
 EXPLAIN_MANIFEST = "explain_cases.csv"  # inside cohort/, so relative image paths still resolve
-OWNED = ("cohort", "bundle", "evaluation", "cases", "figures")
+# "cache": the preprocessed model-grid images, shared by train and evaluate (each image is
+# preprocessed once); removed when the demo finishes
+OWNED = ("cohort", "bundle", "evaluation", "cases", "figures", "cache")
+CACHE = "cache"
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,7 @@ def run_demo(
         "demo finished in %s -> open %s",
         _duration(time.perf_counter() - start),
         out / "report.html",
+    shutil.rmtree(out / CACHE, ignore_errors=True)  # every stage that reads it is done
     )
     return 0
 
@@ -393,14 +397,16 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
     def train(resume: bool) -> dict:
         from ..training.trainer import TrainConfig, train_bundle
 
-        train_config = TrainConfig(**training_settings(config))
+        train_config = TrainConfig(**{"cache_dir": str(out / CACHE), **training_settings(config)})
         train_bundle(manifest, bundle_dir, train_config, resume=resume and bundle_dir.exists())
         return {"epochs": train_config.epochs}
 
+        from ..data.dataset import shared_image_cache
     def evaluate(resume: bool) -> dict:
         from .evaluate import evaluate_bundle
 
-        evaluate_bundle(bundle_dir, manifest, eval_dir, split="test")
+        with shared_image_cache(out / CACHE):
+            evaluate_bundle(bundle_dir, manifest, eval_dir, split="test")
         return {}
 
     def quality(resume: bool) -> dict:
