@@ -1,8 +1,9 @@
 """Explain one predicted case into its folder: attribution volume, evidence segments, scene, snapshot.
 
-Glue between the stages: ``explain`` (Captum, model grid) -> ``model_grid`` (back to the
-patient's own geometry) -> ``overlay`` (evidence regions) -> ``mrml`` (Slicer files) ->
-``snapshot`` (PNG). Returns the explanation part of ``prediction.json``.
+Glue between the stages: ``explain.attribution`` (Captum, model grid) -> the bundle's
+preprocessing (back to the patient's own geometry) -> ``explain.regions`` (evidence regions)
+-> ``output.mrml`` (Slicer files) -> ``output.snapshot`` (PNG). Returns the explanation part
+of ``prediction.json``.
 """
 
 from __future__ import annotations
