@@ -134,6 +134,11 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default by size)")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+    p.add_argument(
+        "--panel",
+        default="cns_autoimmune",
+        help="the disease family of the demo (cns_autoimmune, ms_course)",
+    )
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:
@@ -152,6 +157,11 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
         "head, head pose, mixed 1 mm / 2D 4-6 mm / 2 mm acquisitions, scanner scale)",
     )
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--panel",
+        default="cns_autoimmune",
+        help="the disease family to generate (cns_autoimmune, ms_course)",
+    )
 
 
 def _validate_options(p: argparse.ArgumentParser) -> None:
@@ -317,14 +327,16 @@ def _demo(args: argparse.Namespace) -> int:
         full=args.full,
         epochs=args.epochs,
         resume=args.resume,
+        panel=args.panel,
     )
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synth import generate_cohort
+    from .synth.families import generator_for
 
     if args.cases < 1:
         raise InputError("must be at least 1", field="--cases")
+    generate_cohort = generator_for(args.panel)
     manifest = generate_cohort(
         args.out,
         args.cases,

@@ -403,8 +403,10 @@ def measure_explanation_quality(
         raise InputError(f"no case with a diagnosis and a non-empty lesion mask{where}")
     cases = []
     for case in selected:
-        volume = load_volume(case.images[bundle.panel.channels[0]])
-        prepared = predictor.prepare(volume, case.labs)
+        channels = bundle.panel.channels
+        volume = load_volume(case.images[channels[0]])
+        others = {c: load_volume(case.images[c]) for c in channels[1:] if c in case.images}
+        prepared = predictor.prepare(volume, case.labs, others)
         mask = load_volume(case.mask_lesions).array > 0
         cases.append(
             QualityCase(

@@ -168,6 +168,9 @@ def tissue_mask(image: torch.Tensor) -> torch.Tensor:
     return (image[:, :1] > FOREGROUND_Z).to(image.dtype)
 
 
+CHANNEL_CONTRAST = 0.6  # the further channels' read-out threshold, x lesion_contrast
+
+
 class LesionLoad(nn.Module):
     """Regional load of focal hyperintensities: a fixed, differentiable lesion read-out.
 
@@ -362,9 +365,11 @@ class ImageEncoder(nn.Module):
         # channel adds a presence flag (a missing optional channel is an all-zero image)
         # (whole-brain totals only: a regional grid per channel would add hundreds of inputs)
         self.extra_channels = cfg.image_channels - 1
+        # at a lower contrast: other sequences show lesions fainter than FLAIR does (an
+        # enhancing lesion is about 2 foreground SDs above white matter on T1-Gd)
         self.channel_lesions = LesionLoad(
             (1, 1, 1) if cfg.lesion_regions else (),
-            cfg.lesion_contrast,
+            cfg.lesion_contrast * CHANNEL_CONTRAST,
             cfg.lesion_window,
             cfg.lesion_count,
             cfg.lesion_coarse_windows,

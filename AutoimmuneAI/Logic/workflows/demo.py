@@ -90,6 +90,7 @@ def demo_config(
     quality_methods: Sequence[str] | None = None,
     synth_options: dict | None = None,
     train_options: dict | None = None,
+    panel: str = "cns_autoimmune",
 ) -> DemoConfig:
     """Resolve the defaults: 240 cases for a first look; with ``--full`` 1000, half held out."""
     n = cases if cases is not None else (FULL_CASES if full else DEFAULT_CASES)
@@ -109,6 +110,7 @@ def demo_config(
         epochs,
         quality_cases=quality_cases or (10 if full else 3),
         quality_methods=tuple(quality_methods) if quality_methods else None,
+        panel=str(panel),
         synth_options=dict(synth_options or {}),
         train_options=dict(train_options or {}),
     )
@@ -288,6 +290,7 @@ def run_demo(
     quality_methods: Sequence[str] | None = None,
     synth_options: dict | None = None,
     train_options: dict | None = None,
+    panel: str = "cns_autoimmune",
 ) -> int:
     """Run (or resume) the whole demo into ``out``; return the exit status (0 on success).
 
@@ -305,6 +308,7 @@ def run_demo(
         quality_methods=quality_methods,
         synth_options=synth_options,
         train_options=train_options,
+        panel=panel,
     )
     out = Path(out).resolve()
     old = _read_json(out / STAGES_FILE) if (out / STAGES_FILE).is_file() else None
@@ -382,16 +386,14 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
     n = config.cases
 
     def cohort(resume: bool) -> dict:
-        from ..synth import generate_cohort
+        from ..synth.families import config_for, generator_for
 
         if cohort_dir.exists():  # a half-written cohort: generation is deterministic, redo it
             shutil.rmtree(cohort_dir)
         options = dict(config.synth_options)
         if config.full and "config" not in options:
-            from ..synth.config import SynthConfig
-
-            options["config"] = SynthConfig(split_fractions=dict(FULL_SPLITS))
-        generate_cohort(cohort_dir, n, config.seed, **options)
+            options["config"] = config_for(config.panel, split_fractions=dict(FULL_SPLITS))
+        generator_for(config.panel)(cohort_dir, n, config.seed, **options)
         return {"cases": n}
 
     def train(resume: bool) -> dict:
