@@ -162,3 +162,25 @@ def test_evidence_is_named_by_anatomy_in_template_space(mni, expected) -> None:
     region = Region(1, "x", "top 1%", 2.4, 0.31, tuple(centroid[:3]), 300, (1.0, 0.0, 0.0))
     (named,) = name_by_anatomy([region], "MS", np.linalg.inv(shift))
     assert named.name == f"Evidence for MS — {expected}, 2.4 mL, 31%"
+
+
+def test_the_region_map_is_the_packages_and_the_generator_uses_it() -> None:
+    """Naming evidence needs no generator: a fresh process naming a point imports nothing of
+    ``synth``; the generator's lesion labels are the same map."""
+    import subprocess
+    import sys
+
+    from autoimmuneai.preprocess.region_map import LABELS, template_maps
+    from autoimmuneai.synth import anatomy
+
+    code = (
+        "import sys; from autoimmuneai.explain.regions import anatomical_location; "
+        "print(anatomical_location([20.0, -10.0, 25.0])); "
+        "print(sorted(m for m in sys.modules if m.startswith('autoimmuneai.synth')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["right periventricular", "[]"]
+    assert anatomy.LABELS is LABELS
+    assert load_anatomy(2).label_map is template_maps(2).label_map

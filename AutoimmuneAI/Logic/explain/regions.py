@@ -183,8 +183,8 @@ def evidence_regions(
     return labelmap, regions
 
 
-# Names of the template's region labels (synth.anatomy.LABELS), as clinicians say them for
-# dissemination in space.
+# Names of the template's region labels (preprocess.region_map.LABELS), as clinicians say
+# them for dissemination in space.
 LOCATION_NAMES = {
     1: "periventricular",
     2: "juxtacortical",
@@ -200,15 +200,15 @@ def anatomical_location(centroid_mni: np.ndarray) -> str:
     """Where an MNI point lies: side and region of the template's region map, e.g.
     "left periventricular"; the nearest labelled voxel within 8 mm when the point falls on
     CSF, and "outside the brain parenchyma" when none is that close."""
-    from ..synth.anatomy import load_anatomy  # the template's region map
+    from ..preprocess.region_map import template_maps  # the template's region map
 
-    anat = load_anatomy(2)
+    anat = template_maps(2)
     xyz = np.asarray(centroid_mni, dtype=np.float64)[:3]
     ijk = np.linalg.inv(anat.affine) @ np.r_[xyz, 1.0]
     centre = np.rint(ijk[:3]).astype(int)
     reach = int(np.ceil(_SEARCH_MM / anat.voxel_mm))
     lo = np.maximum(centre - reach, 0)
-    hi = np.minimum(centre + reach + 1, anat.shape)
+    hi = np.minimum(centre + reach + 1, anat.label_map.shape)
     if np.any(hi <= lo):
         return "outside the brain parenchyma"
     box = anat.label_map[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
