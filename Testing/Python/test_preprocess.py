@@ -184,3 +184,29 @@ def test_the_region_map_is_the_packages_and_the_generator_uses_it() -> None:
     assert out == ["right periventricular", "[]"]
     assert anatomy.LABELS is LABELS
     assert load_anatomy(2).label_map is template_maps(2).label_map
+
+
+def test_a_head_the_fast_search_misses_is_found_by_the_thorough_one(pre) -> None:
+    """Case 156 of the default demo (2D axial, 6 mm slices, pitch 18, roll 8, yaw -8 degrees):
+    the fast registration lands 50 mm off; the pipeline sees the poor correlation, searches
+    again with rolls and more starts, and keeps that result."""
+    from autoimmuneai.data.imaging import _to_sitk
+    from autoimmuneai.preprocess.registration import register
+    from autoimmuneai.workflows.demo import FIRST_LOOK_ACQUISITIONS
+
+    cfg = SynthConfig()
+    cfg.scan["acquisitions"] = dict(FIRST_LOOK_ACQUISITIONS)
+    anat = load_anatomy(2)
+    case_id, diagnosis, _, seed = _plan(240, 0, cfg)[155]
+    scan = render_scan(sample_case(seed, case_id, diagnosis, anat, cfg), anat, cfg)
+    volume = Volume(scan.image.astype(np.float32), scan.grid.affine)
+    pts = _brain_points()
+
+    def error(matrix: np.ndarray) -> float:
+        return float(np.linalg.norm(pts @ matrix.T - pts @ scan.pose.T, axis=1).mean())
+
+    assert error(register(_to_sitk(volume.array, volume.affine)).matrix) > 10.0
+    sample = pre.to_model(volume)
+    assert sample.quality["registration_thorough"] is True
+    assert error(sample.matrix) < 3.0 and sample.quality["registration_ncc"] > 0.35
+    assert dice(pre.native_brain_mask(sample), scan.brain) >= 0.95

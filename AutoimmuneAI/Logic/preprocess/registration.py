@@ -40,6 +40,11 @@ ROLLS_DEG = (0.0,)
 DEPTHS_MM = (70.0, 80.0, 90.0)  # template brain centre below the top of the head
 N_REFINED = 3  # starts optimised at the coarse level
 FINE_ITERATIONS = 50
+# ``thorough``: the search for a case the fast one got wrong (the pipeline asks for it when
+# the result correlates poorly with the template): rolls too, twice the coarse starts, the
+# best two at the fine level
+THOROUGH_ROLLS_DEG = (-10.0, 0.0, 10.0)
+THOROUGH_REFINED, THOROUGH_FINE = 6, 2
 GROW_MM = (4.0, 2.0)  # metric mask: template brain grown by this much (mm) at 8 and 4 mm
 
 
@@ -166,13 +171,15 @@ def _evaluate(template, moving: sitk.Image, transform: sitk.Transform) -> float:
     return float(probe.MetricEvaluate(template.image, moving))
 
 
-def _scored_starts(t8, m8: sitk.Image, m4: sitk.Image) -> list[tuple]:
+def _scored_starts(
+    t8, m8: sitk.Image, m4: sitk.Image, rolls: tuple[float, ...] = ROLLS_DEG
+) -> list[tuple]:
     """Every start (pitch x roll x depth below the vertex), scored by the metric at 8 mm."""
     centre = template_centre_lps()
     probe = _method(t8.metric_mask, 1, None)
     scored = []
     guesses = _centre_guesses(_foreground_points(m4))
-    for (depth, target), pitch, roll in itertools.product(guesses, PITCHES_DEG, ROLLS_DEG):
+    for (depth, target), pitch, roll in itertools.product(guesses, PITCHES_DEG, rolls):
         transform = _euler(centre, pitch, roll, target)
         probe.SetInitialTransform(transform, inPlace=False)
         try:
@@ -191,12 +198,14 @@ def _scored_starts(t8, m8: sitk.Image, m4: sitk.Image) -> list[tuple]:
     return firsts + [s for s in scored if not any(s is f for f in firsts)]
 
 
-def _refine_similarity(t4, m4: sitk.Image, scored: list[tuple]) -> tuple:
+def _refine_similarity(
+    t4, m4: sitk.Image, scored: list[tuple], n_refined: int = N_REFINED, n_fine: int = 1
+) -> tuple:
     """The best starts as rigid + isotropic scale (heads differ in size by 10% and more):
-    each start at the coarse, smoothed 8 mm level (cheap), then only the best of those, by
-    the 4 mm metric, at the 4 mm level (the costly one)."""
+    ``n_refined`` starts at the coarse, smoothed 8 mm level (cheap), then only the best
+    ``n_fine`` of those, by the 4 mm metric, at the 4 mm level (the costly one)."""
     coarse = []
-    for _, pitch, roll, depth, transform in scored[:N_REFINED]:
+    for _, pitch, roll, depth, transform in scored[:n_refined]:
         try:
             sim = _coarse_similarity(t4, m4, transform)
             value = _evaluate(t4, m4, sim)
@@ -207,15 +216,23 @@ def _refine_similarity(t4, m4: sitk.Image, scored: list[tuple]) -> tuple:
     if not coarse:
         raise RuntimeError("registration failed from every start")
     coarse.sort(key=lambda c: c[0])
+    best = None
     for _, sim, start in coarse:
         try:
             fine = _method(t4.metric_mask, FINE_ITERATIONS, 0.5)
             fine.SetInitialTransform(sim, inPlace=True)
             fine.Execute(t4.image, m4)
-            return _evaluate(t4, m4, sim), sim, start
+            value = _evaluate(t4, m4, sim)
         except RuntimeError:
             continue
-    raise RuntimeError("registration failed from every start")
+        if best is None or value < best[0]:
+            best = (value, sim, start)
+        n_fine -= 1
+        if n_fine <= 0:
+            break
+    if best is None:
+        raise RuntimeError("registration failed from every start")
+    return best
 
 
 def _coarse_similarity(t4, m4: sitk.Image, start: sitk.Transform) -> sitk.Similarity3DTransform:
@@ -244,15 +261,20 @@ def _refine_affine(t4, m4: sitk.Image, sim: sitk.Transform, value: float) -> tup
 
 
 def register(
-    moving: sitk.Image, *, affine: bool = True, threads: int | None = None
+    moving: sitk.Image, *, affine: bool = True, threads: int | None = None, thorough: bool = False
 ) -> Registration:
-    """Register ``moving`` (a float LPS SimpleITK image, any geometry) to the template."""
+    """Register ``moving`` (a float LPS SimpleITK image, any geometry) to the template;
+    ``thorough`` searches more starts (see ``THOROUGH_*``) at about three times the cost."""
     if threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
     t8, t4 = load_template(8.0, GROW_MM[0]), load_template(4.0, GROW_MM[1])
     m8, m4 = shrink(moving, 8.0), shrink(moving, 4.0)
-    scored = _scored_starts(t8, m8, m4)
-    value, sim, start = _refine_similarity(t4, m4, scored)
+    if thorough:
+        scored = _scored_starts(t8, m8, m4, THOROUGH_ROLLS_DEG)
+        value, sim, start = _refine_similarity(t4, m4, scored, THOROUGH_REFINED, THOROUGH_FINE)
+    else:
+        value, sim, start = _refine_similarity(t4, m4, _scored_starts(t8, m8, m4))
+    start["thorough"] = thorough
     result: sitk.Transform = sim
     if affine:
         result, value = _refine_affine(t4, m4, sim, value)
