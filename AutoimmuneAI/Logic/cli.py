@@ -152,9 +152,10 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--anatomy",
         choices=["brain", "head"],
-        default="brain",
-        help="brain: skull-stripped images on one grid (default); head: clinical scans (whole "
-        "head, head pose, mixed 1 mm / 2D 4-6 mm / 2 mm acquisitions, scanner scale)",
+        default="head",
+        help="head: clinical scans (whole head, head pose, mixed 1 mm / 2D 4-6 mm / 2 mm "
+        "acquisitions, scanner scale; default); brain: skull-stripped upright images on one "
+        "grid (--voxel-size, --oblique, --anisotropic apply to these only)",
     )
     p.add_argument("--workers", type=int, default=None)
     p.add_argument(
@@ -187,9 +188,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preprocessing",
         choices=["model_grid", "mni152"],
-        default="model_grid",
-        help="model_grid: resample and z-score (skull-stripped images; default); mni152: bias "
-        "correction, registration to MNI152, brain mask (clinical scans)",
+        default="mni152",
+        help="mni152: bias correction, registration to MNI152, brain mask (clinical scans; "
+        "default); model_grid: resample and z-score only (skull-stripped upright images)",
     )
     p.add_argument("--alpha", type=float, default=0.1, help="conformal error rate")
     p.add_argument(
@@ -254,6 +255,14 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
         help='the --image case\'s labs as a JSON object: {"NAME": "1:160", "OTHER": "neg"}',
     )
     p.add_argument("--case-id", default=None, help="id of the --image case (default: file name)")
+    p.add_argument(
+        "--series",
+        default=None,
+        metavar="PATTERN",
+        help="the --image is a DICOM study folder: read the series whose description matches "
+        "PATTERN (case-insensitive regular expression, e.g. FLAIR; a manifest has a series "
+        "column instead)",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--explain", action="store_true", help="attributions, evidence segments, scene")
     p.add_argument(
@@ -265,14 +274,6 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="class to explain (default: predicted)")
     p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete")
     p.add_argument("--no-snapshot", action="store_true", help="skip the PNG snapshots")
-    p.add_argument(
-        "--series",
-        default=None,
-        metavar="PATTERN",
-        help="the --image is a DICOM study folder: read the series whose description matches "
-        "PATTERN (case-insensitive regular expression, e.g. FLAIR; a manifest has a series "
-        "column instead)",
-    )
     p.add_argument(
         "--hash-ids",
         default=None,
@@ -427,6 +428,7 @@ def _predict(args: argparse.Namespace) -> int:
         image=args.image,
         labs=labs,
         case_id=args.case_id,
+        series=args.series,
         explain=args.explain,
         method=args.method,
         target=args.target,
@@ -440,7 +442,6 @@ def _predict(args: argparse.Namespace) -> int:
     print(result.summary())
     return EXIT_PARTIAL if result.n_failed else EXIT_OK
 
-        series=args.series,
 
 def _check_bundle_folder(path: Path) -> None:
     """``--bundle`` must be the bundle folder; a file inside it gets a pointed message."""

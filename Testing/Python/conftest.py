@@ -53,7 +53,8 @@ TINY_VOXEL_MM = 4.0
 
 
 def tiny_train_config():
-    """A TrainConfig that trains in seconds: small encoder, coarse grid, two epochs."""
+    """A TrainConfig that trains in seconds: small encoder, coarse grid, two epochs, the plain
+    model grid (the tiny cohort is brain-only)."""
     from autoimmuneai.training.trainer import TrainConfig
 
     return TrainConfig(
@@ -65,17 +66,19 @@ def tiny_train_config():
         strides=(2, 2, 2),
         grid_shape=(32, 40, 32),
         grid_spacing=5.0,
+        preprocessing="model_grid",  # the tiny cohort is skull-stripped and upright
     )
 
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Manifest of a tiny synthetic cohort (40 cases, 4 mm), generated once per session."""
+    """Manifest of a tiny synthetic cohort (40 brain-only cases, 4 mm), generated once per
+    session (the clinical-scan default is tested in test_preprocess_integration)."""
     from autoimmuneai.synth import generate_cohort
 
     base = tmp_path_factory.mktemp("tiny")
     manifest = generate_cohort(
-        base / "cohort", TINY_CASES, TINY_SEED, voxel_size=TINY_VOXEL_MM, workers=2
+        base / "cohort", TINY_CASES, TINY_SEED, voxel_size=TINY_VOXEL_MM, workers=2, anatomy="brain"
     )
     return Path(manifest)
 

@@ -79,7 +79,8 @@ def test_train_command_under_torchrun(tiny_cohort: Path, tmp_path: Path) -> None
             from autoimmuneai.training.trainer import TrainConfig, train_bundle
             torch.set_num_threads(1)
             cfg = TrainConfig(epochs=1, batch_size=8, channels=(4, 8), strides=(2, 2),
-                              grid_shape=(16, 20, 16), grid_spacing=10.0)
+                              grid_shape=(16, 20, 16), grid_spacing=10.0,
+                              preprocessing="model_grid")
             train_bundle({str(tiny_cohort)!r}, {str(tmp_path / "bundle")!r}, cfg,
                          progress=False, distributed=True)
             """

@@ -22,7 +22,7 @@ def head_cohort(tmp_path_factory) -> Path:
     cfg.scan["acquisitions"] = {"3d_2mm": 0.5, "2d_axial": 0.5}
     cfg.scan["inplane_mm"] = [1.6, 1.6]
     out = tmp_path_factory.mktemp("heads")
-    return generate_cohort(out, 10, 0, workers=2, progress=False, config=cfg, anatomy="head")
+    return generate_cohort(out, 10, 0, workers=2, progress=False, config=cfg)  # heads: default
 
 
 def test_head_cohort_carries_the_truth(head_cohort: Path) -> None:
@@ -43,7 +43,9 @@ def test_head_cohort_carries_the_truth(head_cohort: Path) -> None:
     pose = np.asarray(truth["template_to_image_ras"])
     assert pose.shape == (4, 4) and abs(np.linalg.det(pose[:3, :3]) - 1) < 0.5
     # the same patients as the brain-only cohort: identical labs and diagnoses
-    brain_only = generate_cohort(root / "brain_only", 10, 0, workers=1, progress=False)
+    brain_only = generate_cohort(
+        root / "brain_only", 10, 0, workers=1, progress=False, anatomy="brain"
+    )
     assert (
         brain_only.read_text().split("\n")[1].split(",")[3:]
         == head_cohort.read_text().split("\n")[1].split(",")[3:]
@@ -51,9 +53,9 @@ def test_head_cohort_carries_the_truth(head_cohort: Path) -> None:
 
 
 def test_train_records_the_preprocessing_and_predict_uses_it(head_cohort: Path, tmp_path) -> None:
-    config = TrainConfig(
+    assert TrainConfig().preprocessing == "mni152"
+    config = TrainConfig(  # the default preprocessing: the clinical-scan stage
         epochs=1,
-        preprocessing="mni152",
         grid_shape=(16, 20, 16),
         grid_spacing=10.0,
         channels=(4, 8),
@@ -82,3 +84,32 @@ def test_train_records_the_preprocessing_and_predict_uses_it(head_cohort: Path, 
     prepared = predictor.prepare(volume, case.labs)
     back = bundle.grid.to_input(prepared.sample.tensor, prepared.sample)
     assert back.shape == volume.shape  # model-grid arrays come back on the patient's voxels
+
+
+def test_demo_renders_heads_and_trains_with_the_stage_by_default(tmp_path) -> None:
+    """The demo path with its defaults (whole-head scans, the clinical-scan stage), only
+    smaller: the cohort is heads of mixed acquisitions, the bundle records the stage, and the
+    explained cases carry its quality figures."""
+    from autoimmuneai.workflows.demo import FIRST_LOOK_ACQUISITIONS, run_demo
+
+    small = {"grid_shape": (16, 20, 16), "grid_spacing": 10.0, "channels": (4, 8),
+             "strides": (2, 2), "folds": 1}  # fmt: skip
+    rc = run_demo(
+        tmp_path / "demo", cases=24, seed=3, epochs=1, quality_cases=1,
+        quality_methods=("integrated_gradients",), train_options=small,
+    )  # fmt: skip
+    assert rc == 0
+    demo = tmp_path / "demo"
+    cohort = json.loads((demo / "cohort" / "cohort.json").read_text())
+    assert cohort["anatomy"] == "head"
+    scans = json.loads((demo / "cohort" / "scans.json").read_text())
+    assert {s["acquisition"] for s in scans.values()} <= set(FIRST_LOOK_ACQUISITIONS)
+    assert len({s["acquisition"] for s in scans.values()}) >= 2  # a mix, not one kind
+    meta = json.loads((demo / "bundle" / "configs" / "metadata.json").read_text())
+    assert meta["preprocessing"]["grid"]["pipeline"] == "mni152_affine_v1"
+    predictions = list((demo / "cases").glob("*/prediction.json"))
+    assert predictions
+    for path in predictions:
+        quality = json.loads(path.read_text())["quality"]
+        assert quality["registration_ncc"] > 0.35, path
+    assert not (demo / "cache").exists()  # the shared image cache goes when the demo ends

@@ -33,9 +33,11 @@ PANEL_FEATURES = [f for f in load_panel("cns_autoimmune").feature_names if f not
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """A small cohort at 4 mm (fast), generated with two workers."""
+    """A small brain-only cohort at 4 mm (fast), generated with two workers."""
     out = tmp_path_factory.mktemp("synth_a")
-    manifest = generate_cohort(out, 8, seed=5, voxel_size=4.0, workers=2, progress=False)
+    manifest = generate_cohort(
+        out, 8, 5, voxel_size=4.0, workers=2, progress=False, anatomy="brain"
+    )
     return manifest
 
 
@@ -44,7 +46,7 @@ def _arrays(folder, pattern):
 
 
 def test_same_seed_same_cohort_whatever_the_workers(cohort, tmp_path):
-    again = generate_cohort(tmp_path / "b", 8, seed=5, voxel_size=4.0, workers=1, progress=False)
+    again = generate_cohort(tmp_path / "b", 8, 5, voxel_size=4.0, workers=1, anatomy="brain")
     a, b = cohort.parent, again.parent
     assert (a / "manifest.csv").read_bytes() == (b / "manifest.csv").read_bytes()
     assert (a / "truth.csv").read_bytes() == (b / "truth.csv").read_bytes()
@@ -53,7 +55,7 @@ def test_same_seed_same_cohort_whatever_the_workers(cohort, tmp_path):
         assert xa.keys() == xb.keys() and len(xa) == 8
         for name in xa:
             np.testing.assert_array_equal(xa[name], xb[name])
-    other = generate_cohort(tmp_path / "c", 8, seed=6, voxel_size=4.0, workers=1, progress=False)
+    other = generate_cohort(tmp_path / "c", 8, 6, voxel_size=4.0, workers=1, anatomy="brain")
     assert other.read_bytes() != cohort.read_bytes()
     img_a = np.asarray(nib.load(a / "images" / "syn0001_flair.nii.gz").dataobj)
     img_c = np.asarray(nib.load(other.parent / "images" / "syn0001_flair.nii.gz").dataobj)
@@ -204,11 +206,12 @@ def test_oblique_anisotropic_affine_is_the_real_geometry(tmp_path):
     cfg.class_fractions = {c: (1.0 if c == "MS" else 0.0) for c in cfg.classes}
     cfg.lesions["MS"].update(p_normal=0.0, count_mean=30.0, count_k=50.0)
     canon = generate_cohort(
-        tmp_path / "canon", 1, seed=2, workers=1, progress=False, config=copy.deepcopy(cfg)
-    )
+        tmp_path / "canon", 1, seed=2, workers=1, progress=False, config=copy.deepcopy(cfg),
+        anatomy="brain",
+    )  # fmt: skip
     obl = generate_cohort(
         tmp_path / "obl", 1, seed=2, oblique_deg=25.0, anisotropic=True, workers=1, progress=False,
-        config=copy.deepcopy(cfg),
+        config=copy.deepcopy(cfg), anatomy="brain",
     )  # fmt: skip
     img = nib.load(obl.parent / "masks" / "syn0001_lesions.nii.gz")
     spacing = np.linalg.norm(img.affine[:3, :3], axis=0)

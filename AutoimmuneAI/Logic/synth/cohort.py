@@ -318,15 +318,15 @@ def generate_cohort(
     workers: int | None = None,
     progress: bool = True,
     config: SynthConfig | None = None,
-    anatomy: str = "brain",
+    anatomy: str = "head",
 ) -> Path:
     """Write the synthetic demo cohort to ``out_dir`` and return the manifest's path.
 
-    ``anatomy="head"`` renders clinical scans (``scan.render_scan``: whole head, head pose,
-    mixed acquisitions, scanner scale; ``voxel_size``, ``oblique_deg`` and ``anisotropic``
-    do not apply) and writes ``masks/<case>_brain.nii.gz`` (true brain) and ``scans.json``
-    (acquisition and true template -> image pose of every case); ``"brain"`` keeps the
-    skull-stripped images on one grid.
+    ``anatomy="head"`` (the default) renders clinical scans (``scan.render_scan``: whole
+    head, head pose, mixed acquisitions, scanner scale; ``voxel_size``, ``oblique_deg`` and
+    ``anisotropic`` do not apply) and writes ``masks/<case>_brain.nii.gz`` (true brain) and
+    ``scans.json`` (acquisition and true template -> image pose of every case); ``"brain"``
+    keeps the skull-stripped upright images on one grid.
 
     ``images/<case>_flair.nii.gz`` (int16 FLAIR-like), ``masks/<case>_lesions.nii.gz``
     (labels: 1 periventricular, 2 juxtacortical, 3 infratentorial, 4 deep grey, 5 other),

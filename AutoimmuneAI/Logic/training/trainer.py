@@ -105,8 +105,9 @@ class TrainConfig:
     image_only_epochs: int | None = None  # default: same as epochs
     grid_shape: tuple[int, int, int] = (64, 80, 64)
     grid_spacing: float = 2.5
-    # "mni152": bias correction, registration to MNI152, brain mask (preprocess.pipeline)
-    preprocessing: str = "model_grid"
+    # "mni152": bias correction, registration to MNI152, brain mask (preprocess.pipeline);
+    # "model_grid": resampling and a head z-score only (skull-stripped upright images)
+    preprocessing: str = "mni152"
     cache_dir: str | None = None  # default: <bundle>/cache (removed after a finished run)
     keep_cache: bool = False
     threads: int | None = None  # torch CPU threads (default: torch's choice)

@@ -354,11 +354,11 @@ def run_demo(
     )
     stage_log.save()
     _record_run_in_metrics(out / "metrics.json", stage_log.data)
+    shutil.rmtree(out / CACHE, ignore_errors=True)  # every stage that reads it is done
     log.info(
         "demo finished in %s -> open %s",
         _duration(time.perf_counter() - start),
         out / "report.html",
-    shutil.rmtree(out / CACHE, ignore_errors=True)  # every stage that reads it is done
     )
     return 0
 
@@ -386,14 +386,11 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
     n = config.cases
 
     def cohort(resume: bool) -> dict:
-        from ..synth.families import config_for, generator_for
+        from ..synth.families import generator_for
 
         if cohort_dir.exists():  # a half-written cohort: generation is deterministic, redo it
             shutil.rmtree(cohort_dir)
-        options = dict(config.synth_options)
-        if config.full and "config" not in options:
-            options["config"] = config_for(config.panel, split_fractions=dict(FULL_SPLITS))
-        generator_for(config.panel)(cohort_dir, n, config.seed, **options)
+        generator_for(config.panel)(cohort_dir, n, config.seed, **synth_settings(config))
         return {"cases": n}
 
     def train(resume: bool) -> dict:
@@ -403,8 +400,8 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
         train_bundle(manifest, bundle_dir, train_config, resume=resume and bundle_dir.exists())
         return {"epochs": train_config.epochs}
 
-        from ..data.dataset import shared_image_cache
     def evaluate(resume: bool) -> dict:
+        from ..data.dataset import shared_image_cache
         from .evaluate import evaluate_bundle
 
         with shared_image_cache(out / CACHE):
@@ -463,6 +460,25 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
 # the same 16 x 20 x 16 cm box) with early stopping, so that the whole run fits in about six
 # minutes on 2 cores; ``--full`` uses the training defaults the targets are measured with.
 FIRST_LOOK_TRAINING = {"grid_shape": (48, 60, 48), "grid_spacing": 3.3, "epochs": 40}
+# The first-look demo's whole-head scans: every acquisition, but mostly 3D 2 mm (a 1 mm head
+# costs about ten times as much to render as a 2 mm one, a 2D 1 x 1 x 5 mm one three times;
+# the figures are in the README); ``--full`` keeps synth's own mix.
+FIRST_LOOK_ACQUISITIONS = {"3d_2mm": 0.75, "2d_axial": 0.2, "3d_1mm": 0.05}
+
+
+def synth_settings(config: DemoConfig) -> dict:
+    """``generate_cohort`` options of this demo: the split and acquisition mix, then explicit
+    options."""
+    from ..synth.families import config_for
+
+    options = dict(config.synth_options)
+    if "config" not in options:
+        fields = {"split_fractions": dict(FULL_SPLITS)} if config.full else {}
+        synth = config_for(config.panel, **fields)
+        if not config.full and hasattr(synth, "scan"):  # whole-head scans: the cheap mix
+            synth.scan["acquisitions"] = dict(FIRST_LOOK_ACQUISITIONS)
+        options["config"] = synth
+    return options
 
 
 def training_settings(config: DemoConfig) -> dict:
