@@ -48,6 +48,27 @@ class EntryCheck:
         return format_lab_value(self.value, feature)
 
 
+@dataclass(frozen=True)
+class ChannelRow:
+    """One image selector of the module panel: a channel the panel declares."""
+
+    name: str  # the manifest column is image_<name>
+    label: str  # "FLAIR volume:", "T1 volume (optional):"
+    tooltip: str  # the channel's description from the panel
+    optional: bool  # may stay empty (the model sees a missing-channel flag)
+
+
+def channelRows(panel: Panel) -> list[ChannelRow]:
+    """One selector per panel channel, in panel order (the first one is the reference)."""
+    rows = []
+    for name in panel.channels:
+        optional = name in panel.optional_channels
+        label = f"{name.upper().replace('_', ' ')} volume{' (optional)' if optional else ''}:"
+        tooltip = panel.channel_descriptions.get(name, "") or f"the {name} image"
+        rows.append(ChannelRow(name, label, tooltip, optional))
+    return rows
+
+
 def formRows(panel: Panel) -> list[FormRow]:
     """One row per panel feature, in panel order."""
     return [_row(f) for f in panel.features]

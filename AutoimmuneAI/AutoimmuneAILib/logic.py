@@ -483,19 +483,23 @@ def panelForBundle(bundlePath: str | Path) -> Panel:
 def writeCaseInputs(workDir: Path, caseId: str, volumeNode, serology: dict, panel: Panel) -> Path:
     """Write the volume(s) as NIfTI and a one-row manifest in the cohort contract; return it.
 
-    ``volumeNode`` is a volume node for a one-channel panel, or a dict channel -> node.
+    ``volumeNode`` is a volume node (the panel's first channel), or a dict channel -> node;
+    an optional channel without a node is left blank (the model sees it as missing).
     """
     from autoimmuneai.atomic import write_csv
     from autoimmuneai.data.imaging import save_volume
     from autoimmuneai.output.mrml import node_to_volume
 
     nodes = volumeNode if isinstance(volumeNode, dict) else {panel.channels[0]: volumeNode}
-    missing = [c for c in panel.channels if nodes.get(c) is None]
+    missing = [c for c in panel.required_channels if nodes.get(c) is None]
     if missing:
         raise InputError(f"no input volume for channel(s) {', '.join(missing)}")
     row = {"case_id": caseId}
     for channel in panel.channels:
-        node = nodes[channel]
+        node = nodes.get(channel)
+        if node is None:  # an optional channel not acquired
+            row[f"image_{channel}"] = ""
+            continue
         if node.GetImageData() is None:
             raise InputError(
                 f"volume {node.GetName()!r} has no image data", field=f"image_{channel}"
