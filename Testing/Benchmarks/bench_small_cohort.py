@@ -243,6 +243,7 @@ def _variants(d: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """name -> (calibration probabilities, their labels, held-out probabilities)."""
     from autoimmuneai.stats.baselines import linear_pipeline
     from autoimmuneai.stats.calibration import (
+        choose_calibration,
         choose_temperature,
         fit_temperature,
         fit_vector_scaling,
@@ -255,7 +256,13 @@ def _variants(d: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     t_chk, _ = choose_temperature(lv, y[val])
     t_all = fit_temperature(lv, y[val])
     w, b = fit_vector_scaling(lv, y[val])
+    chosen = choose_calibration(lv, y[val])
     out = {
+        f"choose_calibration ({chosen.kind})": (
+            softmax(chosen.apply(lv)),
+            y[val],
+            softmax(chosen.apply(lh)),
+        ),  # fmt: skip
         "stored (fold-checked T)": (softmax(lv, t_chk), y[val], softmax(lh, t_chk)),
         f"T fitted on val ({t_all:.2f})": (softmax(lv, t_all), y[val], softmax(lh, t_all)),
         "vector scaling on val": (softmax(lv * w + b), y[val], softmax(lh * w + b)),
@@ -291,14 +298,20 @@ def _variants(d: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def _risk_variants(d: dict) -> dict:
-    """C-index on the fresh cohort of the stored head and of covariate heads refitted on train."""
+    """C-index on the fresh cohort: the stored head, the serology Cox, the head after the
+    calibration map ``train`` now chooses, and covariate heads refitted on train."""
     import torch
 
-    from autoimmuneai.model.risk_head import fit_covariate_log_hazards
+    from autoimmuneai.model.risk_head import fit_class_log_hazards, fit_covariate_log_hazards
+    from autoimmuneai.stats.calibration import choose_calibration
     from autoimmuneai.stats.survival import concordance
 
     tr, va = d["dev_split"] == "train", d["dev_split"] == "val"
     th, eh = d["heldout_times"], d["heldout_events"]
+
+    def tt(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
     out = {
         "stored head": round(concordance(th, d["heldout_risk"], eh), 4),
         "serology Cox": round(concordance(th, d["heldout_sero_risk"], eh), 4),
@@ -306,10 +319,14 @@ def _risk_variants(d: dict) -> dict:
             concordance(th, d["heldout_risk"] + d["heldout_sero_risk"], eh), 4
         ),
     }
-
-    def tt(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a, dtype=np.float64))
-
+    chosen = choose_calibration(d["dev_logits"][va], d["dev_labels"][va])
+    if chosen.kind != "identity":  # train refolds the map and refits the class log-hazards
+        a = fit_class_log_hazards(
+            tt(chosen.apply(d["dev_logits"][tr])), tt(d["dev_times"][tr]), tt(d["dev_events"][tr])
+        )
+        lp = torch.log_softmax(tt(chosen.apply(d["heldout_logits"])), dim=1)
+        risk = torch.logsumexp(lp + a.double(), dim=1).numpy()
+        out[f"after choose_calibration ({chosen.kind})"] = round(concordance(th, risk, eh), 4)
     for l2 in (1.0, 0.1, 0.03, 0.01, 0.003):
         a, w = fit_covariate_log_hazards(
             tt(d["dev_logits"][tr]), tt(d["dev_serology"][tr]), tt(d["dev_times"][tr]),

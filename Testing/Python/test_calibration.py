@@ -154,3 +154,51 @@ def test_vector_scaling_fixes_a_per_class_overconfidence_temperature_cannot():
     assert w[0] < 0.6 and w[2] > 0.7  # the over-confident classes are scaled down
     w0, b0 = fit_vector_scaling(bent, np.full(3000, -1))
     assert np.array_equal(w0, np.ones(4)) and np.array_equal(b0, np.zeros(4))
+
+
+def test_choose_calibration_picks_the_map_that_helps_out_of_fold():
+    from autoimmuneai.stats.calibration import choose_calibration, fit_vector_scaling
+
+    # two classes 3x over-confident, two not: vector scaling wins over a single temperature
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0.0, 1.5, size=(400, 4))
+    labels = np.array([rng.choice(4, p=row) for row in softmax(logits)])
+    bent = logits * np.array([3.0, 3.0, 1.0, 1.0])
+    m = choose_calibration(bent, labels)
+    nll = m.record["heldout_nll"]
+    assert m.kind == "vector" and nll["vector"] < nll["temperature"] < nll["identity"]
+    w, b = fit_vector_scaling(bent, labels)
+    np.testing.assert_allclose(m.apply(bent), bent * w + b)
+    assert m.record["applied"] and m.record["fitted_temperature"] == 1.0
+    # a uniform over-confidence: the temperature does as well with one parameter
+    t_only = choose_calibration(logits * 2.5, labels)
+    assert t_only.kind in ("temperature", "vector") and t_only.record["applied"]
+    # calibrated logits on 40 cases: usually no map; never one that is worse out of fold
+    calibrated, y40 = _overconfident(40, scale=1.0, seed=4)
+    kinds = []
+    for seed in range(3):
+        c = choose_calibration(calibrated, y40, seed=seed)
+        kinds.append(c.kind)
+        assert c.record["heldout_nll"][c.kind] <= c.record["heldout_nll"]["identity"]
+    assert "identity" in kinds
+    few = choose_calibration(calibrated[:6], np.array([0, 0, 1, 1, 2, -1]))
+    assert few.kind == "identity" and few.record["folds"] == 0
+
+
+def test_vector_scaling_folded_into_the_network_gives_the_scaled_logits():
+    from autoimmuneai.model.fusion import FusionModel, ModelConfig
+
+    torch.manual_seed(0)
+    model = FusionModel(
+        ModelConfig(n_serology=6, n_classes=3, channels=(4, 8), strides=(2, 2))
+    ).eval()
+    image, serology = torch.randn(3, 1, 16, 16, 16), torch.randn(3, 6)
+    with torch.no_grad():
+        before, _ = model.forward_all(image, serology)
+    w, b = np.array([0.5, 1.5, 2.0]), np.array([0.3, -0.1, -0.2])
+    model.scale_logits(w, b)
+    with torch.no_grad():
+        after, risk = model.forward_all(image, serology)
+        expected = torch.logsumexp(torch.log_softmax(after, 1) + model.class_log_hazard, 1)
+    np.testing.assert_allclose(after.numpy(), before.numpy() * w + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(risk.numpy(), expected.numpy(), rtol=1e-6)

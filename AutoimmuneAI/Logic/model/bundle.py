@@ -314,7 +314,8 @@ def model_card(meta: dict) -> str:
             "",
             f"Temperature check on {check.get('folds')} folds of the validation cases: held-out "
             f"log loss {_fmt(check.get('heldout_nll_identity'))} with T = 1, "
-            f"{_fmt(check.get('heldout_nll_fitted'))} with fitted temperatures "
+            f"{_fmt(check.get('heldout_nll_fitted'))} with the fitted "
+            f"{check.get('map', 'temperature')} map "
             f"({check.get('reason', '')}).",
         ]
     groups = tr.get("risk_groups") or {}

@@ -568,6 +568,22 @@ class FusionModel(nn.Module):
             return torch.zeros(0, self.config.n_classes), torch.zeros(0)
         return torch.cat(logits), torch.cat(risk)
 
+    @torch.no_grad()
+    def scale_logits(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Fold a per-class calibration map ``scale * logits + shift`` into the logit layers.
+
+        Vector scaling (``stats.calibration.choose_calibration``) then lives in the weights,
+        so every consumer of the logits (probabilities, sets, attributions) sees the
+        calibrated ones and the bundle's format does not change. The mixture risk head reads
+        the new probabilities: refit its class log-hazards afterwards.
+        """
+        w = torch.as_tensor(np.asarray(scale), dtype=self.diagnosis_head.weight.dtype)
+        b = torch.as_tensor(np.asarray(shift), dtype=self.diagnosis_head.weight.dtype)
+        self.diagnosis_head.weight.mul_(w[:, None])
+        self.diagnosis_head.bias.mul_(w).add_(b)
+        if self.wide_head is not None:
+            self.wide_head.weight.mul_(w[:, None])
+
     def mixture_log_hazard(self, logits: torch.Tensor) -> torch.Tensor:
         """``log sum_k softmax(logits)_k exp(a_k)`` [B]: the hazard over the differential."""
         return torch.logsumexp(torch.log_softmax(logits, dim=1) + self.class_log_hazard, dim=1)

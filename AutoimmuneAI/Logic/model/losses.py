@@ -33,15 +33,23 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 def diagnosis_sum(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of weighted cross-entropy, sum of weights) over cases with a known label."""
+    """(sum of weighted cross-entropy, sum of weights) over cases with a known label.
+
+    ``label_smoothing`` (training only) spreads that share of each target over all classes
+    (``torch.nn.functional.cross_entropy``'s), so a few hundred cases cannot drive the
+    logits of the training cases towards certainty.
+    """
     known = labels >= 0
     if not bool(known.any()):
         zero = logits.sum() * 0.0
         return zero, zero.detach()
     lg, y = logits[known], labels[known]
-    ce = F.cross_entropy(lg, y, reduction="none")
+    ce = F.cross_entropy(lg, y, reduction="none", label_smoothing=float(label_smoothing))
     w = weights.to(lg.dtype).to(lg.device)[y] if weights is not None else torch.ones_like(ce)
     return (w * ce).sum(), w.sum()
 

@@ -7,9 +7,13 @@ and the predicted class stay the same while the probabilities become honest.
 On the few dozen validation cases of a small cohort a fitted temperature can also make things
 worse, so :func:`choose_temperature` fits it across folds of those cases and keeps it only
 when it lowers the held-out log loss over the folds taken together (else T = 1).
+:func:`choose_calibration` does the same over three maps (identity, temperature, vector
+scaling: a scale and shift per class) and keeps the one with the lowest held-out log loss.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.special
@@ -133,6 +137,92 @@ def choose_temperature(
         reason="lower held-out log loss" if applied else "no lower held-out log loss: T = 1 kept",
     )
     return (fitted if applied else 1.0), record
+
+
+VECTOR_L2 = 0.01  # fit_vector_scaling's ridge in choose_calibration
+
+
+@dataclass
+class CalibrationMap:
+    """The map ``train`` keeps: ``softmax(scale * logits / temperature + shift)``.
+
+    ``kind`` is "identity", "temperature" or "vector" (per-class ``scale`` and ``shift``);
+    ``record`` says how it was chosen (held-out log loss of every candidate over the folds).
+    """
+
+    kind: str
+    temperature: float = 1.0
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    record: dict = field(default_factory=dict)
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        """The calibrated logits."""
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        if self.scale is not None and self.shift is not None:
+            z = z * self.scale + self.shift
+        return z
+
+
+def _fold_nll(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> dict[str, float]:
+    """Held-out log loss over ``k`` stratified folds of each candidate fitted on the others."""
+    totals = {"identity": 0.0, "temperature": 0.0, "vector": 0.0}
+    for rest, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+        t = fit_temperature(x[rest], y[rest])
+        w, b = fit_vector_scaling(x[rest], y[rest], VECTOR_L2)
+        totals["identity"] += _nll(x[held], y[held], 1.0) * held.size
+        totals["temperature"] += _nll(x[held], y[held], t) * held.size
+        totals["vector"] += _nll(x[held] * w + b, y[held], 1.0) * held.size
+    return {name: v / y.size for name, v in totals.items()}
+
+
+def choose_calibration(
+    logits: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0
+) -> CalibrationMap:
+    """Identity, temperature or vector scaling: the one with the lowest out-of-fold log loss.
+
+    Each candidate is fitted on all but one of ``folds`` stratified folds of the labelled
+    calibration cases and scored by the log loss of the held-out fold, summed over folds; the
+    winner is refitted on every case. A map is kept only when it lowers that held-out log
+    loss below the identity's (ties keep the simpler map), so on a few dozen cases a map that
+    would make held-out calibration worse is not applied. On the default demo's 45 validation
+    cases vector scaling lowered the log loss of 400 fresh cases where the temperature did
+    not pass the check (CHANGELOG.md).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    keep = labels >= 0
+    x, y = logits[keep], labels[keep]
+    _, counts = np.unique(y, return_counts=True)
+    k = int(min(folds, counts.min())) if counts.size else 0
+    if k < 2 or counts.size < logits.shape[1]:
+        reason = "too few labelled cases per class to check a calibration map on folds"
+        return CalibrationMap(
+            "identity", record={"folds": 0, "chosen": "identity", "reason": reason}
+        )
+    nll = _fold_nll(x, y, k, seed)
+    chosen = min(("identity", "temperature", "vector"), key=lambda n: nll[n] - 1e-12 * len(n))
+    record = {
+        "folds": k,
+        "heldout_nll": nll,
+        "heldout_nll_identity": nll["identity"],
+        "heldout_nll_fitted": nll[chosen],
+        "chosen": chosen,
+        "applied": chosen != "identity",
+        "reason": (
+            f"{chosen} scaling: lowest held-out log loss over the folds"
+            if chosen != "identity"
+            else "no map lowered the held-out log loss: none applied"
+        ),
+    }
+    record["fitted_temperature"] = 1.0  # the temperature applied (vector scaling has none)
+    if chosen == "temperature":
+        record["fitted_temperature"] = t = fit_temperature(x, y)
+        return CalibrationMap("temperature", temperature=t, record=record)
+    if chosen == "vector":
+        w, b = fit_vector_scaling(x, y, VECTOR_L2)
+        return CalibrationMap("vector", scale=w, shift=b, record=record)
+    return CalibrationMap("identity", record=record)
 
 
 def _top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

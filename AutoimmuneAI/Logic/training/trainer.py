@@ -63,7 +63,12 @@ from ..stats.baselines import (
     baseline_outputs,
     fit_baselines,
 )
-from ..stats.calibration import choose_temperature, expected_calibration_error, softmax
+from ..stats.calibration import (
+    choose_calibration,
+    choose_temperature,
+    expected_calibration_error,
+    softmax,
+)
 from ..stats.conformal import ConformalPredictor, fit_conformal_tuned, fit_default_conformal
 from ..stats.metrics import diagnosis_metrics
 from ..stats.survival import breslow_baseline, choose_risk_cutoffs, concordance
@@ -115,6 +120,9 @@ class TrainConfig:
     # few hundred cases); early stopping judges and keeps the averaged weights. None: raw
     # weights. It raised the demo's balanced accuracy on two seeds (CHANGELOG.md)
     ema_decay: float | None = 0.98
+    # share of each training target spread over all classes (0: plain cross-entropy); the
+    # early-stopping loss stays the plain one (issue 18: over-confidence at small n)
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -281,6 +289,7 @@ def batch_loss(
     cox_weight: float,
     info: DistInfo,
     generator: torch.Generator | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, float]:
     """This rank's share of the loss of global batch ``index`` and the global-batch loss value.
 
@@ -295,7 +304,7 @@ def batch_loss(
     dev = info.device
     labels_g = arrays.labels[index]
     logits, eta = model(images.to(dev), arrays.serology[index[local]].to(dev))
-    ce_sum, _ = diagnosis_sum(logits, labels_g[local].to(dev), weights)
+    ce_sum, _ = diagnosis_sum(logits, labels_g[local].to(dev), weights, label_smoothing)
     known = labels_g[labels_g >= 0]
     w_global = float(weights[known].sum()) if known.numel() else 0.0
     ce = ce_sum * (info.world / max(w_global, 1e-12))
@@ -363,9 +372,12 @@ def _fingerprint(
         "augment",
         "ema_decay",
     )
+    train_keys = {k: getattr(cfg, k) for k in keys}
+    if cfg.label_smoothing:  # only when set: checkpoints written before it stay resumable
+        train_keys["label_smoothing"] = cfg.label_smoothing
     payload = {
         "model": model_cfg.to_dict(),
-        "train": {k: getattr(cfg, k) for k in keys},
+        "train": train_keys,
         "train_ids": train.case_ids,
         "val_ids": val.case_ids,
     }
@@ -473,7 +485,9 @@ def _train_epoch(
     run.model.train()
     running, count = 0.0, 0
     for index in epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch, info.world):
-        loss, value = batch_loss(net, train, index, weights, cfg.cox_weight, info, aug)
+        loss, value = batch_loss(
+            net, train, index, weights, cfg.cox_weight, info, aug, cfg.label_smoothing
+        )
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -855,13 +869,24 @@ def _conformal(probs: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> Confo
 
 
 def _calibrate(model: FusionModel, data: _Data, cfg: TrainConfig) -> _Calibration:
-    """Temperature (kept only if it helps on folds), conformal threshold, Breslow hazard and
+    """Calibration map (identity, temperature or vector scaling folded into the weights,
+    whichever has the lowest log loss over folds), conformal threshold, Breslow hazard and
     risk cut-offs, from the validation cases (the training cases when there are none)."""
     train = data.arrays.subset(data.train_index)
     calib = data.arrays.subset(data.val_index) if len(data.val_index) else train
     y_cal = calib.labels.numpy()
     logits, risk = (t.numpy() for t in predict_arrays(model, calib))
-    temperature, check = choose_temperature(logits, y_cal, seed=cfg.seed)
+    raw_logits = logits
+    cal_map = choose_calibration(logits, y_cal, seed=cfg.seed)
+    if cal_map.kind == "vector":  # into the weights; the risk head reads the new probabilities
+        model.scale_logits(cal_map.scale, cal_map.shift)  # type: ignore[arg-type]
+        if model.config.risk == "mixture":
+            model.load_state_dict(
+                _refit_class_log_hazards(model.config, _clone_state(model), train)
+            )
+        logits, risk = (t.numpy() for t in predict_arrays(model, calib))
+    temperature, check = cal_map.temperature, {"map": cal_map.kind, **cal_map.record}
+    check["ece_before"] = expected_calibration_error(softmax(raw_logits), y_cal)
     conformal = _conformal(softmax(logits, temperature), y_cal, cfg)
     _, risk_train = predict_arrays(model, train)
     t_tr, e_tr = train.times.numpy(), train.events.numpy()
@@ -1002,7 +1027,7 @@ def train_bundle(
             "calibration": {
                 "temperature": cal.temperature,
                 "temperature_check": cal.temperature_check,
-                "ece_before": expected_calibration_error(softmax(cal.logits), _cal_labels(data)),
+                "ece_before": cal.temperature_check["ece_before"],
                 "ece_after": expected_calibration_error(
                     softmax(cal.logits, cal.temperature), _cal_labels(data)
                 ),
