@@ -231,8 +231,25 @@ def check_criteria(criteria: dict, panel: Panel) -> str:
         return f"malformed ({exc!r})"
 
 
-def _criteria_problem(criteria: dict, panel: Panel) -> str:  # noqa: C901 (one check per key)
+def _criteria_problem(criteria: dict, panel: Panel) -> str:
+    """The first problem of ``criteria`` ("" if none), key by key: markers, scores, rules,
+    default, risk markers."""
     markers = criteria["markers"]
+    scores = criteria.get("scores", {})
+    return (
+        _markers_problem(markers, panel)
+        or _scores_problem(scores, markers)
+        or _rules_problem(criteria["rules"], markers, scores, panel)
+        or (
+            f"default class {criteria['default']!r} is not a class of the panel"
+            if criteria["default"] not in panel.classes
+            else ""
+        )
+        or _risk_markers_problem(criteria.get("risk_markers", []), markers)
+    )
+
+
+def _markers_problem(markers: object, panel: Panel) -> str:
     if not isinstance(markers, dict) or not markers:
         return "'markers' must name at least one marker"
     for name, m in markers.items():
@@ -248,7 +265,10 @@ def _criteria_problem(criteria: dict, panel: Panel) -> str:  # noqa: C901 (one c
                 return f"marker {name!r}: feature {m['feature']!r} has no {th}"
         else:
             float(th)
-    scores = criteria.get("scores", {})
+    return ""
+
+
+def _scores_problem(scores: dict, markers: dict) -> str:
     for name, sc in scores.items():
         for domain in sc["domains"]:
             for item in domain:
@@ -256,7 +276,10 @@ def _criteria_problem(criteria: dict, panel: Panel) -> str:  # noqa: C901 (one c
                 if not used or any(u not in markers for u in used):
                     return f"score {name!r} uses an unknown marker or no marker ({used})"
                 float(item["points"])
-    rules = criteria["rules"]
+    return ""
+
+
+def _rules_problem(rules: list, markers: dict, scores: dict, panel: Panel) -> str:
     if not rules:
         return "'rules' is empty"
     for i, rule in enumerate(rules):
@@ -270,9 +293,11 @@ def _criteria_problem(criteria: dict, panel: Panel) -> str:  # noqa: C901 (one c
                 return f"rule {i + 1} uses unknown score {cond['score']!r}"
             else:
                 float(cond["at_least"])
-    if criteria["default"] not in panel.classes:
-        return f"default class {criteria['default']!r} is not a class of the panel"
-    for rm in criteria.get("risk_markers", []):
+    return ""
+
+
+def _risk_markers_problem(risk_markers: list, markers: dict) -> str:
+    for rm in risk_markers:
         if not rm.get("any") or any(u not in markers for u in rm["any"]):
             return f"risk marker {rm.get('label')!r} uses an unknown marker or none"
     return ""
