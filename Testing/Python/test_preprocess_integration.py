@@ -81,6 +81,13 @@ def test_train_records_the_preprocessing_and_predict_uses_it(head_cohort: Path, 
     assert quality["registration_ncc"] > 0.35 and quality["brain_coverage"] > 0.99
     assert quality["warnings"] == []
     assert abs(sum(result["probabilities"].values()) - 1) < 1e-5
+    # a scanner that scales intensities 5x: the stage standardises them, so no intensity
+    # warning (the brain-only bundles' check on raw intensities would fire)
+    scaled = predictor.predict(
+        type(volume)(volume.array * 5.0 + 300.0, volume.affine), case.labs, case.case_id
+    ).to_json()
+    assert not [w for w in scaled["warnings"] if "intensity" in w], scaled["warnings"]
+    assert scaled["predicted"] == result["predicted"]
     prepared = predictor.prepare(volume, case.labs)
     back = bundle.grid.to_input(prepared.sample.tensor, prepared.sample)
     assert back.shape == volume.shape  # model-grid arrays come back on the patient's voxels

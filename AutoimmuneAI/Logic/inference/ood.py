@@ -31,9 +31,20 @@ def training_distribution(
 
 
 def out_of_distribution_warnings(
-    description: dict, values: np.ndarray, missing: np.ndarray, reference: dict, panel: Panel
+    description: dict,
+    values: np.ndarray,
+    missing: np.ndarray,
+    reference: dict,
+    panel: Panel,
+    *,
+    standardised: bool = False,
 ) -> list[str]:
-    """Plain-language warnings where a case lies outside what the model was trained on."""
+    """Plain-language warnings where a case lies outside what the model was trained on.
+
+    ``standardised``: the bundle's clinical-scan stage registers the image to the template
+    and standardises its intensities inside the brain, so the scanner's intensity scale and
+    the grid's obliquity (``description`` is of the image as it came) are not checked; the
+    voxel size and the labs still are."""
     if not reference:
         return ["the bundle holds no training distribution: out-of-distribution checks skipped"]
     warnings: list[str] = []
@@ -43,12 +54,12 @@ def out_of_distribution_warnings(
         warnings.append(
             f"voxel size {_mm(spacing)} mm is far from the training data ({_mm(lo)}-{_mm(hi)} mm)"
         )
-    if description["obliquity_deg"] > reference["max_obliquity_deg"] + 15.0:
+    if not standardised and description["obliquity_deg"] > reference["max_obliquity_deg"] + 15.0:
         warnings.append(
             f"image is oblique by {description['obliquity_deg']:.0f} degrees; training images "
             f"were within {reference['max_obliquity_deg']:.0f} degrees"
         )
-    for key in ("50", "99"):
+    for key in () if standardised else ("50", "99"):
         value = float(description["intensity_percentiles"][f"p{key}"])
         low, high = reference[f"intensity_p{key}"]
         span = max(high - low, 1e-6)

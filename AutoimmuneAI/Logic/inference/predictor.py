@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..model.bundle import Bundle, load_bundle
 from ..preprocess.channels import channels_to_model
 from ..preprocess.model_grid import GridSample
-from ..preprocess.pipeline import PreprocessedSample
+from ..preprocess.pipeline import PreprocessedSample, Preprocessor
 from ..stats.calibration import softmax
 from ..stats.survival import risk_groups, survival_curves
 from .ood import out_of_distribution_warnings
@@ -188,6 +188,7 @@ class Predictor:
             prepared.missing,
             self.bundle.metadata.get("training_distribution", {}),
             self.panel,
+            standardised=isinstance(self.bundle.grid, Preprocessor),
         )
         quality = dict(getattr(prepared.sample, "quality", {}) or {})
         if quality:
