@@ -63,18 +63,18 @@ class MSCourseConfig:
     # scale, plus an offset), age range
     demographics: dict[str, dict[str, Any]] = _d(
         dict(
-            CIS=dict(onset=[30.0, 8.0], female=0.72, duration=[1.0, 0.4, 0.05]),
-            RRMS=dict(onset=[30.0, 8.5], female=0.72, duration=[2.0, 4.0, 0.5]),
-            SPMS=dict(onset=[32.0, 8.5], female=0.65, duration=[4.0, 3.5, 6.0]),
-            PPMS=dict(onset=[40.0, 9.0], female=0.50, duration=[2.0, 3.0, 1.0]),
+            CIS=dict(onset=[30.0, 8.0], female=0.72, duration=[1.0, 0.6, 0.05]),
+            RRMS=dict(onset=[30.0, 8.5], female=0.72, duration=[1.5, 4.5, 0.3]),
+            SPMS=dict(onset=[32.0, 8.5], female=0.65, duration=[3.0, 4.0, 3.0]),
+            PPMS=dict(onset=[40.0, 9.0], female=0.50, duration=[2.0, 3.5, 0.5]),
         )
     )
     age_range: list[float] = _d([18.0, 75.0])
     # T2 (FLAIR) lesions: negative binomial mean and shape; mean grows by age_slope per year
     lesions: dict[str, dict[str, float]] = _d(
         dict(
-            CIS=dict(count_mean=6.0, count_k=1.5),
-            RRMS=dict(count_mean=16.0, count_k=1.6),
+            CIS=dict(count_mean=5.0, count_k=2.0),
+            RRMS=dict(count_mean=20.0, count_k=2.0),
             SPMS=dict(count_mean=24.0, count_k=2.0),
             PPMS=dict(count_mean=18.0, count_k=1.8),
         )
@@ -85,11 +85,11 @@ class MSCourseConfig:
     enhancing_extra: float = 0.8
     # T1 black holes: share of the non-enhancing lesions, base + per year of duration (+ in
     # progressive disease), capped
-    black_holes: dict[str, float] = _d(dict(base=0.05, per_year=0.012, progressive=0.15, max=0.6))
+    black_holes: dict[str, float] = _d(dict(base=0.05, per_year=0.012, progressive=0.25, max=0.6))
     # brain atrophy (the renderer's ventricle enlargement and cortical thinning per unit)
     atrophy: dict[str, Any] = _d(
         dict(
-            classes=dict(CIS=0.01, RRMS=0.02, SPMS=0.06, PPMS=0.06),
+            classes=dict(CIS=0.01, RRMS=0.02, SPMS=0.09, PPMS=0.09),
             per_year=0.004,
             age_slope=0.002,
             age_ref=30.0,
@@ -100,7 +100,7 @@ class MSCourseConfig:
     # EDSS ~ N(mean + per_year * duration, sd), rounded to 0.5; relapses in 2 years ~ Poisson
     edss: dict[str, list[float]] = _d(
         dict(
-            CIS=[1.0, 0.8, 0.0], RRMS=[1.6, 1.1, 0.05], SPMS=[5.0, 1.0, 0.03], PPMS=[3.8, 1.2, 0.08]
+            CIS=[1.2, 1.0, 0.0], RRMS=[2.2, 1.5, 0.05], SPMS=[4.4, 1.5, 0.03], PPMS=[3.8, 1.5, 0.08]
         )
     )
     relapses_2y: dict[str, float] = _d(dict(CIS=1.0, RRMS=0.9, SPMS=0.15, PPMS=0.04))
@@ -112,7 +112,7 @@ class MSCourseConfig:
     )  # fmt: skip
     # serum GFAP (pg/mL): log-normal around an age-dependent reference, raised by progression
     gfap: dict[str, float] = _d(
-        dict(median_at_40=80.0, age_slope=0.02, sd=0.35, progressive=0.40, per_atrophy=2.0,
+        dict(median_at_40=80.0, age_slope=0.02, sd=0.35, progressive=0.25, per_atrophy=2.0,
              per_enhancing=0.03)
     )  # fmt: skip
     # CSF: oligoclonal bands positive, IgG index log-normal (median with / without bands)
@@ -120,7 +120,7 @@ class MSCourseConfig:
     igg_index: dict[str, float] = _d(dict(with_ocb=0.85, without_ocb=0.55, sd=0.28))
     # missing at random: lumbar puncture (OCB and IgG index together), other values, images
     missing: dict[str, float] = _d(
-        dict(csf=0.35, nfl=0.05, gfap=0.10, edss=0.03, relapses_2y=0.02, disease_duration=0.03,
+        dict(csf=0.35, nfl=0.05, gfap=0.10, edss=0.15, relapses_2y=0.10, disease_duration=0.30,
              t1=0.05, t1gd=0.15)
     )  # fmt: skip
     # time to 6-month confirmed disability worsening: Weibull rate (per month) and shape per
@@ -128,7 +128,8 @@ class MSCourseConfig:
     hazards: dict[str, dict[str, Any]] = _d(
         {
             c: dict(rate=r, shape=1.0, beta=dict(
-                nfl_z=0.25, gfap_z=0.40, edss_over_2=0.15, active=0.35, age_per_decade=0.10))
+                nfl_z=0.15, gfap_z=0.30, edss_over_2=0.15, active=0.35, age_per_decade=0.10,
+                atrophy_per_0_1=0.9, black_holes_log=0.5))
             for c, r in dict(CIS=0.0025, RRMS=0.004, SPMS=0.012, PPMS=0.013).items()
         }
     )  # fmt: skip
@@ -334,6 +335,8 @@ def sample_course_case(
         "edss_over_2": (edss - 3.0) / 2.0,
         "active": float(n_enh > 0),
         "age_per_decade": (age - 45.0) / 10.0,
+        "atrophy_per_0_1": atrophy / 0.1,
+        "black_holes_log": math.log1p(sum(black)),
     }
     surv = sample_survival(np.random.default_rng(s_surv), diagnosis, x, base)
     return CourseCase(
