@@ -20,6 +20,8 @@ held-out cohort, and the ECE a perfectly calibrated model would show on 50 cases
 
     python Testing/Benchmarks/bench_small_cohort.py run --seed 0 --work /tmp/sc --out sc0.json
     python Testing/Benchmarks/bench_small_cohort.py analyse --work /tmp/sc
+
+Without a command (as ``make bench`` runs it) it does both in a temporary folder.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -391,26 +394,32 @@ def summary_lines(report: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="generate, train, evaluate and store the arrays")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--cases", type=int, default=DEMO_CASES)
-    r.add_argument("--heldout", type=int, default=400, help="cases of the fresh cohort")
-    r.add_argument("--train-options", default="{}", help="JSON of TrainConfig fields to change")
-    r.add_argument("--tag", default="", help="suffix of the bundle and arrays (variants)")
-    r.add_argument("--threads", type=int, default=None)
-    r.add_argument("--resume", action="store_true", help="continue an interrupted training")
-    a = sub.add_parser("analyse", help="calibration and conformal variants of stored arrays")
-    a.add_argument("--arrays", default="arrays_s*.npz", help="glob of stored arrays in --work")
-    for q in (r, a):
-        q.add_argument("--work", type=Path, required=True, help="cohorts, bundles, arrays")
-        q.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument(
+        "command", nargs="?", default="both", choices=["run", "analyse", "both"],
+        help="run: generate, train, evaluate, store the arrays; analyse: the calibration, "
+        "conformal and risk variants of stored arrays; both (default, as make bench runs it)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=int, default=DEMO_CASES)
+    p.add_argument("--heldout", type=int, default=400, help="cases of the fresh cohort")
+    p.add_argument("--train-options", default="{}", help="JSON of TrainConfig fields to change")
+    p.add_argument("--tag", default="", help="suffix of the bundle and arrays (variants)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training")
+    p.add_argument("--arrays", default="arrays_s*.npz", help="analyse: glob in --work")
+    p.add_argument("--work", type=Path, default=None, help="cohorts, bundles, arrays (temp)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    figures = run(args) if args.command == "run" else analyse(args)
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="bench_small_cohort_"))
+    figures: dict = {}
+    if args.command in ("run", "both"):
+        figures["run"] = run(args)
+    if args.command in ("analyse", "both"):
+        figures["analysis"] = analyse(args)
+        print("\n".join(summary_lines(figures["analysis"])), file=sys.stderr)
     text = json.dumps(figures, indent=1, default=str)
     print(text)
-    if args.command == "analyse":
-        print("\n".join(summary_lines(figures)), file=sys.stderr)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
     return figures
