@@ -8,6 +8,15 @@ template -> image pose; the truth leaves out the generator's smooth 2 mm deforma
 quality figures, warnings, and seconds per case (wall clock, this machine's threads).
 
     python Testing/Benchmarks/bench_preprocess.py [--cases-per-acquisition 4] [--seed 11]
+
+With ``--model`` it measures the model instead: the default ``train`` (clinical-scan stage
+included) on a generated whole-head cohort (``--train-cases``), then every held-out patient
+(``--test-cases``) rendered as each of ``VARIANTS`` (the clean brain-only image, skull and
+neck, tilt, 1 mm with scanner scale and bias, 2D 5 mm, all at once): agreement with the clean
+image's prediction, mean total variation of the probabilities, evidence on a lesion (top
+evidence region's centroid within 10 mm of a lesion voxel), accuracy and its drop.
+
+    python Testing/Benchmarks/bench_preprocess.py --model [--train-cases 150] [--test-cases 40]
 """
 
 from __future__ import annotations
@@ -53,7 +62,19 @@ def main() -> int:
         "--pitch-deg", type=float, default=None, help="head pitch range +- (default: synth's)"
     )
     parser.add_argument("--acquisitions", nargs="+", default=list(ACQUISITIONS))
+    parser.add_argument("--model", action="store_true", help="model-level figures instead")
+    parser.add_argument("--train-cases", type=int, default=150)
+    parser.add_argument("--test-cases", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=None, help="default: train's")
+    parser.add_argument("--grid", choices=["default", "first_look"], default="default")
+    parser.add_argument("--work", type=Path, default=None, help="keep cohort and bundle here")
     args = parser.parse_args()
+    if args.model:
+        result = model_level(args)
+        print(json.dumps(result["figures"], indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     anat = load_anatomy(2)
     t = load_template(2.0)
     ijk = np.argwhere(t.brain_array)[::40]
@@ -124,6 +145,147 @@ def main() -> int:
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "cases": rows}, indent=1) + "\n")
     return 0
+
+
+# --------------------------------------------------------------------------- model level
+
+# Scan settings of each variant of the same held-out patient (the synth defaults otherwise):
+# no pose, scale or bias unless the variant is about it.
+_STILL = {"pitch_deg": 0.0, "roll_deg": 0.0, "yaw_deg": 0.0, "shift_mm": [0.0, 0.0, 0.0],
+          "scanner_scale": [1.0, 1.0], "offset_frac": [0.0, 0.0], "bias": 0.0}  # fmt: skip
+VARIANTS: dict[str, dict | None] = {
+    "clean": None,  # the brain-only generator image (2 mm, upright, skull-stripped)
+    "skull_neck": {**_STILL, "acquisitions": {"3d_2mm": 1.0}},
+    "tilt": {
+        **_STILL,
+        "acquisitions": {"3d_2mm": 1.0},
+        "pitch_deg": 20.0,
+        "roll_deg": 10.0,
+        "yaw_deg": 10.0,
+    },  # fmt: skip
+    "1mm_scanner_bias": {
+        "pitch_deg": 0.0,
+        "roll_deg": 0.0,
+        "yaw_deg": 0.0,
+        "acquisitions": {"3d_1mm": 1.0},
+    },  # fmt: skip
+    "2d_5mm": {**_STILL, "acquisitions": {"2d_axial": 1.0}, "slice_mm": [5.0, 5.0]},
+    "all": {},  # synth's clinical-scan defaults: pose, mixed acquisitions, scale and bias
+}
+
+
+def _render_variant(latent, anat, cfg: SynthConfig, scan: dict | None):
+    """(Volume, lesion mask) of one patient as ``scan`` renders it (None: brain only)."""
+    import copy
+
+    from autoimmuneai.synth.render import output_grid, render_case
+
+    if scan is None:
+        grid = output_grid(anat, 2.0, 0.0, False, cfg)
+        image, lesions = render_case(latent, anat, grid, cfg)
+        return Volume(image.astype(np.float32), grid.affine), lesions > 0
+    variant = copy.deepcopy(cfg)
+    variant.scan.update(copy.deepcopy(scan))
+    s = render_scan(latent, anat, variant)
+    return Volume(s.image.astype(np.float32), s.grid.affine), s.lesions > 0
+
+
+def _top_region_on_lesion(predictor, prepared, volume: Volume, lesions: np.ndarray) -> bool:
+    """Whether the top evidence region's centroid (integrated gradients, predicted class, on
+    the patient's voxels) lies within 10 mm of a lesion voxel."""
+    from autoimmuneai.explain.attribution import explain
+    from autoimmuneai.explain.regions import evidence_regions
+
+    bundle = predictor.bundle
+    e = explain(bundle.model, prepared.image, prepared.serology, encoder=bundle.encoder,
+                labs=prepared.labs)  # fmt: skip
+    native = bundle.grid.to_input(e.image_map, prepared.sample)
+    _, regions = evidence_regions(native, volume.affine, e.target_name)
+    ijk = np.argwhere(lesions)
+    if not regions or len(ijk) == 0:
+        return False
+    ras = np.c_[ijk, np.ones(len(ijk))] @ volume.affine.T
+    top = np.asarray(regions[0].centroid_ras)
+    return bool(np.linalg.norm(ras[:, :3] - top, axis=1).min() <= 10.0)
+
+
+def model_level(args: argparse.Namespace) -> dict:
+    """Train the default model on generated head scans, then render each held-out patient as
+    every variant and compare its prediction and evidence with the clean image's."""
+    import tempfile
+
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.inference.predictor import Predictor
+    from autoimmuneai.synth import generate_cohort
+    from autoimmuneai.training.trainer import TrainConfig, train_bundle
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_preprocess_"))
+    n = args.train_cases + args.test_cases
+    cfg = SynthConfig(split_fractions={"train": 0.8 * args.train_cases / n,
+                                       "val": 0.2 * args.train_cases / n,
+                                       "test": args.test_cases / n})  # fmt: skip
+    manifest = work / "cohort" / "manifest.csv"
+    if not manifest.is_file():
+        generate_cohort(work / "cohort", n, args.seed, config=cfg, progress=False)
+    bundle_dir = work / "bundle"
+    if not (bundle_dir / "configs" / "metadata.json").is_file():
+        train_config = TrainConfig(seed=args.seed)  # the default train, stage included
+        if args.epochs:
+            train_config.epochs = args.epochs
+        if args.grid == "first_look":
+            train_config.grid_shape, train_config.grid_spacing = (48, 60, 48), 3.3
+        train_bundle(manifest, bundle_dir, train_config, progress=False)
+    predictor = Predictor(bundle_dir)
+    cohort = load_cohort(manifest, predictor.panel)
+    anat = load_anatomy(2)
+    plan = {case_id: (dx, s) for case_id, dx, _, s in _plan(n, args.seed, cfg)}
+    rows = []
+    for case in cohort.cases:
+        if case.split != "test":
+            continue
+        dx, seed = plan[case.case_id]
+        latent = sample_case(seed, case.case_id, dx, anat, cfg)
+        for name, scan in VARIANTS.items():
+            volume, lesions = _render_variant(latent, anat, cfg, scan)
+            prepared = predictor.prepare(volume, case.labs)
+            p = predictor.predict_prepared(prepared, case.case_id)
+            rows.append({
+                "case_id": case.case_id, "variant": name, "truth": dx,
+                "probabilities": p.probabilities, "predicted": p.predicted,
+                "evidence_on_lesion": (
+                    _top_region_on_lesion(predictor, prepared, volume, lesions)
+                    if lesions.any() else None
+                ),
+            })  # fmt: skip
+        print(f"{case.case_id}: " + ", ".join(f"{r['variant']} {r['predicted']}"
+              for r in rows[-len(VARIANTS):]), flush=True)  # fmt: skip
+    return {"work": str(work), "figures": _model_figures(rows), "cases": rows}
+
+
+def _model_figures(rows: list[dict]) -> dict:
+    """Per variant: agreement with the clean image's prediction, mean total variation of the
+    probabilities, evidence on a lesion, accuracy and its drop from the clean image."""
+    clean = {r["case_id"]: r for r in rows if r["variant"] == "clean"}
+    out = {}
+    for name in VARIANTS:
+        sel = [r for r in rows if r["variant"] == name]
+        if not sel:
+            continue
+        tv = [0.5 * sum(abs(r["probabilities"][c] - clean[r["case_id"]]["probabilities"][c])
+                        for c in r["probabilities"]) for r in sel]  # fmt: skip
+        on = [r["evidence_on_lesion"] for r in sel if r["evidence_on_lesion"] is not None]
+        accuracy = float(np.mean([r["predicted"] == r["truth"] for r in sel]))
+        clean_accuracy = float(np.mean([c["predicted"] == c["truth"] for c in clean.values()]))
+        out[name] = {
+            "cases": len(sel),
+            "agreement_with_clean": round(float(np.mean(
+                [r["predicted"] == clean[r["case_id"]]["predicted"] for r in sel])), 3),
+            "mean_total_variation": round(float(np.mean(tv)), 3),
+            "evidence_on_lesion": round(float(np.mean(on)), 3) if on else None,
+            "accuracy": round(accuracy, 3),
+            "accuracy_drop": round(clean_accuracy - accuracy, 3),
+        }  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":
