@@ -404,8 +404,12 @@ def measure_explanation_quality(
     cases = []
     for case in selected:
         channels = bundle.panel.channels
-        volume = load_volume(case.images[channels[0]])
-        others = {c: load_volume(case.images[c]) for c in channels[1:] if c in case.images}
+        volume = load_volume(case.images[channels[0]], series=case.series.get(channels[0]))
+        others = {
+            c: load_volume(case.images[c], series=case.series.get(c))
+            for c in channels[1:]
+            if c in case.images
+        }
         prepared = predictor.prepare(volume, case.labs, others)
         mask = load_volume(case.mask_lesions).array > 0
         cases.append(
