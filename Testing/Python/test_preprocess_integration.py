@@ -52,6 +52,7 @@ def test_head_cohort_carries_the_truth(head_cohort: Path) -> None:
     )
 
 
+@pytest.mark.slow  # trains a model
 def test_train_records_the_preprocessing_and_predict_uses_it(head_cohort: Path, tmp_path) -> None:
     assert TrainConfig().preprocessing == "mni152"
     config = TrainConfig(  # the default preprocessing: the clinical-scan stage
@@ -93,6 +94,7 @@ def test_train_records_the_preprocessing_and_predict_uses_it(head_cohort: Path, 
     assert back.shape == volume.shape  # model-grid arrays come back on the patient's voxels
 
 
+@pytest.mark.slow  # trains a model
 def test_demo_renders_heads_and_trains_with_the_stage_by_default(tmp_path) -> None:
     """The demo path with its defaults (whole-head scans, the clinical-scan stage), only
     smaller: the cohort is heads of mixed acquisitions, the bundle records the stage, and the
