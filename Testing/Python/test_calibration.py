@@ -182,7 +182,7 @@ def test_choose_calibration_picks_the_map_that_helps_out_of_fold():
         assert c.record["heldout_nll"][c.kind] <= c.record["heldout_nll"]["identity"]
     assert "identity" in kinds
     few = choose_calibration(calibrated[:6], np.array([0, 0, 1, 1, 2, -1]))
-    assert few.kind == "identity" and few.record["folds"] == 0
+    assert few.kind == "identity" and few.record["folds"] == 0 and not few.record["applied"]
 
 
 def test_vector_scaling_folded_into_the_network_gives_the_scaled_logits():

@@ -196,10 +196,16 @@ def choose_calibration(
     _, counts = np.unique(y, return_counts=True)
     k = int(min(folds, counts.min())) if counts.size else 0
     if k < 2 or counts.size < logits.shape[1]:
-        reason = "too few labelled cases per class to check a calibration map on folds"
-        return CalibrationMap(
-            "identity", record={"folds": 0, "chosen": "identity", "reason": reason}
-        )
+        record = {
+            "folds": 0,
+            "heldout_nll_identity": None,
+            "heldout_nll_fitted": None,
+            "chosen": "identity",
+            "applied": False,
+            "fitted_temperature": 1.0,
+            "reason": "too few labelled cases per class to check a calibration map on folds",
+        }
+        return CalibrationMap("identity", record=record)
     nll = _fold_nll(x, y, k, seed)
     chosen = min(("identity", "temperature", "vector"), key=lambda n: nll[n] - 1e-12 * len(n))
     record = {
