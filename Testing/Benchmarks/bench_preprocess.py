@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="default: train's")
     parser.add_argument("--grid", choices=["default", "first_look"], default="default")
     parser.add_argument("--work", type=Path, default=None, help="keep cohort and bundle here")
+    parser.add_argument("--test-limit", type=int, default=None, help="render only N test patients")
     args = parser.parse_args()
     if args.model:
         result = model_level(args)
@@ -240,9 +241,8 @@ def model_level(args: argparse.Namespace) -> dict:
     anat = load_anatomy(2)
     plan = {case_id: (dx, s) for case_id, dx, _, s in _plan(n, args.seed, cfg)}
     rows = []
-    for case in cohort.cases:
-        if case.split != "test":
-            continue
+    tested = [c for c in cohort.cases if c.split == "test"][: args.test_limit]
+    for case in tested:
         dx, seed = plan[case.case_id]
         latent = sample_case(seed, case.case_id, dx, anat, cfg)
         for name, scan in VARIANTS.items():
