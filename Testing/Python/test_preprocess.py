@@ -111,8 +111,10 @@ def test_bundles_record_the_preprocessing_and_old_ones_keep_the_grid() -> None:
     assert isinstance(ModelGrid.from_dict(old), ModelGrid)
     assert isinstance(preprocessing_from_dict(old), ModelGrid)
     new = Preprocessor(shape=(32, 40, 32), spacing=4.0, bias=False)
-    back = ModelGrid.from_dict(new.to_dict())  # what bundle loading calls
+    back = preprocessing_from_dict(new.to_dict())  # what bundle loading calls
     assert back == new
+    with pytest.raises(ValueError, match="not a plain ModelGrid"):
+        ModelGrid.from_dict(new.to_dict())
     with pytest.raises(ValueError, match="pipeline"):
         Preprocessor.from_dict({**new.to_dict(), "pipeline": "other"})
 

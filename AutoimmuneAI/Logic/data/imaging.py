@@ -205,6 +205,8 @@ def _check_values(array: np.ndarray, path: Path) -> None:
 
 def _read_nifti(path: Path, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
     image = nib.load(str(path))  # reads the header only
+    if not isinstance(image, nib.spatialimages.SpatialImage):
+        raise ImageError("is not a volume image (NIfTI)", file=path)
     shape = _check_shape(image.shape, path, max_voxels)
     array = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
     return np.ascontiguousarray(array, dtype=np.float32), np.asarray(image.affine, np.float64)
@@ -400,9 +402,9 @@ def save_volume(volume: Volume, path: str | Path) -> Path:
     elif name.endswith(DETACHED_SUFFIXES):
         _save_detached(_to_sitk(array, volume.affine), path)
     elif name.endswith(ITK_SUFFIXES):
-        image = _to_sitk(array, volume.affine)
+        itk_image = _to_sitk(array, volume.affine)
         with atomic_path(path) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+            sitk.WriteImage(itk_image, str(tmp), useCompression=True)
     else:
         raise ImageError(f"cannot write this format; use {SUPPORTED.rsplit(',', 1)[0]}", file=path)
     return path

@@ -97,6 +97,8 @@ class ModelGrid:
         resampled = self._resampler()(
             image, dst_affine=torch.as_tensor(dst_affine), spatial_size=self.shape
         )
+        if not isinstance(resampled, MetaTensor):  # a MetaTensor in, a MetaTensor out
+            raise TypeError(f"SpatialResample returned {type(resampled).__name__}")
         values = resampled.as_tensor()
         chosen = values[values > threshold]
         if chosen.numel() < 2:  # nothing above threshold inside the box: use all of it
@@ -104,7 +106,8 @@ class ModelGrid:
         std_t, mean_t = torch.std_mean(chosen)
         mean, std = float(mean_t), float(std_t)
         std = std if std > 1e-6 else 1.0
-        normalised = NormalizeIntensity(subtrahend=mean, divisor=std)(values)
+        # MONAI's annotation of subtrahend/divisor omits the scalar its docs and code take
+        normalised = NormalizeIntensity(subtrahend=mean, divisor=std)(values)  # type: ignore[arg-type]
         tensor = _plain(normalised).to(torch.float32).contiguous()
         return GridSample(
             tensor=tensor,
@@ -173,30 +176,28 @@ class ModelGrid:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelGrid:
-        """Inverse of ``to_dict``; refuses a preprocessing this code does not implement.
-
-        A dict written by ``pipeline.Preprocessor`` (it names a ``pipeline``) gives that
-        Preprocessor, which has the same interface: bundles record either, and the loader
-        needs no other change; a bundle from before the preprocessing stage keeps its grid.
+        """Inverse of ``to_dict``; refuses a preprocessing this code does not implement
+        (a bundle's preprocessing, either stage, is read by ``pipeline.preprocessing_from_dict``).
         """
         if "pipeline" in data:
-            from .pipeline import Preprocessor
-
-            return Preprocessor.from_dict(data)  # type: ignore[return-value]
+            raise ValueError(f"the {data['pipeline']!r} preprocessing is not a plain ModelGrid")
         if data.get("centring", _CENTRING) != _CENTRING:
             raise ValueError(f"unsupported centring {data.get('centring')!r}")
         if data.get("intensity", _INTENSITY) != _INTENSITY:
             raise ValueError(f"unsupported intensity normalisation {data.get('intensity')!r}")
         if data.get("space", "RAS") != "RAS":
             raise ValueError(f"unsupported space {data.get('space')!r}")
-        return cls(shape=tuple(int(s) for s in data["shape"]), spacing=float(data["spacing"]))
+        return cls(shape=data["shape"], spacing=float(data["spacing"]))  # __post_init__ checks it
 
     # -- helpers --------------------------------------------------------------------------
 
     @staticmethod
     def _resampler() -> SpatialResample:
-        return SpatialResample(
-            mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float32
+        return SpatialResample(  # MONAI's DtypeLike annotation omits the torch dtypes it takes
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+            dtype=torch.float32,  # type: ignore[arg-type]
         )
 
     def _antialias_sigma(self, spacing: np.ndarray) -> list[float] | None:
@@ -212,7 +213,7 @@ class ModelGrid:
         """Centre (RAS) of the foreground's robust bounding box (0.5th to 99.5th percentile
         along R, A, S), and the share of the foreground inside the grid centred there."""
         step = max(1, int(round((array.size / 300_000) ** (1 / 3))))
-        ijk = np.argwhere(array[::step, ::step, ::step] > threshold) * step
+        ijk: np.ndarray = np.argwhere(array[::step, ::step, ::step] > threshold) * step
         if len(ijk) == 0:  # nothing above threshold: centre of the field of view
             ijk = (np.asarray(array.shape, dtype=np.float64) - 1)[None] / 2
         ras = voxel_to_ras(affine, ijk)
@@ -223,6 +224,6 @@ class ModelGrid:
         return centre, float(inside.mean())
 
 
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
+def _plain(tensor: torch.Tensor | np.ndarray) -> torch.Tensor:
     """A plain ``torch.Tensor`` (MONAI's MetaTensor carries metadata we do not want here)."""
     return tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)

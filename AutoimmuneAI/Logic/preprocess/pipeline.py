@@ -246,7 +246,7 @@ class Preprocessor:
         if data.get("pipeline") != PIPELINE:
             raise ValueError(f"unsupported preprocessing pipeline {data.get('pipeline')!r}")
         return cls(
-            shape=tuple(int(s) for s in data["shape"]),
+            shape=data["shape"],  # made a tuple of ints by __post_init__
             spacing=float(data["spacing"]),
             bias=data.get("bias", "n4") == "n4",
             affine="affine" in str(data.get("registration", "+affine")),
@@ -352,9 +352,9 @@ def make_preprocessing(
     """The preprocessing ``train`` uses: ``"model_grid"`` (resampling and a head z-score, for
     skull-stripped upright images) or ``"mni152"`` (the full stage, for clinical scans)."""
     if kind == "model_grid":
-        return ModelGrid(shape=tuple(shape), spacing=float(spacing))
+        return ModelGrid(shape=shape, spacing=float(spacing))  # __post_init__: a tuple of ints
     if kind == "mni152":
-        return Preprocessor(shape=tuple(shape), spacing=float(spacing))
+        return Preprocessor(shape=shape, spacing=float(spacing))
     raise InputError(
         f"preprocessing must be one of {', '.join(PREPROCESSING_KINDS)}, not {kind!r}",
         field="--preprocessing",

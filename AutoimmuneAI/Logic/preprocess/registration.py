@@ -135,7 +135,12 @@ def _method(
     return reg
 
 
-def _matrix_ras(transform: sitk.Transform) -> np.ndarray:
+# The transforms registration produces and reads back (SimpleITK's base Transform has no
+# matrix getters): the Euler starts, the similarity and the affine results.
+_MatrixOffset = sitk.Euler3DTransform | sitk.Similarity3DTransform | sitk.AffineTransform
+
+
+def _matrix_ras(transform: _MatrixOffset) -> np.ndarray:
     """4x4 RAS matrix of a SimpleITK matrix-offset transform (Euler / affine), LPS inside."""
     t = transform
     if isinstance(t, sitk.CompositeTransform):  # pragma: no cover - not produced here
@@ -149,7 +154,7 @@ def _matrix_ras(transform: sitk.Transform) -> np.ndarray:
     return _F @ m @ _F
 
 
-def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
+def _as_affine(transform: _MatrixOffset) -> sitk.AffineTransform:
     affine = sitk.AffineTransform(3)
     affine.SetCenter(transform.GetCenter())
     affine.SetMatrix(transform.GetMatrix())
@@ -157,7 +162,7 @@ def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
     return affine
 
 
-def _similarity(transform: sitk.Transform) -> sitk.Similarity3DTransform:
+def _similarity(transform: _MatrixOffset) -> sitk.Similarity3DTransform:
     sim = sitk.Similarity3DTransform()
     sim.SetCenter(transform.GetCenter())
     sim.SetMatrix(transform.GetMatrix())
@@ -235,7 +240,7 @@ def _refine_similarity(
     return best
 
 
-def _coarse_similarity(t4, m4: sitk.Image, start: sitk.Transform) -> sitk.Similarity3DTransform:
+def _coarse_similarity(t4, m4: sitk.Image, start: _MatrixOffset) -> sitk.Similarity3DTransform:
     """Similarity from ``start`` at the smoothed 8 mm level of the 4 mm images."""
     sim = _similarity(start)
     coarse = _method(t4.metric_mask, 50, 0.5)
@@ -247,7 +252,7 @@ def _coarse_similarity(t4, m4: sitk.Image, start: sitk.Transform) -> sitk.Simila
     return sim
 
 
-def _refine_affine(t4, m4: sitk.Image, sim: sitk.Transform, value: float) -> tuple:
+def _refine_affine(t4, m4: sitk.Image, sim: _MatrixOffset, value: float) -> tuple:
     """A full affine from the similarity result, kept only if the metric improves."""
     aff = _as_affine(sim)
     reg = _method(t4.metric_mask, 60, 0.5, learning_rate=1.0)
@@ -275,7 +280,7 @@ def register(
     else:
         value, sim, start = _refine_similarity(t4, m4, _scored_starts(t8, m8, m4))
     start["thorough"] = thorough
-    result: sitk.Transform = sim
+    result: _MatrixOffset = sim
     if affine:
         result, value = _refine_affine(t4, m4, sim, value)
     return Registration(

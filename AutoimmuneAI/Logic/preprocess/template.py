@@ -52,6 +52,8 @@ def _maps_2mm() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     affine = None
     for name in ("t1", "gm", "wm"):
         img = nib.load(str(_data_file(f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")))
+        if not isinstance(img, nib.spatialimages.SpatialImage):  # nilearn ships NIfTI files
+            raise TypeError(f"MNI152 {name} map is not a volume image")
         data = np.asarray(img.dataobj, dtype=np.float32)
         if name == "t1":
             data = (data > 0.2).astype(np.float32)

@@ -90,7 +90,7 @@ class ConformalPredictor:
         n, c = probs.shape
         if self.randomized:
             rng = rng if rng is not None else np.random.default_rng(0)
-            u = rng.uniform(size=n)
+            u = rng.uniform(size=len(probs))
         else:
             u = np.ones(n)
         scores = _scores_for(self.method, probs, u, self.lam, self.k_reg)
@@ -173,7 +173,8 @@ def describe_guarantee(cp: ConformalPredictor) -> str:
     level = f"{1.0 - cp.alpha:.0%}"
     labels = np.asarray(cp.score_labels, dtype=np.int64)
     if cp.class_conditional:
-        counts = np.bincount(labels, minlength=len(cp.qhat)) if labels.size else []  # type: ignore[arg-type]
+        n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
+        counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)
         least = int(min(counts)) if len(counts) else 0
         return (
             f"class-conditional (Mondrian split conformal): for each diagnosis the set holds the "
@@ -218,7 +219,7 @@ def fit_conformal(
     n, c = probs.shape
     rng = np.random.default_rng(seed)
     randomized = randomized and method != "lac"  # LAC scores need no tie-breaking draw
-    u = rng.uniform(size=n) if randomized else np.ones(n)
+    u = rng.uniform(size=len(probs)) if randomized else np.ones(n)
     lam_eff = lam if method == "raps" else 0.0
     true_scores = _scores_for(method, probs, u, lam_eff, k_reg)[np.arange(n), labels]
     if class_conditional:

@@ -62,7 +62,8 @@ class Anatomy:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.brain.shape)  # type: ignore[return-value]
+        i, j, k = self.brain.shape
+        return i, j, k
 
     @property
     def voxel_mm(self) -> float:

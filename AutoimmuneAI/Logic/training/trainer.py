@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -54,8 +55,8 @@ from ..model.bundle import save_bundle
 from ..model.fusion import INFERENCE_BATCH_SIZE, FusionModel, ModelConfig
 from ..model.losses import class_weights, cox_neg_log_likelihood, diagnosis_sum
 from ..model.risk_head import crude_class_log_hazards, fit_class_log_hazards
-from ..preprocess.model_grid import ModelGrid
 from ..preprocess.pipeline import make_preprocessing
+from ..preprocess.stage import Preprocessing
 from ..stats.baselines import (
     Baseline,
     BaselineInputs,
@@ -416,9 +417,10 @@ class _Run:
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
-    def judged(self) -> torch.nn.Module:
+    def judged(self) -> FusionModel:
         """What early stopping evaluates and keeps: the averaged weights when there are any."""
-        return self.ema.module if self.ema is not None else self.model
+        # AveragedModel.module is typed Module: it is the averaged copy of this FusionModel
+        return cast(FusionModel, self.ema.module) if self.ema is not None else self.model
 
     def checkpoint(self, fingerprint: str, epoch: int) -> dict:
         return {
@@ -764,7 +766,7 @@ class _Data:
     values: np.ndarray  # parsed lab values of the dev cases
     missing: np.ndarray
     encoder: SerologyEncoder
-    grid: ModelGrid
+    grid: Preprocessing  # ModelGrid or Preprocessor
     arrays: CaseArrays
     cache: Path
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -132,7 +133,7 @@ class StageLog:
                 "rerun with the same settings, or without --resume to start again",
                 file=self.path,
             )
-        self.data = (
+        self.data: dict[str, Any] = (
             old
             if resume and old is not None
             else {"config": config.to_dict(), "stages": {}, "python": sys.version.split()[0]}
@@ -409,11 +410,15 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
         return {}
 
     def quality(resume: bool) -> dict:
-        from ..explain.quality import measure_explanation_quality
+        from ..explain.quality import METHODS, measure_explanation_quality
 
-        options = {"methods": config.quality_methods} if config.quality_methods else {}
         measure_explanation_quality(
-            bundle_dir, manifest, eval_dir, split="test", n_cases=config.quality_cases, **options
+            bundle_dir,
+            manifest,
+            eval_dir,
+            split="test",
+            n_cases=config.quality_cases,
+            methods=config.quality_methods or METHODS,
         )
         return {"cases": config.quality_cases}
 
@@ -457,12 +462,13 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
 
 
 # The first-look demo trains on a coarser model grid (3.3 mm instead of 2.5 mm, covering
-# the same 16 x 20 x 16 cm box) with early stopping, so that the whole run fits in about six
-# minutes on 2 cores; ``--full`` uses the training defaults the targets are measured with.
+# the same 16 x 20 x 16 cm box) with early stopping, so that the whole run fits the quick
+# start's time on 2 cores (the README gives it); ``--full`` uses the training defaults the
+# targets are measured with.
 FIRST_LOOK_TRAINING = {"grid_shape": (48, 60, 48), "grid_spacing": 3.3, "epochs": 40}
 # The first-look demo's whole-head scans: every acquisition, but mostly 3D 2 mm (a 1 mm head
-# costs about ten times as much to render as a 2 mm one, a 2D 1 x 1 x 5 mm one three times;
-# the figures are in the README); ``--full`` keeps synth's own mix.
+# and a 2D thick-slice one cost several times as much to render as a 2 mm one; the figures
+# are in the README); ``--full`` keeps synth's own mix.
 FIRST_LOOK_ACQUISITIONS = {"3d_2mm": 0.75, "2d_axial": 0.2, "3d_1mm": 0.05}
 
 

@@ -401,4 +401,4 @@ def evaluate_bundle(
     write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     steps.update()
     steps.close()
-    return metrics  # type: ignore[return-value]
+    return metrics
