@@ -229,3 +229,14 @@ def test_ms_course_trains_predicts_and_explains_per_channel(tmp_path):
     for region in prediction["regions"]:
         assert region["channel"] in share and region["name"].endswith(f"({region['channel']})")
     assert prediction["regions"], "no evidence region"
+    # the same case without its T1-Gd: predicted all the same, the missing channel flagged
+    blank = tmp_path / "cohort" / "no_t1gd.csv"
+    with open(blank, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerow({**case, "image_t1gd": ""})
+    again = predict_cohort(bundle, blank, tmp_path / "pred2", snapshot=False, progress=False)
+    assert again.n_failed == 0, again.errors
+    without = json.loads((tmp_path / "pred2" / case["case_id"] / "prediction.json").read_text())
+    assert any("no t1gd image" in w for w in without["warnings"])
+    assert not any("no t1gd image" in w for w in prediction["warnings"])

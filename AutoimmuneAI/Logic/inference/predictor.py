@@ -195,6 +195,8 @@ class Predictor:
             pre_warnings = list(getattr(prepared.sample, "warnings", []))
             quality["warnings"] = pre_warnings
             warnings = [*pre_warnings, *warnings]
+        absent = [c for c, given in prepared.channels_present.items() if not given]
+        warnings += [f"no {c} image: read as not acquired (a missing channel)" for c in absent]
         return CasePrediction(
             case_id=case_id,
             classes=classes,
