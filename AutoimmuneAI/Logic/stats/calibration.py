@@ -196,7 +196,7 @@ def choose_calibration(
     _, counts = np.unique(y, return_counts=True)
     k = int(min(folds, counts.min())) if counts.size else 0
     if k < 2 or counts.size < logits.shape[1]:
-        record = {
+        record: dict[str, object] = {
             "folds": 0,
             "heldout_nll_identity": None,
             "heldout_nll_fitted": None,
