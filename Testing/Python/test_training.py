@@ -19,6 +19,7 @@ from autoimmuneai.training.trainer import (
     epoch_batches,
     fit,
     predict_arrays,
+    train_bundle,
     work_dir,
 )
 
@@ -248,3 +249,50 @@ def test_augmentation_shift_neither_wraps_nor_draws_an_edge() -> None:
         "offset": torch.tensor([0.0]),
     }
     torch.testing.assert_close(augment_batch(x[None], params)[0], back)
+
+
+def _with_broken_images(manifest: Path, folder: Path, split_of_broken: str) -> tuple[Path, str]:
+    """A copy of ``manifest``'s cohort folder in ``folder`` whose first ``split_of_broken``
+    case's image is a file that is no image; returns the copy's manifest and that case's id."""
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(manifest.parent, folder)
+    copy = folder / manifest.name
+    table = pd.read_csv(copy, dtype=str, keep_default_na=False)
+    broken = table.index[table["split"].str.lower().replace("", "train") == split_of_broken][0]
+    image = next(c for c in table.columns if c.startswith("image"))
+    (folder / table.loc[broken, image]).write_bytes(b"not an image at all")
+    return copy, str(table.loc[broken, "case_id"])
+
+
+def test_a_case_whose_image_fails_is_left_out_of_training_and_evaluation(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.workflows.evaluate import evaluate_bundle
+
+    manifest, broken = _with_broken_images(tiny_cohort, tmp_path / "cohort", "train")
+    cfg = _small_cfg(
+        epochs=1, folds=0, grid_shape=(16, 20, 16), grid_spacing=10.0, preprocessing="model_grid"
+    )
+    with pytest.warns(UserWarning, match=f"case {broken} left out of training"):
+        out = train_bundle(manifest, tmp_path / "bundle", cfg, progress=False)
+    training = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))[
+        "training"
+    ]
+    assert [e["case_id"] for e in training["excluded_cases"]] == [broken]
+    assert f"{broken}_flair.nii.gz" in training["excluded_cases"][0]["reason"]
+    splits = [c.split or "train" for c in load_cohort(manifest).cases]
+    assert training["n_cases"]["train"] == splits.count("train") - 1
+
+    test_manifest, broken_test = _with_broken_images(manifest, tmp_path / "test_cohort", "test")
+    with pytest.warns(UserWarning, match=f"case {broken_test} left out of the evaluation"):
+        metrics = evaluate_bundle(out, test_manifest, tmp_path / "eval", split="test")
+    assert metrics["failed_cases"] == 1 and metrics["n_cases"] == splits.count("test") - 1
+    errors = (tmp_path / "eval" / "errors.csv").read_text(encoding="utf-8").splitlines()
+    assert errors[0] == "case_id,row,field,reason" and errors[1].startswith(f"{broken_test},")
+    assert f"{broken_test}_flair.nii.gz" in errors[1]
+    predicted = (tmp_path / "eval" / "predictions.csv").read_text(encoding="utf-8")
+    assert broken_test not in predicted

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
-from ..errors import ImageError
+from ..errors import ImageError, InputError
 
 
 @dataclass
@@ -199,11 +199,16 @@ def build_arrays(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     workers: int = 2,
+    failures: list[tuple[str, str]] | None = None,
 ) -> CaseArrays:
     """All cases of ``cohort`` as :class:`CaseArrays` (images in float16).
 
     ``encoder`` is a fitted ``SerologyEncoder``; images are resampled by ``grid``
     (``ModelGrid``) in the panel's channel order, ``workers`` cases at a time.
+    Without ``failures`` the first image that cannot be read or preprocessed raises its
+    one-line ``InputError``. With a list, such cases are left out of the arrays and appended
+    to it as ``(case_id, reason)``, so one unreadable scan does not stop a cohort's training
+    or evaluation (the caller keeps the cases in ``arrays.case_ids``).
     """
     channels = list(cohort.panel.channels)
     cases = list(cohort.cases)
@@ -217,10 +222,17 @@ def build_arrays(
     images = np.zeros((n, len(channels), *grid.shape), dtype=np.float16)
     descriptions: list[dict] = [{} for _ in range(n)]
 
+    failed: dict[int, str] = {}
+
     def one(i: int) -> None:
-        images[i], descriptions[i] = case_image(
-            cases[i], channels, grid, cdir, cohort.panel.optional_channels
-        )
+        try:
+            images[i], descriptions[i] = case_image(
+                cases[i], channels, grid, cdir, cohort.panel.optional_channels
+            )
+        except InputError as exc:
+            if failures is None:
+                raise
+            failed[i] = str(exc)
 
     bar = tqdm(total=n, desc="images -> model grid", unit="case", disable=not progress)
     if workers > 1 and n > 1:
@@ -232,6 +244,12 @@ def build_arrays(
             one(i)
             bar.update(1)
     bar.close()
+    if failed and failures is not None:
+        kept = [i for i in range(n) if i not in failed]
+        failures.extend((cases[i].case_id, failed[i]) for i in sorted(failed))
+        cohort = cohort.subset([cases[i].case_id for i in kept])
+        images = images[kept]
+        descriptions = [descriptions[i] for i in kept]
     values, missing = cohort.lab_matrix()
     times, events = cohort.survival()
     arrays = CaseArrays.from_numpy(

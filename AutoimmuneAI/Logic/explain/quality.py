@@ -45,6 +45,7 @@ import copy
 import functools
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ from scipy.integrate import trapezoid
 from scipy.stats import spearmanr
 
 from ..atomic import write_text
-from ..data.imaging import foreground_mask, voxel_to_ras
+from ..data.imaging import foreground_mask, load_volume, voxel_to_ras
 from ..errors import InputError
 from .attribution import (
     DEFAULT_METHOD,
@@ -371,6 +372,33 @@ def _select_cases(cohort, split: str | None, n_cases: int) -> list:
     return chosen
 
 
+QUALITY_SPARE_CASES = 3  # candidates beyond n_cases, used when a case's image fails
+
+
+def _quality_case(bundle, predictor, case) -> QualityCase:
+    """One selected case read, preprocessed and paired with its lesion mask."""
+    channels = bundle.panel.channels
+    volume = load_volume(case.images[channels[0]], series=case.series.get(channels[0]))
+    others = {
+        c: load_volume(case.images[c], series=case.series.get(c))
+        for c in channels[1:]
+        if c in case.images
+    }
+    prepared = predictor.prepare(volume, case.labs, others)
+    mask = load_volume(case.mask_lesions).array > 0
+    return QualityCase(
+        case_id=case.case_id,
+        image=prepared.image,
+        serology=prepared.serology,
+        target=bundle.panel.class_index(case.diagnosis),
+        lesion=mask,
+        affine=volume.affine,
+        labs=prepared.labs,
+        to_input=functools.partial(bundle.grid.to_input, sample=prepared.sample, mode="linear"),
+        head=foreground_mask(volume.array),
+    )
+
+
 def measure_explanation_quality(
     bundle_path: str | Path,
     cohort_path: str | Path,
@@ -387,7 +415,6 @@ def measure_explanation_quality(
     The explained class is each case's true diagnosis (the true lesions are its evidence).
     """
     from ..data.cohort import load_cohort
-    from ..data.imaging import load_volume
     from ..inference.predictor import Predictor
     from ..model.bundle import load_bundle
 
@@ -397,36 +424,23 @@ def measure_explanation_quality(
     bundle = load_bundle(bundle_path)
     predictor = Predictor(bundle)
     cohort = load_cohort(cohort_path, bundle.panel)
-    selected = _select_cases(cohort, split, n_cases)
+    # spare candidates, so that a case whose image cannot be preprocessed is replaced
+    selected = _select_cases(cohort, split, n_cases + QUALITY_SPARE_CASES)
     if not selected:
         where = f" in split {split!r}" if split else ""
         raise InputError(f"no case with a diagnosis and a non-empty lesion mask{where}")
-    cases = []
+    cases: list[QualityCase] = []
     for case in selected:
-        channels = bundle.panel.channels
-        volume = load_volume(case.images[channels[0]], series=case.series.get(channels[0]))
-        others = {
-            c: load_volume(case.images[c], series=case.series.get(c))
-            for c in channels[1:]
-            if c in case.images
-        }
-        prepared = predictor.prepare(volume, case.labs, others)
-        mask = load_volume(case.mask_lesions).array > 0
-        cases.append(
-            QualityCase(
-                case_id=case.case_id,
-                image=prepared.image,
-                serology=prepared.serology,
-                target=bundle.panel.class_index(case.diagnosis),
-                lesion=mask,
-                affine=volume.affine,
-                labs=prepared.labs,
-                to_input=functools.partial(
-                    bundle.grid.to_input, sample=prepared.sample, mode="linear"
-                ),
-                head=foreground_mask(volume.array),
+        try:
+            cases.append(_quality_case(bundle, predictor, case))
+        except InputError as exc:
+            warnings.warn(
+                f"case {case.case_id} left out of explanation quality: {exc}", stacklevel=2
             )
-        )
+        if len(cases) == n_cases:
+            break
+    if not cases:
+        raise InputError("no selected case has a usable image", file=cohort_path)
     report = quality_for_cases(
         bundle.model, bundle.encoder, cases, methods, stages=stages,
         temperature=bundle.temperature, seed=seed,

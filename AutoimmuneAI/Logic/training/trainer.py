@@ -769,6 +769,7 @@ class _Data:
     grid: Preprocessing  # ModelGrid or Preprocessor
     arrays: CaseArrays
     cache: Path
+    excluded: list[dict[str, str]] = field(default_factory=list)  # cases whose image failed
 
     @property
     def classes(self) -> list[str]:
@@ -805,11 +806,44 @@ def _prepare_data(
     cache = Path(cfg.cache_dir) if cfg.cache_dir else work_dir(out) / "cache"
     if info.world > 1 and not info.is_main:
         dist.barrier()  # rank 0 fills the cache first
-    arrays = build_arrays(dev, grid, encoder, cache_dir=cache, progress=progress and info.is_main)
+    failures: list[tuple[str, str]] = []
+    arrays = build_arrays(
+        dev, grid, encoder, cache_dir=cache, progress=progress and info.is_main, failures=failures
+    )
     if info.world > 1 and info.is_main:
         dist.barrier()
+    if failures:
+        dev, dev_split, split = _without_failed(cohort, split, dev, dev_split, failures, info)
+        values, missing = dev.lab_matrix()
+        if (dev_split == "train").sum() < 2:
+            raise InputError("fewer than two training cases with a usable image", file=cohort_path)
     return _Data(
-        panel, split, split_source, dev, dev_split, values, missing, encoder, grid, arrays, cache
+        panel, split, split_source, dev, dev_split, values, missing, encoder, grid, arrays, cache,
+        excluded=[{"case_id": c, "reason": r} for c, r in failures],
+    )  # fmt: skip
+
+
+def _without_failed(
+    cohort: Cohort,
+    split: np.ndarray,
+    dev: Cohort,
+    dev_split: np.ndarray,
+    failures: list[tuple[str, str]],
+    info: DistInfo,
+) -> tuple[Cohort, np.ndarray, np.ndarray]:
+    """The development cases and splits without the cases whose image failed, which are
+    marked "excluded" in the whole cohort's split (training goes on with the others)."""
+    bad = {case_id for case_id, _ in failures}
+    if info.is_main:
+        for case_id, reason in failures:
+            warnings.warn(f"case {case_id} left out of training: {reason}", stacklevel=3)
+    keep = np.array([c.case_id not in bad for c in dev.cases])
+    split = split.copy()
+    split[[c.case_id in bad for c in cohort.cases]] = "excluded"
+    return (
+        dev.subset([c.case_id for c in dev.cases if c.case_id not in bad]),
+        dev_split[keep],
+        split,
     )
 
 
@@ -1020,6 +1054,7 @@ def train_bundle(
             "cohort": str(Path(cohort_path)),
             "split_source": data.split_source,
             "n_cases": {s: int((data.split == s).sum()) for s in SPLITS},
+            "excluded_cases": data.excluded,
             "class_counts": {c: int((y_tr == k).sum()) for k, c in enumerate(data.classes)},
             "config": cfg.to_dict(),
             "world_size": info.world,

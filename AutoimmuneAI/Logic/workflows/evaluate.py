@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..atomic import csv_text, json_safe, write_text
+from ..atomic import csv_text, json_safe, write_csv, write_text
+from ..contracts import ERRORS_CSV, ERRORS_CSV_COLUMNS
 from ..errors import BundleError, InputError
 from ..output import figures
 from ..stats.baselines import BaselineInputs, ModelOutputs, baseline_outputs
@@ -302,6 +304,27 @@ def _training_cases(bundle: Bundle) -> int | None:
     return int(counts.get("train", 0)) + int(counts.get("val", 0))
 
 
+def _write_failures(out_dir: Path, cohort, failures: list[tuple[str, str]]) -> None:
+    """``errors.csv`` of the cases left out because their image failed (one line each, with
+    the manifest row), and a warning per case; no file when none failed."""
+    path = out_dir / ERRORS_CSV
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    rows = {c.case_id: c.row for c in cohort.cases}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(
+        path,
+        [
+            {"case_id": case_id, "row": rows.get(case_id) or "", "field": "image", "reason": reason}
+            for case_id, reason in failures
+        ],
+        ERRORS_CSV_COLUMNS,
+    )
+    for case_id, reason in failures:
+        warnings.warn(f"case {case_id} left out of the evaluation: {reason}", stacklevel=3)
+
+
 def evaluate_bundle(
     bundle_path: str | Path,
     cohort_path: str | Path,
@@ -338,7 +361,13 @@ def evaluate_bundle(
     steps.update()
 
     steps.set_postfix_str("images")
-    arrays = build_arrays(cohort, bundle.grid, bundle.encoder, progress=progress)
+    failures: list[tuple[str, str]] = []
+    arrays = build_arrays(cohort, bundle.grid, bundle.encoder, progress=progress, failures=failures)
+    _write_failures(out_dir, cohort, failures)
+    if failures:
+        cohort = cohort.subset(arrays.case_ids)
+        if len(cohort) == 0:
+            raise InputError("no case has a usable image", file=cohort_path)
     if list(arrays.case_ids) != cohort.case_ids:
         raise RuntimeError("model inputs are not in the cohort's case order")
     steps.set_postfix_str("fused model")
@@ -374,6 +403,7 @@ def evaluate_bundle(
         cohort=str(cohort_path),
         split=split,
         temperature=float(bundle.temperature),
+        failed_cases=len(failures),
     )
     steps.update()
 
