@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .contracts import ERRORS_CSV
 from .errors import InputError
 from .explain.methods import METHODS
 
@@ -394,7 +395,12 @@ def _train(args: argparse.Namespace) -> int:
         args.cohort, args.out, config, resume=args.resume, distributed=args.distributed
     )
     print(f"bundle: {bundle}")
-    return 0
+    metadata = json.loads((Path(bundle) / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    excluded = (metadata.get("training") or {}).get("excluded_cases") or []
+    if excluded:
+        print(f"{len(excluded)} case(s) left out: their image could not be used (excluded_cases)")
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -413,7 +419,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"balanced accuracy {d.get('balanced_accuracy', float('nan')):.3f}, "
         f"macro AUROC {d.get('macro_auroc', float('nan')):.3f} -> {args.out / 'metrics.json'}"
     )
-    return 0
+    if metrics.get("failed_cases"):
+        print(f"{metrics['failed_cases']} case(s) failed -> {args.out / ERRORS_CSV}")
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -328,11 +328,13 @@ def test_bad_case_is_recorded_and_batch_goes_on(hostile_batch: dict, problem: Ro
     assert "\n" not in entry["reason"]
 
 
-@pytest.mark.parametrize("problem", ROW_PROBLEMS, ids=lambda p: p.name)
-def test_bad_case_stops_a_command_that_needs_every_case(
+@pytest.mark.parametrize(
+    "problem", [p for p in ROW_PROBLEMS if not p.image_content], ids=lambda p: p.name
+)
+def test_bad_row_stops_evaluate(
     hostile_batch: dict, tiny_bundle: Path, tmp_path: Path, problem: RowProblem
 ) -> None:
-    """``evaluate`` needs every case: one line naming the file, row and column; exit 2."""
+    """A bad manifest row stops ``evaluate``: one line naming the file, row and column; exit 2."""
     rows = hostile_batch["rows"]
     bad = rows[hostile_batch["row_of"][problem.name] - 2]
     manifest = hostile_batch["folder"] / f"single-{problem.name}.csv"
@@ -343,10 +345,33 @@ def test_bad_case_stops_a_command_that_needs_every_case(
     assert rc == 2, stderr
     line = error_line(stderr, "evaluate")
     assert problem.reason in line.lower(), line
-    if problem.image_content:
-        assert Path(bad["image_flair"]).name in line, line
-    else:
-        assert f"{manifest.name}, row 4, column {problem.field}:" in line, line
+    assert f"{manifest.name}, row 4, column {problem.field}:" in line, line
+
+
+@pytest.mark.parametrize(
+    "problem", [p for p in ROW_PROBLEMS if p.image_content], ids=lambda p: p.name
+)
+def test_unusable_image_is_left_out_of_evaluate_and_recorded(
+    hostile_batch: dict, tiny_bundle: Path, tmp_path: Path, problem: RowProblem
+) -> None:
+    """An image found unusable only when read: ``evaluate`` goes on with the other cases,
+    names the image and the reason in errors.csv, and exits 3."""
+    rows = hostile_batch["rows"]
+    bad = rows[hostile_batch["row_of"][problem.name] - 2]
+    manifest = hostile_batch["folder"] / f"single-{problem.name}.csv"
+    write_rows(manifest, [*rows[:2], bad], list(rows[0]))
+    rc, stdout, stderr = run_cli(
+        ["evaluate", "--bundle", tiny_bundle, "--cohort", manifest, "--out", tmp_path / "eval"]
+    )
+    assert rc == 3, stderr
+    assert "1 case(s) failed" in stdout, stdout
+    errors = errors_by_row(tmp_path / "eval")
+    assert list(errors) == [4], errors
+    assert errors[4]["case_id"] == bad["case_id"] and errors[4]["field"] == "image"
+    assert problem.reason in errors[4]["reason"].lower(), errors[4]
+    assert Path(bad["image_flair"]).name in errors[4]["reason"], errors[4]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["failed_cases"] == 1 and metrics["n_cases"] == 2
 
 
 # --------------------------------------------------------------------------- whole command
