@@ -62,7 +62,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+        i, j, k = (int(s) for s in self.array.shape)
+        return i, j, k
 
     @property
     def spacing(self) -> np.ndarray:
@@ -188,7 +189,8 @@ def _check_shape(shape: tuple[int, ...], path: Path, max_voxels: int) -> tuple[i
             f"declares {voxels:,} voxels (shape {shape}), more than the limit of {max_voxels:,}",
             file=path,
         )
-    return shape  # type: ignore[return-value]
+    i, j, k = shape
+    return i, j, k
 
 
 def _check_values(array: np.ndarray, path: Path) -> None:
@@ -274,7 +276,7 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
                 number=_tag(info, "0020|0011"),
                 description=_tag(info, "0008|103e"),
                 slices=len(files),
-                voxel_mm=tuple(round(v, 3) for v in spacing),  # type: ignore[arg-type]
+                voxel_mm=(round(spacing[0], 3), round(spacing[1], 3), round(spacing[2], 3)),
                 flair=bool(re.search(r"flair|dark.?fluid", names, re.I)) or inversion > 1500,
             )
         )

@@ -70,7 +70,7 @@ class ConformalPredictor:
         scores = np.asarray(self.scores, dtype=np.float64)
         labels = np.asarray(self.score_labels, dtype=np.int64)
         if self.class_conditional:
-            n_classes = len(self.qhat)  # type: ignore[arg-type]
+            n_classes = np.asarray(self.qhat).size
             qhat: float | list[float] = [
                 _finite_sample_quantile(scores[labels == k], alpha) for k in range(n_classes)
             ]
@@ -100,7 +100,7 @@ class ConformalPredictor:
                 raise ValueError(f"class-conditional qhat has {q.size} values for {c} classes")
             mask = scores <= q[None, :]
         else:
-            mask = scores <= float(self.qhat)  # type: ignore[arg-type]
+            mask = scores <= float(np.asarray(self.qhat))
         mask[np.arange(n), probs.argmax(axis=1)] = True
         return mask
 
@@ -108,9 +108,12 @@ class ConformalPredictor:
         """JSON-able description (stored in the model bundle)."""
         d = asdict(self)
         if self.class_conditional:
-            d["qhat"] = [None if not math.isfinite(q) else float(q) for q in self.qhat]  # type: ignore[union-attr]
+            d["qhat"] = [
+                None if not math.isfinite(q) else float(q)
+                for q in np.asarray(self.qhat, dtype=np.float64)
+            ]
         else:
-            q = float(self.qhat)  # type: ignore[arg-type]
+            q = float(np.asarray(self.qhat))
             d["qhat"] = q if math.isfinite(q) else None
         return d
 

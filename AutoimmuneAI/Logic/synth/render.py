@@ -63,11 +63,12 @@ def output_grid(
     )
     local = corners @ rot  # coordinates along the grid axes (columns of rot)
     lmin, lmax = local.min(axis=0), local.max(axis=0)
-    shape = tuple(int(math.ceil((b - a) / s)) + 1 for a, b, s in zip(lmin, lmax, spacing))
+    ni, nj, nk = (int(math.ceil((b - a) / s)) + 1 for a, b, s in zip(lmin, lmax, spacing))
+    shape = (ni, nj, nk)
     affine = np.eye(4)
     affine[:3, :3] = rot * spacing  # column j = axis j scaled by its spacing
     affine[:3, 3] = rot @ lmin
-    return OutputGrid(shape=shape, affine=affine)  # type: ignore[arg-type]
+    return OutputGrid(shape=shape, affine=affine)
 
 
 def _poly2(p: np.ndarray) -> np.ndarray:

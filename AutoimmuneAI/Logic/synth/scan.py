@@ -44,10 +44,11 @@ def head_pose(pitch: float, roll: float, yaw: float) -> np.ndarray:
 def scanner_grid(spacing: np.ndarray, fov_mm: np.ndarray, fov_centre: np.ndarray) -> OutputGrid:
     """An axial, axis-aligned RAS grid of ``spacing`` covering ``fov_mm`` around ``fov_centre``."""
     spacing = np.asarray(spacing, float)
-    shape = tuple(int(math.ceil(f / s)) for f, s in zip(fov_mm, spacing))
+    ni, nj, nk = (int(math.ceil(f / s)) for f, s in zip(fov_mm, spacing))
+    shape = (ni, nj, nk)
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = np.asarray(fov_centre, float) - spacing * (np.asarray(shape) - 1) / 2.0
-    return OutputGrid(shape=shape, affine=affine)  # type: ignore[arg-type]
+    return OutputGrid(shape=shape, affine=affine)
 
 
 def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:

@@ -128,7 +128,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.strides = tuple(int(s) for s in self.strides)
-        self.grid_shape = tuple(int(s) for s in self.grid_shape)  # type: ignore[assignment]
+        d, h, w = (int(s) for s in self.grid_shape)
+        self.grid_shape = (d, h, w)
 
     def to_dict(self) -> dict:
         d = asdict(self)
