@@ -915,8 +915,9 @@ def _calibrate(model: FusionModel, data: _Data, cfg: TrainConfig) -> _Calibratio
     logits, risk = (t.numpy() for t in predict_arrays(model, calib))
     raw_logits = logits
     cal_map = choose_calibration(logits, y_cal, seed=cfg.seed)
-    if cal_map.kind == "vector":  # into the weights; the risk head reads the new probabilities
-        model.scale_logits(cal_map.scale, cal_map.shift)  # type: ignore[arg-type]
+    if cal_map.kind == "vector" and cal_map.scale is not None and cal_map.shift is not None:
+        # into the weights; the risk head reads the new probabilities
+        model.scale_logits(cal_map.scale, cal_map.shift)
         if model.config.risk == "mixture":
             model.load_state_dict(
                 _refit_class_log_hazards(model.config, _clone_state(model), train)
