@@ -481,11 +481,11 @@ def test_peak_memory_reads_the_resident_memory_of_the_process_and_its_children()
     """The demo's memory figure (stages.json peak_rss_mb): this process's RSS in MiB as psutil
     reads it, plus live child processes, and a peak that sees an allocation freed before the
     block ends."""
+    import mmap
     import subprocess
     import sys
     import time
 
-    import numpy as np
     import psutil
 
     from autoimmuneai.workflows.demo import PeakMemory, current_rss_mb
@@ -494,9 +494,13 @@ def test_peak_memory_reads_the_resident_memory_of_the_process_and_its_children()
     now = current_rss_mb()
     assert now > 10 and abs(now - own) < max(20.0, 0.05 * own), (now, own)
     with PeakMemory(interval=0.01) as memory:
-        block = np.ones(96 * 2**20, dtype=np.uint8)  # 96 MiB, touched
+        # 96 MiB of fresh pages, touched: an anonymous map, because a large process's heap
+        # may hand back memory that is already resident (the RSS would not grow)
+        block = mmap.mmap(-1, 96 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
         time.sleep(0.2)
-        del block
+        block.close()
         time.sleep(0.05)
     assert memory.peak_mb >= own + 80, (memory.peak_mb, own)
     assert current_rss_mb() < memory.peak_mb - 60  # freed again: the peak is not a current value
