@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cases", type=int, default=400, help="cases to generate with images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--anatomy",
+        choices=["brain", "head"],
+        default="brain",
+        help="brain: skull-stripped images at --voxel-size; head: synth's default clinical scans "
+        "(their own acquisition mix, so --voxel-size does not apply)",
+    )
     ap.add_argument("--voxel-size", type=float, default=2.0)
     ap.add_argument("--latent-cases", type=int, default=5000, help="latent-only sample size")
     ap.add_argument("--keep", type=Path, default=None, help="write the cohort here (kept)")
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
             cpu0 = _cpu_seconds()
             path = generate_cohort(
                 out, args.cases, args.seed, voxel_size=args.voxel_size, workers=args.workers,
-                progress=False, config=cfg,
+                progress=False, config=cfg, anatomy=args.anatomy,
             )  # fmt: skip
             seconds = time.perf_counter() - t0
             cpu = _cpu_seconds() - cpu0
@@ -170,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
             size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
             result["cohort"] = {
                 "n_cases": args.cases,
-                "voxel_size_mm": args.voxel_size,
+                "anatomy": args.anatomy,
+                "voxel_size_mm": args.voxel_size if args.anatomy == "brain" else None,
                 "seconds_total": round(seconds, 1),
                 "seconds_per_case_wall": round(seconds / args.cases, 3),
                 "cpu_seconds_per_case": round(cpu / args.cases, 3),
