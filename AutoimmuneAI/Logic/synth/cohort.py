@@ -13,7 +13,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -206,10 +206,18 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _run(tasks: list, workers: int, job: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
+def _run(
+    tasks: list,
+    workers: int,
+    job: dict[str, Any],
+    init: Callable[[dict[str, Any]], None] = _init_worker,
+    make: Callable[[Any], tuple[dict, dict]] = _make_case,
+) -> Iterator[tuple[dict, dict]]:
+    """``make(task)`` of every task in order, ``workers`` processes each set up by ``init(job)``
+    (one generator per disease family passes its own pair)."""
     if workers <= 1:
-        _init_worker(job)
-        yield from map(_make_case, tasks)
+        init(job)
+        yield from map(make, tasks)
         return
     import multiprocessing as mp
 
@@ -221,10 +229,10 @@ def _run(tasks: list, workers: int, job: dict[str, Any]) -> Iterator[tuple[dict,
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=mp.get_context(method),
-        initializer=_init_worker,
+        initializer=init,
         initargs=(job,),
     ) as pool:
-        yield from pool.map(_make_case, tasks, chunksize=chunk)
+        yield from pool.map(make, tasks, chunksize=chunk)
 
 
 def _check_options(
@@ -292,16 +300,18 @@ def _write_tables(
     truths: list[dict],
     scans: dict[str, object],
     meta: dict[str, object],
+    manifest_columns: tuple[str, ...] = MANIFEST_COLUMNS,
+    truth_columns: tuple[str, ...] = TRUTH_COLUMNS,
 ) -> Path:
     """``scans.json`` (head scans), ``truth.csv``, ``cohort.json`` and, last, ``manifest.csv``."""
     if scans:
         write_text(out / "scans.json", json.dumps(scans, indent=1) + "\n")
         _readable(out / "scans.json")
     manifest = out / "manifest.csv"
-    write_text(out / "truth.csv", _csv(truths, TRUTH_COLUMNS))
+    write_text(out / "truth.csv", _csv(truths, truth_columns))
     _readable(out / "truth.csv")
     write_text(out / "cohort.json", json.dumps(meta, indent=1) + "\n")
-    write_text(manifest, _csv(rows, MANIFEST_COLUMNS))
+    write_text(manifest, _csv(rows, manifest_columns))
     for path in (out / "cohort.json", manifest):
         _readable(path)
     return manifest

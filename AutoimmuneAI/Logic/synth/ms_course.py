@@ -21,21 +21,25 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
-import sys
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..atomic import csv_text, write_text, write_with
-from ..errors import InputError
+from ..atomic import write_with
 from .anatomy import LABELS, Anatomy, load_anatomy
-from .cohort import assign_classes, case_ids, template_resolution
+from .cohort import (
+    _check_options,
+    _collect,
+    _prepare_folder,
+    _run,
+    _write_tables,
+    assign_classes,
+    case_ids,
+    template_resolution,
+)
 from .config import LESIONS, SCAN, SynthConfig
 from .latent import CaseLatent
 from .lesions import LesionSpec, draw_lesions, sample_lesions
@@ -508,25 +512,6 @@ def _make_case(task: tuple[str, str, str, Any]) -> tuple[dict[str, object], dict
     return row, truth
 
 
-def _run(tasks: list, workers: int, job: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
-    if workers <= 1:
-        _init_worker(job)
-        yield from map(_make_case, tasks)
-        return
-    method = (
-        "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
-    )
-    load_anatomy(job["resolution"])
-    chunk = max(1, min(8, len(tasks) // (4 * workers)))
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=mp.get_context(method),
-        initializer=_init_worker,
-        initargs=(job,),
-    ) as pool:
-        yield from pool.map(_make_case, tasks, chunksize=chunk)
-
-
 def plan(n_cases: int, seed: int, cfg: MSCourseConfig) -> list[tuple[str, str, str, Any]]:
     """(case id, course, split, seed) of every case: the same assignment rule as the CNS cohort."""
     root = np.random.SeedSequence(seed)
@@ -554,21 +539,11 @@ def generate_cohort(
     ``truth.csv``, ``cohort.json``, with head scans ``scans.json``) and return the manifest's
     path. ``anatomy``: ``head`` whole-head clinical scans (``scan.render_scan``), ``brain``
     skull-stripped images on one grid (``voxel_size``, ``oblique_deg``, ``anisotropic``)."""
-    from tqdm.auto import tqdm
-
-    if anatomy not in ("brain", "head"):
-        raise InputError(f"--anatomy must be 'brain' or 'head', not {anatomy!r}")
-    if not isinstance(n_cases, int) or n_cases < 1:
-        raise InputError(f"--cases must be a positive whole number, not {n_cases!r}")
-    if not (0.5 <= float(voxel_size) <= 6.0):
-        raise InputError(f"--voxel-size must be between 0.5 and 6 mm, not {voxel_size!r}")
+    _check_options(n_cases, seed, voxel_size, oblique_deg, anatomy)
     cfg = config or MSCourseConfig()
     base = cfg.base_config()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("output path exists and is not a folder", file=out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    _prepare_folder(out)
     resolution = template_resolution(voxel_size)
     anat = load_anatomy(resolution)
     grid = output_grid(anat, voxel_size, oblique_deg, anisotropic, base)
@@ -576,19 +551,12 @@ def generate_cohort(
     tasks = plan(n_cases, seed, cfg)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     job = dict(config=cfg, base=base, grid=job_grid, out_dir=out, resolution=resolution)
-    rows, truths, scans = [], [], {}
-    bar = tqdm(total=n_cases, desc=f"synth {PANEL}", unit="case", disable=not progress)
-    for row, truth in _run(tasks, max(1, min(workers, n_cases)), job):
-        scan_truth = truth.pop("_scan", None)
-        if scan_truth:
-            scans[str(row["case_id"])] = scan_truth
-        rows.append(row)
-        truths.append(truth)
-        bar.update(1)
-    bar.close()
-    if scans:
-        write_text(out / "scans.json", json.dumps(scans, indent=1) + "\n")
-        os.chmod(out / "scans.json", 0o644)
+    results = _run(tasks, max(1, min(workers, n_cases)), job, _init_worker, _make_case)
+    if progress:
+        from tqdm.auto import tqdm
+
+        results = tqdm(results, total=n_cases, desc=f"synth {PANEL}", unit="case")
+    rows, truths, scans = _collect(results)
     meta = {
         "generator": "autoimmuneai synth",
         "panel": PANEL,
@@ -604,10 +572,4 @@ def generate_cohort(
         "classes": {c: sum(r["diagnosis"] == c for r in rows) for c in cfg.classes},
         "config": cfg.to_dict(),
     }  # fmt: skip
-    write_text(out / "truth.csv", csv_text(truths, TRUTH_COLUMNS))
-    write_text(out / "cohort.json", json.dumps(meta, indent=1) + "\n")
-    manifest = out / "manifest.csv"
-    write_text(manifest, csv_text(rows, MANIFEST_COLUMNS))
-    for path in (out / "truth.csv", out / "cohort.json", manifest):
-        os.chmod(path, 0o644)
-    return manifest
+    return _write_tables(out, rows, truths, scans, meta, MANIFEST_COLUMNS, TRUTH_COLUMNS)
