@@ -328,6 +328,15 @@ def test_bad_case_is_recorded_and_batch_goes_on(hostile_batch: dict, problem: Ro
     assert "\n" not in entry["reason"]
 
 
+def _two_good_rows_and(hostile_batch: dict, problem: RowProblem) -> tuple[Path, dict]:
+    """A manifest of two good rows then ``problem``'s bad one (spreadsheet row 4), and that row."""
+    rows = hostile_batch["rows"]
+    bad = rows[hostile_batch["row_of"][problem.name] - 2]
+    manifest = hostile_batch["folder"] / f"single-{problem.name}.csv"
+    write_rows(manifest, [*rows[:2], bad], list(rows[0]))
+    return manifest, bad
+
+
 @pytest.mark.parametrize(
     "problem", [p for p in ROW_PROBLEMS if not p.image_content], ids=lambda p: p.name
 )
@@ -335,10 +344,7 @@ def test_bad_row_stops_evaluate(
     hostile_batch: dict, tiny_bundle: Path, tmp_path: Path, problem: RowProblem
 ) -> None:
     """A bad manifest row stops ``evaluate``: one line naming the file, row and column; exit 2."""
-    rows = hostile_batch["rows"]
-    bad = rows[hostile_batch["row_of"][problem.name] - 2]
-    manifest = hostile_batch["folder"] / f"single-{problem.name}.csv"
-    write_rows(manifest, [*rows[:2], bad], list(rows[0]))
+    manifest, _ = _two_good_rows_and(hostile_batch, problem)
     rc, _, stderr = run_cli(
         ["evaluate", "--bundle", tiny_bundle, "--cohort", manifest, "--out", tmp_path / "eval"]
     )
@@ -356,10 +362,7 @@ def test_unusable_image_is_left_out_of_evaluate_and_recorded(
 ) -> None:
     """An image found unusable only when read: ``evaluate`` goes on with the other cases,
     names the image and the reason in errors.csv, and exits 3."""
-    rows = hostile_batch["rows"]
-    bad = rows[hostile_batch["row_of"][problem.name] - 2]
-    manifest = hostile_batch["folder"] / f"single-{problem.name}.csv"
-    write_rows(manifest, [*rows[:2], bad], list(rows[0]))
+    manifest, bad = _two_good_rows_and(hostile_batch, problem)
     rc, stdout, stderr = run_cli(
         ["evaluate", "--bundle", tiny_bundle, "--cohort", manifest, "--out", tmp_path / "eval"]
     )
