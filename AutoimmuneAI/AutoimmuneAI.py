@@ -74,8 +74,9 @@ class AutoimmuneAI(ScriptedLoadableModule):
         self.parent.helpText = (
             _(
                 "Differential diagnosis (calibrated probabilities and a conformal prediction set) "
-                "and progression risk of CNS autoimmune and inflammatory disease from a FLAIR MRI "
-                "and serology, with the evidence shown as segments on the patient's own image and "
+                "and progression risk from brain MRI (one selector per image channel of the "
+                "model's panel, e.g. FLAIR, T1, T1-Gd) and lab values (a form generated from the "
+                "same panel), with the evidence shown as segments on the patient's own image and "
                 "a chart of how each lab value pushed the decision.<br><br><b>"
             )
             + _(DISCLAIMER)
@@ -226,6 +227,13 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.form = lib.widgethelpers.SerologyForm(
             self.ui.serologyFormLayout, onChanged=self._onSerologyChanged
         )
+        # The image selectors follow the panel as the form does (the .ui's selector: channel 1).
+        self.channels = lib.widgethelpers.ChannelSelectors(
+            self.ui.inputsFormLayout,
+            self.ui.inputVolumeLabel,
+            self.ui.inputVolumeSelector,
+            onChanged=self._updateButtons,
+        )
         self.results = lib.widgethelpers.ResultsView(self.ui)
         # One completer for the "explain class" field; its list changes with the panel.
         self.classNames = qt.QStringListModel()
@@ -294,6 +302,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified
             )
         self._parameterNode = inputParameterNode
+        self.channels.loadFrom(inputParameterNode.parameterNode if inputParameterNode else None)
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(
@@ -319,6 +328,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             edit.currentPath = ""
         panel = self._panel()
         if panel is not None:
+            self.channels.build(panel)
             self.form.build(panel)
             self.form.loadFrom(self._parameterNode.serologyTable)
             self._fillWhatIfFeatures(panel)
@@ -333,19 +343,28 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.serologyStatusLabel.text = "; ".join(errors.values())
         self._updateButtons()
 
+    def _volumes(self):
+        """Channel -> volume node of the selectors (what Run and What-if hand to the logic)."""
+        return self.channels.volumes(self._parameterNode.inputVolume)
+
     def _updateButtons(self):
         p = self._parameterNode
         running = self.job is not None and not self.job.done
-        ready = bool(p and p.inputVolume and self._panel() is not None and not self.form.errors())
+        panel = self._panel() if p else None
+        problem = _lib().labform.channelProblem(self._volumes(), panel) if panel else ""
+        ready = bool(p and panel is not None and not problem and not self.form.errors())
         self.ui.runButton.enabled = ready and not running
         self.ui.whatIfButton.enabled = ready and not running and self.results.result is not None
         self.ui.demoButton.enabled = not running
         self.ui.cancelButton.enabled = running
-        self.ui.runButton.toolTip = (
-            _("Predict and explain in a background process.")
-            if ready
-            else _("Select a volume and a model bundle, and correct the lab values marked in red.")
-        )
+        if ready:
+            self.ui.runButton.toolTip = _("Predict and explain in a background process.")
+        elif problem:
+            self.ui.runButton.toolTip = problem
+        else:
+            self.ui.runButton.toolTip = _(
+                "Select the volumes and a model bundle, and correct the lab values marked in red."
+            )
 
     def _fillWhatIfFeatures(self, panel):
         box = self.ui.whatIfFeatureComboBox
@@ -364,7 +383,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.results.clear()
             self._startJob(
                 self.logic.process(
-                    p.inputVolume,
+                    self._volumes(),
                     self.form.values(),
                     p.bundlePath,
                     explain=True,
@@ -438,7 +457,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             self._startJob(
                 self.logic.whatIf(
-                    p.inputVolume, self.form.values(), p.bundlePath, feature, value,
+                    self._volumes(), self.form.values(), p.bundlePath, feature, value,
                     waitForCompletion=False, onFinished=finished,
                 )
             )  # fmt: skip

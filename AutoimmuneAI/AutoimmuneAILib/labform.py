@@ -8,6 +8,7 @@ reopened scene shows the same patient. Values stay the strings the user typed ("
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +66,93 @@ def channelRows(panel: Panel) -> list[ChannelRow]:
         optional = name in panel.optional_channels
         label = f"{name.upper().replace('_', ' ')} volume{' (optional)' if optional else ''}:"
         tooltip = panel.channel_descriptions.get(name, "") or f"the {name} image"
+        if optional:
+            tooltip += "\nMay stay empty: the model then reads the channel as not acquired."
         rows.append(ChannelRow(name, label, tooltip, optional))
     return rows
+
+
+def channelVolumes(volumes, panel: Panel) -> dict[str, object]:
+    """The volume node of each channel that has one, in panel order; refused in one line.
+
+    ``volumes`` is one volume node (the panel's first channel: the call a single-channel panel
+    always had) or a mapping channel name -> volume node or None (None: an optional channel not
+    acquired). Refused: a name that is not a channel of the panel, something that is not a
+    volume node or one without image data, a node under a parent transform (its voxels would
+    be written without it, out of register with the other channels and the results), and a
+    required channel without a node.
+    """
+    if volumes is None or hasattr(volumes, "GetImageData"):
+        given = {panel.channels[0]: volumes}
+    elif isinstance(volumes, Mapping):
+        given = {str(k).strip().lower(): v for k, v in volumes.items()}
+    else:
+        raise InputError(
+            f"expected a volume node or a mapping channel -> volume node, got "
+            f"{type(volumes).__name__}"
+        )
+    unknown = [c for c in given if c not in panel.channels]
+    if unknown:
+        raise InputError(
+            f"{unknown[0]!r} is not an image channel of panel {panel.name!r} "
+            f"({', '.join(panel.channels)})"
+        )
+    out = {}
+    for row in channelRows(panel):
+        node = given.get(row.name)
+        if node is None:
+            if not row.optional:
+                raise InputError(missingChannelMessage(row, panel))
+            continue
+        if not hasattr(node, "GetImageData"):
+            raise InputError(
+                f"channel {row.name!r}: expected a volume node, got {type(node).__name__}"
+            )
+        if node.GetImageData() is None:
+            raise InputError(f"channel {row.name!r}: volume {node.GetName()!r} has no image data")
+        if node.GetParentTransformNode() is not None:
+            raise InputError(
+                f"channel {row.name!r}: volume {node.GetName()!r} is under a transform; "
+                "harden it first (Data module: right-click the volume, Harden transform)"
+            )
+        out[row.name] = node
+    return out
+
+
+def missingChannelMessage(row: ChannelRow, panel: Panel) -> str:
+    """The one line said when a required channel has no volume (widget and scripts alike)."""
+    return (
+        f"no volume for channel {row.name!r}: panel {panel.name!r} requires it "
+        f"(select the {row.label.rstrip(':')})"
+    )
+
+
+def channelProblem(volumes, panel: Panel) -> str:
+    """Why these volumes cannot run ("" when they can): what the Run button's tooltip says."""
+    try:
+        channelVolumes(volumes, panel)
+    except InputError as exc:
+        return str(exc)
+    return ""
+
+
+CHANNEL_ROLE_PREFIX = "AutoimmuneAI.channel."  # node reference role of a channel's volume
+
+
+def storeChannelVolume(parameterNode, channel: str, volumeNode) -> None:
+    """Remember the volume chosen for ``channel`` on the module's parameter node (a
+    vtkMRMLScriptedModuleNode): a node reference, so it is saved with the scene."""
+    role = CHANNEL_ROLE_PREFIX + channel
+    nodeId = volumeNode.GetID() if volumeNode is not None else None
+    if parameterNode.GetNodeReferenceID(role) != nodeId:
+        parameterNode.SetNodeReferenceID(role, nodeId)
+
+
+def storedChannelVolume(parameterNode, channel: str):
+    """The volume stored for ``channel`` by :func:`storeChannelVolume` (None when none)."""
+    if parameterNode is None:
+        return None
+    return parameterNode.GetNodeReference(CHANNEL_ROLE_PREFIX + channel)
 
 
 def formRows(panel: Panel) -> list[FormRow]:

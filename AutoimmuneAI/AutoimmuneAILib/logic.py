@@ -13,6 +13,9 @@ Usage (Slicer Python console)::
     result = logic.process(getNode("FLAIR"), {"lab_a": "1:640", "lab_b": "neg"},
                            "/data/bundle", explain=True)
     result.predicted, result.predictionSet, result.nodes["segmentation"]
+    # a multi-channel panel: one volume per channel (optional ones may be None or left out)
+    result = logic.process({"flair": getNode("FLAIR"), "t1": getNode("T1"), "t1gd": None},
+                           {"lab_a": "12"}, "/data/bundle")
     summary = logic.processCohort("/data/cohort.csv", "/data/bundle", "/data/out")
     summary.nOk, summary.nFailed, summary.errorsPath
 """
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import registerPackage
-from .labform import requireValid
+from .labform import channelVolumes, requireValid
 from .process import CANCELLED, BackgroundProcess, Progress
 
 registerPackage()
@@ -222,11 +225,16 @@ class AutoimmuneAILogic(_LogicBase):
         onLine: Callable[[str], None] | None = None,
         onFinished: Callable[[Job], None] | None = None,
     ):
-        """Predict (and explain) one case: a volume node plus serology strings by feature name.
+        """Predict (and explain) one case: its volume(s) plus serology strings by feature name.
 
+        ``volumeNode`` is the image of the panel's first channel (enough for a single-channel
+        panel), or a mapping channel name -> volume node with one entry per panel channel
+        (an optional channel may be None or absent: the model reads it as not acquired).
+        Results (attribution, evidence segmentation) are in the first channel's geometry.
         Returns a PredictionResult when ``waitForCompletion`` (scripts), else a started Job
         whose ``result`` is the PredictionResult once ``poll()`` returns True (GUI). Inputs are
-        checked here first, so a typo in a lab value is reported before anything runs.
+        checked here first, so a typo in a lab value or a missing required channel is
+        reported before anything runs.
         """
         bundle = checkBundle(bundlePath)
         panel = panelForBundle(bundle)
@@ -236,11 +244,13 @@ class AutoimmuneAILogic(_LogicBase):
             raise InputError(
                 f"{targetClass!r} is not a class of the bundle ({', '.join(panel.classes)})"
             )
+        volumes = channelVolumes(volumeNode, panel)
+        reference = volumes[panel.channels[0]]
         safeId = _safeCaseId(caseId)
 
         work = Path(tempfile.mkdtemp(prefix="AutoimmuneAI-"))
         out = Path(outputDir) if outputDir else work / "out"
-        manifest = writeCaseInputs(work, safeId, volumeNode, serology, panel)
+        manifest = writeCaseInputs(work, safeId, volumes, serology, panel)
         command = self.predictCommand(
             bundle,
             manifest,
@@ -259,7 +269,7 @@ class AutoimmuneAILogic(_LogicBase):
             if returncode not in (0, EXIT_PARTIAL) or not predictionPath.is_file():
                 raise InputError(_failureReason(out, safeId, proc, returncode))
             prediction = json.loads(predictionPath.read_text(encoding="utf-8"))
-            nodes = self.importCase(caseDir, prediction, volumeNode) if importNodes else {}
+            nodes = self.importCase(caseDir, prediction, reference) if importNodes else {}
             return PredictionResult(safeId, caseDir, prediction, nodes)
 
         def cleanup() -> None:
@@ -283,7 +293,9 @@ class AutoimmuneAILogic(_LogicBase):
         waitForCompletion: bool = True,
         onFinished: Callable[[Job], None] | None = None,
     ):
-        """Re-predict with one lab value changed (no explanation, no nodes): the new probabilities."""
+        """Re-predict with one lab value changed (no explanation, no nodes): the new probabilities.
+
+        ``volumeNode`` as for :meth:`process` (one node, or a mapping channel -> node)."""
         changed = dict(serology)
         changed[feature] = newValue
         return self.process(
@@ -483,27 +495,22 @@ def panelForBundle(bundlePath: str | Path) -> Panel:
 def writeCaseInputs(workDir: Path, caseId: str, volumeNode, serology: dict, panel: Panel) -> Path:
     """Write the volume(s) as NIfTI and a one-row manifest in the cohort contract; return it.
 
-    ``volumeNode`` is a volume node (the panel's first channel), or a dict channel -> node;
-    an optional channel without a node is left blank (the model sees it as missing).
+    ``volumeNode`` is a volume node (the panel's first channel), or a mapping channel -> node
+    (checked by ``labform.channelVolumes``); each channel with a node becomes the manifest's
+    ``image_<channel>``, an optional channel without one is left blank (the model sees it as
+    missing).
     """
     from autoimmuneai.atomic import write_csv
     from autoimmuneai.data.imaging import save_volume
     from autoimmuneai.output.mrml import node_to_volume
 
-    nodes = volumeNode if isinstance(volumeNode, dict) else {panel.channels[0]: volumeNode}
-    missing = [c for c in panel.required_channels if nodes.get(c) is None]
-    if missing:
-        raise InputError(f"no input volume for channel(s) {', '.join(missing)}")
+    nodes = channelVolumes(volumeNode, panel)
     row = {"case_id": caseId}
     for channel in panel.channels:
         node = nodes.get(channel)
         if node is None:  # an optional channel not acquired
             row[f"image_{channel}"] = ""
             continue
-        if node.GetImageData() is None:
-            raise InputError(
-                f"volume {node.GetName()!r} has no image data", field=f"image_{channel}"
-            )
         path = workDir / "images" / f"{caseId}_{channel}.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_volume(node_to_volume(node), path)

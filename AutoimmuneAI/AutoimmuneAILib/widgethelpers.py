@@ -1,4 +1,4 @@
-"""Qt pieces of the module panel: the serology form and the results view.
+"""Qt pieces of the module panel: the image selectors, the serology form and the results view.
 
 Thin by design: what to show comes from ``labform`` and ``PredictionResult`` (tested outside
 Slicer); this file only puts it into widgets and Slicer's views.
@@ -11,11 +11,96 @@ import slicer
 
 from autoimmuneai.data.panel import Panel
 
-from .labform import checkEntry, formRows, readTable, writeTable
+from .labform import (
+    channelRows,
+    checkEntry,
+    formRows,
+    readTable,
+    storeChannelVolume,
+    storedChannelVolume,
+    writeTable,
+)
 from .logic import PredictionResult, probabilityChanges
 
 BAD_STYLE = "background-color: #ffd6d6;"
 SET_COLOR = "#d8ecff"
+
+
+class ChannelSelectors:
+    """One volume selector per panel channel (``labform.channelRows``), rebuilt with the panel.
+
+    The reference (first) channel is the .ui's selector, the first row of the inputs form,
+    bound to the parameter node's ``inputVolume``: only its label and tooltip follow the panel.
+    The other channels' selectors are made here, in rows right below it, and remember their
+    volume on the parameter node (``labform.storeChannelVolume``: saved with the scene). They
+    all offer "none": whether a channel may stay empty is ``labform.channelProblem``'s call.
+    """
+
+    def __init__(self, layout: qt.QFormLayout, referenceLabel, referenceSelector, onChanged=None):
+        self.layout = layout
+        self.referenceLabel = referenceLabel
+        self.referenceSelector = referenceSelector
+        self.onChanged = onChanged
+        self.panel: Panel | None = None
+        self.selectors: dict = {}  # channel -> qMRMLNodeComboBox (all but the reference)
+        self.parameterNode = None  # the vtkMRMLScriptedModuleNode under the wrapper
+        self._loading = False
+
+    def build(self, panel: Panel) -> None:
+        """Replace the selectors with those of ``panel`` (nothing to do for the same channels)."""
+        if self.panel is not None and channelRows(self.panel) == channelRows(panel):
+            self.panel = panel
+            return
+        for selector in self.selectors.values():
+            self.layout.removeRow(selector)  # deletes the selector and its label
+        self.panel, self.selectors = panel, {}
+        reference, *others = channelRows(panel)
+        self.referenceLabel.text = reference.label
+        self.referenceSelector.toolTip = reference.tooltip
+        for index, row in enumerate(others):
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.showChildNodeTypes = False
+            selector.addEnabled = False
+            selector.removeEnabled = False
+            selector.noneEnabled = True  # never pick some volume of the scene on its own
+            selector.noneDisplay = "(not acquired)" if row.optional else "(select a volume)"
+            selector.toolTip = row.tooltip
+            selector.setMRMLScene(slicer.mrmlScene)
+            self.layout.insertRow(1 + index, row.label, selector)
+            selector.connect(
+                "currentNodeChanged(vtkMRMLNode*)",
+                lambda node, name=row.name: self._changed(name, node),
+            )
+            self.selectors[row.name] = selector
+        self.loadFrom(self.parameterNode)
+
+    def loadFrom(self, parameterNode) -> None:
+        """Show the volumes stored on ``parameterNode`` (a reopened scene, a new panel)."""
+        self.parameterNode = parameterNode
+        self._loading = True
+        try:
+            for name, selector in self.selectors.items():
+                selector.setCurrentNode(storedChannelVolume(parameterNode, name))
+        finally:
+            self._loading = False
+
+    def _changed(self, name: str, node) -> None:
+        if self._loading:
+            return
+        if self.parameterNode is not None:
+            storeChannelVolume(self.parameterNode, name, node)
+        if self.onChanged:
+            self.onChanged()
+
+    def volumes(self, referenceVolume):
+        """Channel -> selected volume node (None when empty), the reference channel first; the
+        reference volume alone while no panel is known (the logic reads it as channel 1)."""
+        if self.panel is None:
+            return referenceVolume
+        out = {self.panel.channels[0]: referenceVolume}
+        out.update({name: s.currentNode() for name, s in self.selectors.items()})
+        return out
 
 
 class SerologyForm:

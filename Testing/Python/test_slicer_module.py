@@ -496,6 +496,7 @@ SLICER_API: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "qt.QProgressDialog (createProgressDialog, canceled())": (UTIL, "qt.QProgressDialog", BOTH),
     "ui qMRMLWidget": ("Libs/MRML/Widgets/qMRMLWidget.h", "class QMRML_WIDGETS_EXPORT qMRMLWidget", BOTH),
     "ui qMRMLNodeComboBox": ("Libs/MRML/Widgets/qMRMLNodeComboBox.h", "class QMRML_WIDGETS_EXPORT qMRMLNodeComboBox", BOTH),
+    "slicer.qMRMLNodeComboBox": ("Libs/MRML/Widgets/qMRMLNodeComboBox.h", "Q_PROPERTY(QString noneDisplay READ noneDisplay WRITE setNoneDisplay)", BOTH),  # widgethelpers.ChannelSelectors
     "ui ctkCollapsibleButton": ("Base/QTApp/Resources/UI/qSlicerMainWindow.ui", "ctkCollapsibleButton", BOTH),
     "ui ctkPathLineEdit": ("Applications/SlicerApp/Testing/Python/Resources/UI/ScenePerformance.ui", 'class="ctkPathLineEdit"', BOTH),
     "ui QDoubleSpinBox, QTableWidget, QProgressBar, QComboBox, QPushButton, QLineEdit, QLabel, QFrame": ("", "QtWidgets classes, created by Slicer's .ui loader (ctk/Qt designer plugins)", ()),
