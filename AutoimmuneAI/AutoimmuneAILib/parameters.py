@@ -23,7 +23,8 @@ BANDS = ("1", "5", "1,5", "1,5,10")
 @parameterNodeWrapper
 class AutoimmuneAIParameterNode:
     """
-    inputVolume - the patient's FLAIR volume.
+    inputVolume - the volume of the panel's first (reference) channel, e.g. FLAIR; the other
+        channels' volumes are node references of the same node (labform.storeChannelVolume).
     bundlePath - the model bundle folder (MONAI bundle layout).
     serologyTable - the patient's lab values (one row per panel feature), saved with the scene.
     caseId - the identifier written to outputs (never a patient name).
