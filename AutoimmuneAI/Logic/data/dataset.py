@@ -5,6 +5,9 @@ case's model-grid image is cached (float16 ``.npy``, keyed by the image files' c
 the preprocessing's settings) and reused by later epochs, ``--resume``, cross-validation folds
 and, inside ``shared_image_cache`` (the demo), by evaluation. Images are kept in float16 in
 memory (half the RAM; batches are cast to float32 on the way into the network).
+
+Cases are preprocessed in worker processes, not threads: SimpleITK keeps the GIL while it
+registers or corrects an image, so threads ran one case at a time however many there were.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing as mp
+import os
+import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,26 +229,18 @@ def build_arrays(
     descriptions: list[dict] = [{} for _ in range(n)]
 
     failed: dict[int, str] = {}
-
-    def one(i: int) -> None:
-        try:
-            images[i], descriptions[i] = case_image(
-                cases[i], channels, grid, cdir, cohort.panel.optional_channels
-            )
-        except InputError as exc:
-            if failures is None:
-                raise
-            failed[i] = str(exc)
-
     bar = tqdm(total=n, desc="images -> model grid", unit="case", disable=not progress)
-    if workers > 1 and n > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(one, range(n)):
-                bar.update(1)
-    else:
-        for i in range(n):
-            one(i)
-            bar.update(1)
+    optional = cohort.panel.optional_channels
+    tasks = [(case, channels, grid, cdir, optional) for case in cases]
+    for i, (result, error) in enumerate(_preprocess_all(tasks, workers)):
+        if error is not None:
+            if failures is None:
+                raise error
+            failed[i] = str(error)
+        else:
+            assert result is not None
+            images[i], descriptions[i] = result
+        bar.update(1)
     bar.close()
     if failed and failures is not None:
         kept = [i for i in range(n) if i not in failed]
@@ -262,3 +260,46 @@ def build_arrays(
     )
     arrays.descriptions = descriptions
     return arrays
+
+
+_Task = tuple  # (case, channels, grid, cache folder, optional channels): case_image's arguments
+_Result = tuple[tuple[np.ndarray, dict] | None, InputError | None]
+
+
+def _preprocess_one(task: _Task) -> _Result:
+    """``case_image`` of one task; a bad image is returned as its error, not raised, so the
+    caller decides whether it stops the run."""
+    try:
+        return case_image(*task), None
+    except InputError as exc:
+        return None, exc
+
+
+def _init_preprocess_worker() -> None:
+    """One thread per worker process: the processes are the parallelism."""
+    import SimpleITK as sitk
+
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _preprocess_all(tasks: list[_Task], workers: int) -> Iterator[_Result]:
+    """``_preprocess_one`` of every task, in order, in ``workers`` processes (in this process
+    for one worker or a single case). Forked workers inherit the loaded template; where fork
+    is not available they start fresh."""
+    workers = max(1, min(int(workers), len(tasks), os.cpu_count() or 1))
+    if workers <= 1:
+        yield from map(_preprocess_one, tasks)
+        return
+    warm = getattr(tasks[0][2], "warm", None)
+    if callable(warm):
+        warm()  # template caches, before the workers fork
+    method = (
+        "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
+    )
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context(method),
+        initializer=_init_preprocess_worker,
+    ) as pool:
+        yield from pool.map(_preprocess_one, tasks)

@@ -76,6 +76,15 @@ class Preprocessor:
         """Model-grid voxel -> MNI RAS mm: the box centred on the template brain."""
         return _grid_affine(self.shape, self.spacing).copy()
 
+    def warm(self) -> None:
+        """Load the template images and masks every case needs (cached per process), so that
+        worker processes forked afterwards start with them."""
+        from .registration import GROW_MM, template_centre_lps
+
+        load_template(8.0, GROW_MM[0]), load_template(4.0, GROW_MM[1])
+        template_centre_lps()
+        _template_mask(self.shape, self.spacing), self._template_on_grid()
+
     # -- forward --------------------------------------------------------------------------
 
     def to_model(self, volume: Volume) -> PreprocessedSample:
