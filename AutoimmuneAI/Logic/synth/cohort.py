@@ -24,6 +24,7 @@ from ..atomic import csv_text, write_text, write_with
 from ..errors import InputError
 from .anatomy import LABELS, load_anatomy
 from .config import SynthConfig
+from .head import load_head
 from .latent import CaseLatent, sample_case
 from .render import OutputGrid, output_grid, render_case
 from .scan import render_scan
@@ -355,6 +356,7 @@ def generate_cohort(
     if anatomy == "head":
         resolution = 2  # one anatomy for every acquisition: the same brains at any voxel size
         load_anatomy(resolution)
+        load_head(resolution)  # before the workers fork: they inherit it
     job = {
         "config": cfg,
         "grid": grid,

@@ -188,22 +188,53 @@ def _candidates(
     return cand, at
 
 
-def _lesion_labels(subject: _Subject, vox: np.ndarray) -> np.ndarray:
-    """Lesion label at template voxel coordinates ``vox`` (3, M): the interpolated occupancy
-    >= 0.5 (a sub-voxel boundary that does not depend on the grid), labelled by the nearest
-    lesion label (grown by one voxel for the rim)."""
-    grown = ndi.grey_dilation(subject.labels, size=3)
-    near = ndi.map_coordinates(grown, vox, order=0, cval=0)
+# Bits of the packed nearest-neighbour lookup (``_label_codes``): the lesion label grown by
+# one voxel, the lesion label itself (labels are 1-5: three bits each) and the true brain.
+_GROWN, _OWN_SHIFT, _BRAIN_BIT = 0b111, 3, 6
+
+
+def _label_codes(subject: _Subject, head=None) -> np.ndarray:
+    """One uint8 per template voxel packing what ``_truth`` looks up by nearest neighbour: the
+    lesion label grown by one voxel (for the rim), the label itself and, on the padded head
+    grid when ``head`` is given, the true brain (one lookup instead of three)."""
+    labels = subject.labels.astype(np.uint8)
+    codes = ndi.grey_dilation(labels, size=3) | (labels << _OWN_SHIFT)
+    if head is None:
+        return codes
+    out = head.brain.astype(np.uint8) << _BRAIN_BIT
+    inner = tuple(slice(int(a), int(a) + n) for a, n in zip(head.pad, codes.shape))
+    out[inner] |= codes
+    return out
+
+
+def _head_source(subject: _Subject, head) -> np.ndarray:
+    """The subject's template image inside the head's tissues on the padded head grid: linear
+    interpolation of this sum equals the sum of the two interpolations (one lookup, not two)."""
+    out = head.image.copy()
+    inner = tuple(slice(int(a), int(a) + n) for a, n in zip(head.pad, subject.src.shape))
+    out[inner] += subject.src
+    return out
+
+
+def _truth(
+    subject: _Subject, codes: np.ndarray, at: np.ndarray, vox: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion labels and the true brain at the candidates: ``codes`` (``_label_codes``) looked
+    up at ``at`` (its grid's voxel coordinates), the lesion where the interpolated occupancy at
+    template voxel coordinates ``vox`` is >= 0.5 (a sub-voxel boundary that does not depend on
+    the grid), labelled by its own label or else the nearest one."""
+    code = ndi.map_coordinates(codes, at, order=0, cval=0, prefilter=False)
+    near = code & _GROWN
     out = np.zeros(near.shape, np.uint8)
     sub = np.flatnonzero(near)
     if sub.size:
         occ_at = ndi.map_coordinates(
             subject.occupancy, vox[:, sub], order=1, cval=0.0, prefilter=False
         )
-        own = ndi.map_coordinates(subject.labels, vox[:, sub], order=0, cval=0)
+        own = (code[sub] >> _OWN_SHIFT) & _GROWN
         label = np.where(own > 0, own, near[sub])
         out[sub] = np.where(occ_at >= 0.5, label, 0)
-    return out
+    return out, (code >> _BRAIN_BIT) & 1
 
 
 def _sample(
@@ -216,12 +247,16 @@ def _sample(
     shift: np.ndarray,
     bias_gain: float,
     head=None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    sources: tuple[np.ndarray, np.ndarray] | None = None,
+    truth: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Noise-free signal (float32, before scanner scale), lesion labels and, with ``head``, the
-    true brain mask (uint8) of one subject on ``grid``.
+    true brain mask (uint8) of one subject on ``grid``; without ``truth`` only the signal.
 
-    Where each output voxel looks in the template is smooth, so it is computed on a coarse
-    version of the output grid and interpolated (much faster)."""
+    ``sources`` are the image and label codes to look up (``_head_source`` and
+    ``_label_codes``; computed here when not given: a caller sampling one subject several
+    times passes them). Where each output voxel looks in the template is smooth, so it is
+    computed on a coarse version of the output grid and interpolated (much faster)."""
     coarse_shape, world = _coarse_grid(grid)
     pts = _template_points(subject, anat, cfg, world, pose, shift)
     inv = np.linalg.inv(anat.affine)
@@ -231,6 +266,9 @@ def _sample(
     else:
         at_head = vox_c.reshape(3, -1) + head.pad[:, None].astype(np.float32)
         inside_c = ndi.map_coordinates(head.near, at_head, order=0, cval=0)
+    if sources is None:
+        image_src = subject.src if head is None else _head_source(subject, head)
+        sources = (image_src, _label_codes(subject, head))
     center = anat.center_mm()
     bias_c = np.exp(bias_gain * (_poly2((world - center) / 80.0) @ subject.bias_coef))
     cand, at = _candidates(grid, coarse_shape, inside_c)
@@ -241,20 +279,19 @@ def _sample(
     )
     n_out = int(np.prod(grid.shape))
     img = np.zeros(n_out, np.float32)
+    at_src = vox if head is None else vox + head.pad[:, None].astype(np.float32)
+    value = ndi.map_coordinates(sources[0], at_src, order=1, cval=0.0, prefilter=False)
+    img[cand] = value * bias
+    if not truth:
+        return img.reshape(grid.shape), None, None
+    labels, in_brain = _truth(subject, sources[1], at_src, vox)
     mask = np.zeros(n_out, np.uint8)
-    value = ndi.map_coordinates(subject.src, vox, order=1, cval=0.0, prefilter=False)
+    mask[cand] = labels
     brain: np.ndarray | None = None
     if head is not None:
-        at_head = vox + head.pad[:, None].astype(np.float32)
-        value += ndi.map_coordinates(head.image, at_head, order=1, cval=0.0, prefilter=False)
-        inside_brain = ndi.map_coordinates(
-            head.brain.view(np.uint8), at_head, order=0, cval=0, prefilter=False
-        )
         flat_brain = np.zeros(n_out, np.uint8)
-        flat_brain[cand] = inside_brain
+        flat_brain[cand] = in_brain
         brain = flat_brain.reshape(grid.shape)
-    img[cand] = value * bias
-    mask[cand] = _lesion_labels(subject, vox)
     return img.reshape(grid.shape), mask.reshape(grid.shape), brain
 
 
@@ -280,4 +317,5 @@ def render_case(
         subject, anat, grid, cfg, pose=subject.pose, shift=np.zeros(3),
         bias_gain=cfg.imaging["bias"],
     )  # fmt: skip
+    assert mask is not None
     return _acquire(img, subject, rng, subject.scale, 0.0), mask

@@ -20,7 +20,7 @@ from .anatomy import Anatomy
 from .config import SynthConfig
 from .head import load_head
 from .latent import CaseLatent
-from .render import OutputGrid, _acquire, _sample, _subject, rotation
+from .render import OutputGrid, _acquire, _head_source, _label_codes, _sample, _subject, rotation
 
 
 @dataclass
@@ -78,7 +78,8 @@ def render_scan(latent: CaseLatent, anat: Anatomy, cfg: SynthConfig) -> Scan:
     head = load_head(anat.resolution)
     fov = np.asarray(sc["fov_mm"], float)
     centre = np.asarray(sc["fov_centre"], float)
-    kwargs = dict(pose=pose3, shift=shift, bias_gain=float(sc["bias"]), head=head)
+    sources = (_head_source(subject, head), _label_codes(subject, head))
+    kwargs = dict(pose=pose3, shift=shift, bias_gain=float(sc["bias"]), head=head, sources=sources)
     if acquisition == "2d_axial":
         grid = scanner_grid(np.array([inplane, inplane, thickness]), fov, centre)
         n_sub = int(sc["slice_samples"])
@@ -88,9 +89,12 @@ def render_scan(latent: CaseLatent, anat: Anatomy, cfg: SynthConfig) -> Scan:
             dz = thickness * ((m + 0.5) / n_sub - 0.5)
             affine = grid.affine.copy()
             affine[2, 3] += dz
-            img, les, br = _sample(subject, anat, OutputGrid(grid.shape, affine), cfg, **kwargs)
+            middle = m == n_sub // 2  # the truth of the slice's centre
+            img, les, br = _sample(
+                subject, anat, OutputGrid(grid.shape, affine), cfg, truth=middle, **kwargs
+            )
             total += img
-            if m == n_sub // 2:
+            if middle:
                 lesions, brain = les, br
         signal = total / n_sub
     else:
