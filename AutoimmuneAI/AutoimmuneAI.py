@@ -393,6 +393,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     method=p.attributionMethod,
                     alpha=p.conformalAlpha,
                     bands=p.evidenceBands,
+                    qualityNodes=p.showQualityNodes,
                     onProgress=self._onProgress,
                     onLine=self._onLine,
                     onFinished=self._onFinished,

@@ -209,6 +209,12 @@ def checkResult(result: PredictionResult, scene, classes, volume) -> None:
     _check(chart.GetNumberOfPlotSeriesNodes() >= 1, "probability chart has no series")
     lab = nodes["lab_contributions"].GetTable()
     _check(lab.GetNumberOfRows() >= 1, "no lab contributions")
+    if result.quality.available:  # a bundle with the clinical-scan stage: its QC is shown
+        _check("registration correlation" in result.quality.text, "no registration quality")
+        for role in ("brain_mask", "image_mni"):
+            _check(nodes.get(role) is not None and nodes[role].GetScene() is scene, f"no {role}")
+        mask = nodes["brain_mask"].GetSegmentation()
+        _check(mask.GetNumberOfSegments() == 1, "the brain mask is not one segment")
 
 
 def checkReloaded(scene, reloaded) -> None:

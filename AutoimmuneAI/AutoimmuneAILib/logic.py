@@ -13,6 +13,8 @@ Usage (Slicer Python console)::
     result = logic.process(getNode("FLAIR"), {"lab_a": "1:640", "lab_b": "neg"},
                            "/data/bundle", explain=True)
     result.predicted, result.predictionSet, result.nodes["segmentation"]
+    print(result.quality.text)  # registration and brain-mask quality, in words
+    result.nodes["brain_mask"], result.nodes["image_mni"]  # clinical-scan bundles only
     # a multi-channel panel: one volume per channel (optional ones may be None or left out)
     result = logic.process({"flair": getNode("FLAIR"), "t1": getNode("T1"), "t1gd": None},
                            {"lab_a": "12"}, "/data/bundle")
@@ -36,6 +38,7 @@ from pathlib import Path
 from . import registerPackage
 from .labform import channelVolumes, requireValid
 from .process import CANCELLED, BackgroundProcess, Progress
+from .quality import QualityReport, importQualityNodes, otherWarnings, qualityReport
 
 registerPackage()
 
@@ -113,6 +116,17 @@ class PredictionResult:
     @property
     def warnings(self) -> list[str]:
         return [str(w) for w in self.prediction.get("warnings", [])]
+
+    @property
+    def quality(self) -> QualityReport:
+        """The registration and brain-mask quality (``prediction.json``'s ``quality``)."""
+        return qualityReport(self.prediction)
+
+    @property
+    def otherWarnings(self) -> list[str]:
+        """The warnings that ``quality`` does not already show (image or labs unlike the
+        training data, a missing channel, an attribution that did not converge)."""
+        return otherWarnings(self.prediction)
 
 
 @dataclass
@@ -221,6 +235,7 @@ class AutoimmuneAILogic(_LogicBase):
         bands: str | None = None,
         outputDir: str | Path | None = None,
         importNodes: bool = True,
+        qualityNodes: bool = True,
         onProgress: Callable[[Progress], None] | None = None,
         onLine: Callable[[str], None] | None = None,
         onFinished: Callable[[Job], None] | None = None,
@@ -231,6 +246,9 @@ class AutoimmuneAILogic(_LogicBase):
         panel), or a mapping channel name -> volume node with one entry per panel channel
         (an optional channel may be None or absent: the model reads it as not acquired).
         Results (attribution, evidence segmentation) are in the first channel's geometry.
+        With ``qualityNodes`` (and an explanation, from a bundle with the clinical-scan
+        stage) the brain mask comes in as a segment on that geometry and the image in
+        template space as a volume (``quality.importQualityNodes``).
         Returns a PredictionResult when ``waitForCompletion`` (scripts), else a started Job
         whose ``result`` is the PredictionResult once ``poll()`` returns True (GUI). Inputs are
         checked here first, so a typo in a lab value or a missing required channel is
@@ -269,7 +287,11 @@ class AutoimmuneAILogic(_LogicBase):
             if returncode not in (0, EXIT_PARTIAL) or not predictionPath.is_file():
                 raise InputError(_failureReason(out, safeId, proc, returncode))
             prediction = json.loads(predictionPath.read_text(encoding="utf-8"))
-            nodes = self.importCase(caseDir, prediction, reference) if importNodes else {}
+            nodes = (
+                self.importCase(caseDir, prediction, reference, qualityNodes=qualityNodes)
+                if importNodes
+                else {}
+            )
             return PredictionResult(safeId, caseDir, prediction, nodes)
 
         def cleanup() -> None:
@@ -309,7 +331,13 @@ class AutoimmuneAILogic(_LogicBase):
             onFinished=onFinished,
         )
 
-    def importCase(self, caseDir: Path, prediction: Prediction, inputVolumeNode=None) -> dict:
+    def importCase(
+        self,
+        caseDir: Path,
+        prediction: Prediction,
+        inputVolumeNode=None,
+        qualityNodes: bool = True,
+    ) -> dict:
         """Load a case's output files into the scene; return the nodes by role.
 
         With an explanation (``scene.mrml`` present) ``autoimmuneai.output.mrml.import_case_outputs``
@@ -317,6 +345,9 @@ class AutoimmuneAILogic(_LogicBase):
         ``add_result_nodes`` builds the same tables and charts from ``prediction.json``. When
         the input was already a node of this scene, the reloaded copy of it is dropped and the
         evidence segmentation refers to the user's own volume (same physical space).
+        With ``qualityNodes`` the brain mask and the template-space image written by the
+        clinical-scan stage are added too (roles ``brain_mask``, ``image_mni``), the mask on
+        the same image's geometry.
         """
         from autoimmuneai.output.mrml import add_result_nodes, import_case_outputs
 
@@ -341,6 +372,9 @@ class AutoimmuneAILogic(_LogicBase):
                 )
             self.scene.RemoveNode(copy)
             nodes["image"] = inputVolumeNode
+        if qualityNodes:
+            named = caseDir.resolve().name  # as import_case_outputs names the evidence nodes
+            nodes.update(importQualityNodes(self.scene, caseDir, named, nodes.get("image")))
         return nodes
 
     # -- a cohort ------------------------------------------------------------------------

@@ -32,6 +32,10 @@ class AutoimmuneAIParameterNode:
     attributionMethod - the image attribution method.
     evidenceBands - top-percentile bands of the evidence segmentation, e.g. "1,5".
     conformalAlpha - error rate of the conformal prediction set (0.1 = 90 % coverage).
+    showQualityNodes - bring in the brain mask (outlined on the image) and the image in
+        template space after a run (bundles with the clinical-scan stage). On by default:
+        the outline is how a user sees a registration that missed the brain, and QC that
+        must be asked for is rarely looked at.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -42,6 +46,7 @@ class AutoimmuneAIParameterNode:
     attributionMethod: Annotated[str, Choice(list(METHODS))] = METHODS[0]
     evidenceBands: Annotated[str, Choice(list(BANDS))] = "1,5"
     conformalAlpha: Annotated[float, WithinRange(0.01, 0.5)] = 0.1
+    showQualityNodes: bool = True
 
 
 class AutoimmuneAISlicerLogic(AutoimmuneAILogic):

@@ -21,6 +21,7 @@ from .labform import (
     writeTable,
 )
 from .logic import PredictionResult, probabilityChanges
+from .quality import QUALITY_STYLES
 
 BAD_STYLE = "background-color: #ffd6d6;"
 SET_COLOR = "#d8ecff"
@@ -206,10 +207,12 @@ class ResultsView:
         for label in (
             self.ui.riskLabel,
             self.ui.modalityShareLabel,
+            self.ui.qualityLabel,
             self.ui.warningsLabel,
             self.ui.whatIfLabel,
         ):
             label.text = ""
+        self.ui.qualityLabel.styleSheet = ""
 
     def show(self, result: PredictionResult) -> None:
         self.result = result
@@ -239,7 +242,10 @@ class ResultsView:
             if share
             else ""
         )
-        self.ui.warningsLabel.text = "\n".join(f"\u26a0 {w}" for w in result.warnings)
+        quality = result.quality  # words and state from quality.qualityReport
+        self.ui.qualityLabel.text = quality.text
+        self.ui.qualityLabel.styleSheet = QUALITY_STYLES[quality.state]
+        self.ui.warningsLabel.text = "\n".join(f"\u26a0 {w}" for w in result.otherWarnings)
         self.showEvidence()
         self.showChart("probability_chart")
 

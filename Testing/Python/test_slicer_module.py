@@ -114,6 +114,7 @@ SUFFIX_CLASSES = {
     "SpinBox": {"QDoubleSpinBox", "QSpinBox"},
     "GroupBox": {"QGroupBox"},
     "Frame": {"QFrame"},
+    "CheckBox": {"QCheckBox"},
     "Layout": {"QFormLayout", "QVBoxLayout", "QHBoxLayout", "QGridLayout"},
 }
 
@@ -192,6 +193,8 @@ def test_every_parameter_is_bound_to_a_widget_that_can_show_it():
             assert widget_class in ("QDoubleSpinBox", "ctkSliderWidget"), param
         elif text == "str":
             assert widget_class == "QLineEdit", param
+        elif text == "bool":
+            assert widget_class == "QCheckBox", param
         else:
             pytest.fail(f"{param}: no widget rule for {text}")
 
@@ -462,6 +465,7 @@ SLICER_API: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "parameter str -> QLineEdit": (PNW + "guiConnectors.py", "class QLineEditToStrConnector(", BOTH),
     "parameter Annotated[str, Choice] -> QComboBox": (PNW + "guiConnectors.py", "class QComboBoxToStringableConnector(", BOTH),
     "parameter Annotated[float, WithinRange] -> QDoubleSpinBox": (PNW + "guiConnectors.py", "class QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector(", BOTH),
+    "parameter bool -> QCheckBox": (PNW + "guiConnectors.py", "class QCheckBoxToBoolConnector(", BOTH),
     # the application object (only in the application; PythonSlicer has no slicer.app)
     "slicer.app": ("Base/Python/slicer/__init__.py", ".. py:attribute:: app", BOTH),
     "slicer.app.cachePath": (APP_H, "Q_PROPERTY(QString cachePath", BOTH),
@@ -499,7 +503,7 @@ SLICER_API: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "slicer.qMRMLNodeComboBox": ("Libs/MRML/Widgets/qMRMLNodeComboBox.h", "Q_PROPERTY(QString noneDisplay READ noneDisplay WRITE setNoneDisplay)", BOTH),  # widgethelpers.ChannelSelectors
     "ui ctkCollapsibleButton": ("Base/QTApp/Resources/UI/qSlicerMainWindow.ui", "ctkCollapsibleButton", BOTH),
     "ui ctkPathLineEdit": ("Applications/SlicerApp/Testing/Python/Resources/UI/ScenePerformance.ui", 'class="ctkPathLineEdit"', BOTH),
-    "ui QDoubleSpinBox, QTableWidget, QProgressBar, QComboBox, QPushButton, QLineEdit, QLabel, QFrame": ("", "QtWidgets classes, created by Slicer's .ui loader (ctk/Qt designer plugins)", ()),
+    "ui QDoubleSpinBox, QTableWidget, QProgressBar, QComboBox, QPushButton, QLineEdit, QLabel, QFrame, QCheckBox": ("", "QtWidgets classes, created by Slicer's .ui loader (ctk/Qt designer plugins)", ()),
 }  # fmt: skip
 
 QT_LAYER = (MODULE_FILE, *sorted(LIB.glob("*.py")))
@@ -545,7 +549,7 @@ def test_every_slicer_qt_and_ctk_name_the_module_uses_is_on_the_checked_list():
     assert annotations <= {
         "vtkMRMLScalarVolumeNode", "vtkMRMLTableNode", "Path", "str",
         "Annotated[str, Choice(list(METHODS))]", "Annotated[str, Choice(list(BANDS))]",
-        "Annotated[float, WithinRange(0.01, 0.5)]",
+        "Annotated[float, WithinRange(0.01, 0.5)]", "bool",
     }, annotations  # fmt: skip
     for entry, (source, text, branches) in SLICER_API.items():
         assert text and (source or not branches), f"{entry}: no citation"
@@ -1142,7 +1146,13 @@ def test_run_in_pythonslicer_namespace_brings_the_evidence_segmentation_into_the
     assert first.GetTag(first.GetTerminologyEntryTagName(), tag) and "Reference Region" in str(tag)
     assert (result.caseDir / "evidence.seg.nrrd").is_file()
     assert not (result.caseDir / "snapshot.png").exists()  # the module shows Slicer's own views
-    assert reloaded.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    count = reloaded.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    names = {
+        reloaded.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName() for i in range(count)
+    }
+    # the demo bundle has the clinical-scan stage: its brain mask comes in beside the evidence
+    assert result.quality.available and result.quality.figures
+    assert names == {f"{result.caseId} evidence", f"{result.caseId} brain mask"}
 
 
 @demo_processes
