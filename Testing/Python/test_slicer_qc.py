@@ -57,6 +57,15 @@ def _ras_of(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
     return ras[np.lexsort(ras.T[::-1])]
 
 
+def _samples(volume: Volume) -> np.ndarray:
+    """Every voxel as (R, A, S, value), sorted by position: a volume's content in physical
+    space, whatever order its voxel axes run in."""
+    ijk = np.argwhere(np.ones(volume.array.shape, dtype=bool)).astype(float)
+    ras = (volume.affine[:3, :3] @ ijk.T + volume.affine[:3, 3:4]).T
+    rows = np.column_stack([np.round(ras, 3), volume.array.reshape(-1)])
+    return rows[np.lexsort(rows[:, :3].T[::-1])]
+
+
 def _segment_labelmap(segmentation) -> tuple[np.ndarray, np.ndarray]:
     """The brain-mask segment's binary labelmap as (array [i, j, k], voxel -> RAS affine)."""
     from vtkmodules.util.numpy_support import vtk_to_numpy
@@ -179,6 +188,57 @@ def test_a_bundle_without_the_clinical_scan_stage_says_quality_was_not_measured(
     assert "not measured" in report.text and WARNING_SIGN not in report.text
     assert otherWarnings(prediction) == prediction["warnings"]  # shown once, in the warnings
     assert set(QUALITY_STYLES) == {"passed", "failed", "unavailable"}
+
+
+def test_a_case_folder_without_the_stage_s_files_gives_no_quality_node(tmp_path):
+    from AutoimmuneAILib.quality import importQualityNodes
+
+    scene = slicer.vtkMRMLScene()
+    before = scene.GetNumberOfNodes()
+    assert importQualityNodes(scene, tmp_path, "case") == {}
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_the_files_geometry_is_kept_on_an_oblique_grid(tmp_path):
+    """The quick check (no model): files written by the package's own writer, on a grid
+    tilted by 20 degrees about R with an origin away from 0, come in voxel for voxel."""
+    from AutoimmuneAILib.quality import importQualityNodes
+
+    from autoimmuneai.data.imaging import save_volume
+    from autoimmuneai.output.mrml import node_to_volume
+
+    angle = np.deg2rad(20.0)
+    affine = np.eye(4)
+    affine[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    affine[:3, :3] = affine[:3, :3] @ np.diag([1.5, 2.0, 5.0])
+    affine[:3, 3] = [-14.0, 22.5, -31.0]
+    ijk = np.indices((20, 24, 9)).transpose(1, 2, 3, 0)
+    mask = (np.linalg.norm((ijk - [9.0, 11.0, 4.0]) * [1.5, 2.0, 5.0], axis=-1) < 12).astype(
+        np.uint8
+    )
+    save_volume(Volume(mask, affine), tmp_path / QUALITY_FILES["brain_mask"])
+    mni = Volume(np.linspace(-5, 3, 8 * 10 * 6, dtype=np.float32).reshape(8, 10, 6),
+                 np.diag([-10.0, 10.0, 10.0, 1.0]) + np.array([[0, 0, 0, 40.0], [0, 0, 0, -60.0],
+                                                               [0, 0, 0, -30.0], [0, 0, 0, 0]]))  # fmt: skip
+    save_volume(mni, tmp_path / QUALITY_FILES["image_mni"])
+    scene = slicer.vtkMRMLScene()
+    reference = volume_to_node(scene, Volume(mask.astype(np.float32) * 100.0, affine), "FLAIR")
+    nodes = importQualityNodes(scene, tmp_path, "case", reference)
+    array, read = _segment_labelmap(nodes["brain_mask"])
+    np.testing.assert_allclose(read, affine, atol=1e-4)
+    np.testing.assert_allclose(
+        _ras_of(read, np.argwhere(array > 0).astype(float)),
+        _ras_of(affine, np.argwhere(mask > 0).astype(float)),
+        atol=1e-4,
+    )
+    role = nodes["brain_mask"].GetReferenceImageGeometryReferenceRole()
+    assert nodes["brain_mask"].GetNodeReference(role) is reference
+    # a left-handed grid (as LAS files are) may come back with an axis reversed: the same
+    # value at the same place is what counts
+    back = node_to_volume(nodes["image_mni"])
+    np.testing.assert_allclose(_samples(back), _samples(mni), atol=1e-4)
+    assert nodes["image_mni"].GetAttribute("AutoimmuneAI.Role") == "image_mni"
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # reader's node gone
 
 
 # -- end to end: predict --explain in PythonSlicer, imported into a real scene ----------------
