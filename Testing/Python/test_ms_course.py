@@ -83,6 +83,45 @@ def test_other_channels_follow_the_first_channels_transform_and_missing_is_a_zer
         channels_to_model(grid, [None, t1])
 
 
+def test_an_extra_channel_gets_its_own_bias_correction_on_a_clinical_scan():
+    """A T1 of the same session with a smooth bias field of its own (quadratic in RAS, up to
+    x0.5..x2 at the edges of the field of view) lands on the model grid as the same T1
+    without it: the clinical-scan stage fits an N4 field per channel, not only for the
+    reference."""
+    from dataclasses import replace
+
+    from autoimmuneai.preprocess.channels import follow_reference
+    from autoimmuneai.preprocess.pipeline import Preprocessor
+    from autoimmuneai.synth.anatomy import load_anatomy
+    from autoimmuneai.synth.cohort import _plan
+    from autoimmuneai.synth.config import SynthConfig
+    from autoimmuneai.synth.latent import sample_case
+    from autoimmuneai.synth.scan import render_scan
+
+    cfg = SynthConfig()
+    cfg.scan.update(acquisitions={"3d_2mm": 1.0}, bias=0.0, pitch_deg=5.0)
+    anat = load_anatomy(2)
+    case_id, diagnosis, _, seed = _plan(1, 4, cfg)[0]
+    scan = render_scan(sample_case(seed, case_id, diagnosis, anat, cfg), anat, cfg)
+    flair = Volume(scan.image.astype(np.float32), scan.grid.affine)
+    ijk = np.indices(flair.shape).reshape(3, -1)
+    ras = (flair.affine[:3, :3] @ ijk + flair.affine[:3, 3:4]).reshape(3, *flair.shape)
+    x, y, z = ras / 80.0
+    field = np.exp(0.3 * x + 0.15 * y - 0.2 * z * z + 0.2 * x * y)
+    t1 = Volume(flair.array * 0.6 + 40.0, flair.affine)  # another contrast scale and offset
+    t1_biased = Volume((t1.array * field).astype(np.float32), flair.affine)
+    pre = Preprocessor(shape=(48, 60, 48), spacing=3.3)
+    reference = pre.to_model(flair)
+    brain = reference.brain
+    clean = follow_reference(pre, reference, t1)[brain]
+    corrected = follow_reference(pre, reference, t1_biased)[brain]
+    uncorrected = follow_reference(replace(pre, bias=False), reference, t1_biased)[brain]
+    error_corrected = float(np.abs(corrected - clean).mean())
+    error_uncorrected = float(np.abs(uncorrected - clean).mean())
+    assert error_corrected < 0.4 * error_uncorrected, (error_corrected, error_uncorrected)
+    assert np.corrcoef(corrected, clean)[0, 1] > 0.95
+
+
 def test_model_takes_the_panels_channels_and_reads_a_missing_channel_flag():
     torch.manual_seed(0)
     cfg = ModelConfig(n_serology=6, n_classes=4, channels=(4, 8), strides=(2, 2), image_channels=3)

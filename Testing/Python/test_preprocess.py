@@ -117,6 +117,10 @@ def test_bundles_record_the_preprocessing_and_old_ones_keep_the_grid() -> None:
         ModelGrid.from_dict(new.to_dict())
     with pytest.raises(ValueError, match="pipeline"):
         Preprocessor.from_dict({**new.to_dict(), "pipeline": "other"})
+    # a bundle of this stage from before N4's second fitting level keeps its one level
+    before = {k: v for k, v in Preprocessor().to_dict().items() if k != "bias_levels"}
+    assert Preprocessor.from_dict(before).bias_levels == 1
+    assert Preprocessor.from_dict(Preprocessor().to_dict()).bias_levels == 2
 
 
 def test_an_image_without_a_brain_is_refused_with_one_line() -> None:

@@ -9,6 +9,8 @@ their public ``to_model``); every other channel is resampled onto the same model
 the transform that sample records (``affine``, and for the clinical-scan stage ``matrix``:
 template -> patient RAS), then standardised on its own intensities: inside the reference's
 brain mask for the clinical-scan stage, above its own foreground threshold on the plain grid.
+With the clinical-scan stage's bias correction each channel gets its own N4 field (each
+sequence has its own bias: the coil's sensitivity and the sequence's own inhomogeneity).
 A missing optional channel is an all-zero plane and ``present`` says so (the model reads the
 flag; see ``model.fusion.ImageEncoder``).
 """
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.imaging import Volume, foreground_threshold
+from ..data.imaging import Volume, _to_sitk, foreground_threshold
+from .bias import field_on_grid, log_bias_field
 from .intensity import standardise
 
 
@@ -57,6 +60,10 @@ def follow_reference(preprocessing, reference: object, volume: Volume) -> np.nda
         source, to_voxel[:3, :3], to_voxel[:3, 3], output_shape=shape, order=1, cval=0.0
     ).astype(np.float32)
     brain = getattr(reference, "brain", None)
+    if brain is not None and getattr(preprocessing, "bias", False):  # its own N4 field
+        image = _to_sitk(np.asarray(volume.array, np.float32), volume.affine)
+        field = log_bias_field(image, levels=int(getattr(preprocessing, "bias_levels", 1)))
+        values = values / field_on_grid(field, grid_to_patient(reference), shape)
     if brain is not None:  # clinical-scan stage: z inside the reference's brain mask
         idx = np.indices(shape).reshape(3, -1).T.astype(np.float64)
         src = idx @ to_voxel[:3, :3].T + to_voxel[:3, 3]

@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 
 from ..data.imaging import Volume, _to_sitk
 from ..errors import InputError
-from .bias import log_bias_field
+from .bias import field_on_grid, log_bias_field
 from .brain_mask import template_mask_on
 from .intensity import BACKGROUND_Z, standardise
 from .model_grid import ModelGrid
@@ -64,6 +64,7 @@ class Preprocessor:
     spacing: float = 2.5
     bias: bool = True
     affine: bool = True
+    bias_levels: int = 2  # N4 fitting levels (bundles from before the second level: 1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -95,7 +96,7 @@ class Preprocessor:
         the two is kept (the fast one gets about one generated scan in a hundred wrong)."""
         array = np.asarray(volume.array, dtype=np.float32)
         image = _to_sitk(array, volume.affine)
-        field = log_bias_field(image) if self.bias else None
+        field = log_bias_field(image, levels=self.bias_levels) if self.bias else None
         try:
             fast: PreprocessedSample | InputError = self._apply(
                 volume, array, field, self._register(image, volume, thorough=False)
@@ -146,13 +147,7 @@ class Preprocessor:
         )
         inside = _inside(to_voxel, self.shape, volume.shape)
         if field is not None:
-            log_field, field_affine = field
-            to_field = np.linalg.inv(field_affine) @ matrix @ grid
-            log_b = ndi.affine_transform(
-                log_field, to_field[:3, :3], to_field[:3, 3], output_shape=self.shape, order=1,
-                mode="nearest",
-            )  # fmt: skip
-            values = values / np.exp(log_b).astype(np.float32)
+            values = values / field_on_grid(field, matrix @ grid, self.shape)
         brain = _template_mask(self.shape, self.spacing)
         coverage = float(inside[brain].mean()) if brain.any() else 0.0
         usable = brain & inside
@@ -244,6 +239,7 @@ class Preprocessor:
             "spacing": self.spacing,
             "space": "MNI152 (ICBM 2009a sym, nilearn)",
             "bias": "n4" if self.bias else "none",
+            "bias_levels": self.bias_levels,
             "registration": "mattes_mi similarity" + ("+affine" if self.affine else ""),
             "brain_mask": "template",
             "intensity": "brain_tissue_zscore",
@@ -259,6 +255,7 @@ class Preprocessor:
             spacing=float(data["spacing"]),
             bias=data.get("bias", "n4") == "n4",
             affine="affine" in str(data.get("registration", "+affine")),
+            bias_levels=int(data.get("bias_levels", 1)),
         )
 
     def _template_on_grid(self) -> np.ndarray:
