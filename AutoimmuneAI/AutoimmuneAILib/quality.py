@@ -24,10 +24,9 @@ from . import registerPackage
 
 registerPackage()
 
-QUALITY_FILES: dict[str, str] = {
-    "brain_mask": "brain_mask.nii.gz",
-    "image_mni": "image_mni.nii.gz",
-}
+from autoimmuneai.contracts import CASE_FILES  # noqa: E402
+
+QUALITY_FILES: dict[str, str] = {role: CASE_FILES[role] for role in ("brain_mask", "image_mni")}
 """Role -> file name of the preprocessing outputs in a case folder (``explain/case_folder.py``
 writes them for bundles with the clinical-scan stage)."""
 

@@ -89,6 +89,9 @@ CASE_FILES: dict[str, str] = {
     "survival": "survival.tsv",
     "scene": "scene.mrml",
     "snapshot": "snapshot.png",
+    # the clinical-scan stage's outputs (bundles with ``preprocess.pipeline.Preprocessor``)
+    "brain_mask": "brain_mask.nii.gz",
+    "image_mni": "image_mni.nii.gz",
 }
 """File name of each role inside a case folder ``<out>/<case_id>/``."""
 

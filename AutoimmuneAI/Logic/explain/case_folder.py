@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contracts import CASE_FILES
 from ..data.imaging import Volume, save_volume
 from ..output.mrml import SegmentSpec, write_case_scene
 from .regions import DEFAULT_BANDS, evidence_regions, name_by_anatomy
@@ -72,9 +73,10 @@ def explain_into(
     if matrix is not None:  # preprocessing outputs: the brain mask and the template-space image
         save_volume(
             Volume(bundle.grid.native_brain_mask(prepared.sample), volume.affine),
-            case_dir / "brain_mask.nii.gz",
+            case_dir / CASE_FILES["brain_mask"],
         )
-        save_volume(bundle.grid.template_volume(prepared.sample), case_dir / "image_mni.nii.gz")
+        image_mni = bundle.grid.template_volume(prepared.sample)
+        save_volume(image_mni, case_dir / CASE_FILES["image_mni"])
     if snapshot:
         from ..output.snapshot import render_snapshot
 
