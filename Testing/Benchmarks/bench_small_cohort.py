@@ -11,6 +11,17 @@ serology baseline's outputs of every case in ``arrays_s<seed>.npz``, so calibrat
 conformal and risk variants can be measured offline (``analyse``) without retraining. A
 finished bundle is reused.
 
+``cross``: for a bundle trained with ``--train-options '{"folds": 5}'`` (issue 18), the
+validation-only calibration and sets that ``train`` without folds would store for the same
+final network against the cross-conformal ones it stored (calibration map and threshold from
+the out-of-fold outputs of every development case), each map with each threshold source and
+set rule, on the fresh cohort and on the demo's test split, with bootstrap intervals, and the
+extra training time of the folds.
+
+    python Testing/Benchmarks/bench_small_cohort.py run --seed 0 --work /tmp/sc --tag _f5 \
+        --train-options '{"folds": 5}'
+    python Testing/Benchmarks/bench_small_cohort.py cross --work /tmp/sc --arrays 'arrays_s0_f5.npz'
+
 ``analyse``: on the stored arrays, each calibration variant (temperature checked on folds of
 the validation cases as ``train`` does, always applied, vector scaling) and each conformal
 variant, measured on the fresh held-out cohort; plus the estimation noise of every figure at
@@ -112,6 +123,7 @@ def _arrays(bundle_dir: Path, manifests: dict[str, Path], cache: Path) -> dict[s
         out[f"{part}_sero_probs"] = np.asarray(sero.probs)  # type: ignore[union-attr]
         out[f"{part}_sero_risk"] = np.asarray(sero.risk)  # type: ignore[union-attr]
         out[f"{part}_serology"] = inputs.encoded
+        out[f"{part}_case_ids"] = np.array([c.case_id for c in cohort.cases])
     return out
 
 
@@ -372,6 +384,114 @@ def analyse(args: argparse.Namespace) -> dict:
     return report
 
 
+def _raw_logits(logits: np.ndarray, check: dict) -> np.ndarray:
+    """The final network's logits before the vector scaling ``train`` folded into it."""
+    if check.get("map") == "vector":
+        return (logits - np.array(check["vector_shift"])) / np.array(check["vector_scale"])
+    return logits
+
+
+def _set_rules(probs: np.ndarray, y: np.ndarray, folds: int) -> dict:
+    """The default set rule (Mondrian when every class has enough cases) and both forced."""
+    from autoimmuneai.stats.conformal import cross_conformal, fit_default_conformal
+
+    rules = {
+        "default": fit_default_conformal(probs, y),
+        "marginal": fit_default_conformal(probs, y, class_conditional=False),
+        "mondrian": fit_default_conformal(probs, y, class_conditional=True),
+    }
+    return {k: cross_conformal(cp, folds) if folds > 1 else cp for k, cp in rules.items()}
+
+
+def analyse_cross(args: argparse.Namespace) -> dict:
+    """Validation-only against cross-conformal calibration of the same final network."""
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.stats.calibration import choose_calibration, softmax
+    from autoimmuneai.training.trainer import _map_on_final_network
+
+    report: dict = {}
+    for path in sorted(args.work.glob(args.arrays)):
+        d = dict(np.load(path))
+        bundle_dir = args.work / path.stem.replace("arrays_", "bundle_")
+        training = json.loads((bundle_dir / "configs" / "metadata.json").read_text())["training"]
+        cv = training.get("cross_validation") or {}
+        if "out_of_fold" not in cv:
+            continue
+        check = training["calibration"]["temperature_check"]
+        ids = d.get("dev_case_ids")
+        if ids is None:  # arrays written before the ids were stored: the manifest's order
+            ids = np.array([c.case_id for c in load_cohort(training["cohort"]).cases])
+        row = {str(c): i for i, c in enumerate(ids)}
+        oof = cv["out_of_fold"]
+        order = np.array([row[c] for c in oof["case_ids"]])
+        y_oof = d["dev_labels"][order]
+        z_oof = np.array(oof["logits"], dtype=np.float64)
+        split, y_dev = d["dev_split"], d["dev_labels"]
+        val, test = split == "val", split == "test"
+        raw_dev = _raw_logits(d["dev_logits"], check)
+        raw_held = _raw_logits(d["heldout_logits"], check)
+        maps = {"val map": choose_calibration(raw_dev[val], y_dev[val])}
+        oof_map, final = _map_on_final_network(
+            choose_calibration(z_oof, y_oof), raw_dev[val], y_dev[val], len(y_oof)
+        )
+        maps["OOF map"] = oof_map
+        rows: dict = {
+            "maps": {
+                name: {"kind": m.kind, "temperature": m.temperature, **m.record}
+                for name, m in maps.items()
+            },
+            "oof_map_final_check": final,
+            "cv_seconds": cv.get("seconds"),
+            "fused_seconds": training["fused"]["seconds"],
+            "train_seconds": training["seconds"],
+            "n_oof": len(y_oof),
+            "n_val": int(val.sum()),
+        }
+        for map_name, m in maps.items():
+            p_val = softmax(m.apply(raw_dev[val]))
+            p_oof = softmax(m.apply(z_oof))
+            p_held, p_test = softmax(m.apply(raw_held)), softmax(m.apply(raw_dev[test]))
+            sources = {
+                "val sets": _set_rules(p_val, y_dev[val], 0),
+                "cross sets": _set_rules(p_oof, y_oof, int(cv["folds"])),
+            }
+            for source, rules in sources.items():
+                for rule, cp in rules.items():
+                    name = f"{map_name} + {source} ({rule})"
+                    rows[name] = {
+                        "heldout": _metrics(p_held, d["heldout_labels"], cp),
+                        "test": _metrics(p_test, y_dev[test], cp),
+                        "heldout_bootstrap": _noise(
+                            p_held, d["heldout_labels"], cp, len(d["heldout_labels"])
+                        ),
+                        "guarantee": cp.guarantee,
+                    }
+        report[path.stem] = rows
+    return report
+
+
+def cross_lines(report: dict) -> list[str]:
+    """One line per map, threshold source and set rule, on the fresh cohort and the test split."""
+    lines = []
+    for stem, rows in report.items():
+        lines.append(f"== {stem}: {json.dumps(rows['maps'], default=str)[:400]}")
+        for key in ("cv_seconds", "fused_seconds", "train_seconds", "n_oof", "n_val"):
+            lines.append(f"  {key}: {rows[key]}")
+        lines.append(f"  oof map on final: {json.dumps(rows['oof_map_final_check'])}")
+        for name, row in rows.items():
+            if not (isinstance(row, dict) and "heldout" in row):
+                continue
+            h, t, b = row["heldout"], row["test"], row["heldout_bootstrap"]
+            lines.append(
+                f"  {name:36s} fresh n={b['n']}: ECE {h['ece']:.3f} set {h['mean_set']:.2f} "
+                f"{b['set_95']} cov {h['coverage']:.3f} {b['coverage_95']} classes "
+                f"{h['class_coverage']} | test: ECE {t['ece']:.3f} set {t['mean_set']:.2f} "
+                f"cov {t['coverage']:.3f} worst {t['worst_class_coverage']:.3f}"
+                f"{' M' if h['mondrian'] else ''}"
+            )
+    return lines
+
+
 def summary_lines(report: dict) -> list[str]:
     """One line per variant and set rule: BA, log loss, ECE, mean set, coverage, worst class."""
     lines = []
@@ -395,9 +515,11 @@ def summary_lines(report: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "command", nargs="?", default="both", choices=["run", "analyse", "both"],
+        "command", nargs="?", default="both", choices=["run", "analyse", "cross", "both"],
         help="run: generate, train, evaluate, store the arrays; analyse: the calibration, "
-        "conformal and risk variants of stored arrays; both (default, as make bench runs it)",
+        "conformal and risk variants of stored arrays; cross: validation-only against "
+        "cross-conformal sets of a bundle trained with folds; both (default, as make bench "
+        "runs it)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cases", type=int, default=DEMO_CASES)
@@ -418,6 +540,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.command in ("analyse", "both"):
         figures["analysis"] = analyse(args)
         print("\n".join(summary_lines(figures["analysis"])), file=sys.stderr)
+    if args.command == "cross":
+        figures["cross"] = analyse_cross(args)
+        print("\n".join(cross_lines(figures["cross"])), file=sys.stderr)
     text = json.dumps(figures, indent=1, default=str)
     print(text)
     if args.out:

@@ -93,6 +93,17 @@ def fit_vector_scaling(
     return w.detach().numpy().copy(), (b - b.mean()).detach().numpy().copy()
 
 
+def mean_log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labelled cases (label >= 0) under
+    ``softmax(logits)``; NaN when none is labelled."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    keep = labels >= 0
+    if not keep.any():
+        return float("nan")
+    return _nll(logits[keep], labels[keep], 1.0)
+
+
 def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)``."""
     log_p = scipy.special.log_softmax(logits / temperature, axis=1)

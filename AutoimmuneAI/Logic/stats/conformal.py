@@ -23,6 +23,15 @@ infinite and the sets balloon. :func:`fit_default_conformal` therefore uses Mond
 when every class has that many calibration cases and marginal sets otherwise: a rule on the
 class counts only, so the chosen sets keep their exact guarantee, which ``guarantee`` states.
 
+Cross-conformal sets (Vovk 2015; CV+, Barber et al. 2021): with K-fold cross-validation,
+every development case is scored by the one fold network that never trained on it, so the
+threshold comes from all n labelled cases instead of one small validation split, and the
+threshold is applied to the final network (``cross_conformal``; ``train --folds K``). CV+
+proper, which scores a new case with every fold network, guarantees coverage >=
+``cv_plus_bound`` (about 1 - 2 alpha); with the final network in their place the coverage is
+approximately 1 - alpha, exact only in so far as the final network's scores are distributed
+like the fold networks' out-of-fold ones. ``guarantee`` says so.
+
 RAPS's ``lam`` and ``k_reg`` can be tuned as its authors do (:func:`fit_conformal_tuned`): a
 random part of the calibration cases picks the pair that gives the smallest sets there, and
 the threshold comes from the other cases only, so the coverage guarantee is untouched.
@@ -60,6 +69,9 @@ class ConformalPredictor:
     scores: list[float] = field(default_factory=list)
     score_labels: list[int] = field(default_factory=list)
     guarantee: str = ""  # which coverage guarantee holds, in words (``describe_guarantee``)
+    # > 1: cross-conformal, the scores are the out-of-fold outputs of that many fold networks
+    # (``cross_conformal``); 0: split conformal on held-out calibration cases
+    folds: int = 0
 
     def with_alpha(self, alpha: float) -> ConformalPredictor:
         """The same calibration at another error rate (needs the stored calibration scores)."""
@@ -141,6 +153,7 @@ class ConformalPredictor:
             scores=[float(x) for x in d.get("scores", [])],
             score_labels=[int(x) for x in d.get("score_labels", [])],
             guarantee=str(d.get("guarantee", "")),
+            folds=int(d.get("folds", 0) or 0),
         )
 
 
@@ -171,10 +184,57 @@ def mondrian_min_cases(alpha: float) -> int:
     return math.ceil((2.0 - alpha) / alpha - 1e-9)
 
 
+def cv_plus_bound(alpha: float, n: int, folds: int) -> float:
+    """The coverage CV+ guarantees with ``folds`` folds of ``n`` cases (Barber et al. 2021,
+    theorem 4): ``1 - 2 alpha - min(2 (1 - 1/K) / (n/K + 1), (1 - K/n) / (K + 1))``."""
+    k = max(int(folds), 2)
+    slack = min(2.0 * (1.0 - 1.0 / k) / (n / k + 1.0), (1.0 - k / max(n, k)) / (k + 1.0))
+    return max(0.0, 1.0 - 2.0 * alpha - slack)
+
+
+def cross_conformal(cp: ConformalPredictor, folds: int) -> ConformalPredictor:
+    """``cp`` (fitted on out-of-fold scores of ``folds`` fold networks) marked cross-conformal,
+    with its guarantee in words."""
+    if folds < 2:
+        raise ValueError(f"cross-conformal sets need at least 2 folds, got {folds}")
+    marked = replace(cp, folds=int(folds))
+    marked.guarantee = describe_guarantee(marked)
+    return marked
+
+
+def _describe_cross(cp: ConformalPredictor, labels: np.ndarray) -> str:
+    level = f"{1.0 - cp.alpha:.0%}"
+    n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
+    counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)
+    least = int(min(counts)) if len(counts) else 0
+    n_bound = least if cp.class_conditional else cp.n_calibration
+    bound = f"{cv_plus_bound(cp.alpha, n_bound, cp.folds):.0%}"
+    source = (
+        f"cross-conformal over {cp.n_calibration} cases from {cp.folds} folds: each case's "
+        "score from the fold network that never trained on it, the threshold applied to the "
+        "final network"
+    )
+    caveat = (
+        f"approximately >= {level} (exact only as far as the final network's scores match the "
+        f"fold networks'; CV+ with the fold networks themselves guarantees >= {bound})"
+    )
+    if cp.class_conditional:
+        return (
+            f"class-conditional ({source}, one threshold per class, fewest cases of one class: "
+            f"{least}): for each diagnosis the set holds the true one with probability {caveat}"
+        )
+    return (
+        f"marginal ({source}): the set holds the true diagnosis with probability {caveat} on "
+        "average over cases, not for each diagnosis separately"
+    )
+
+
 def describe_guarantee(cp: ConformalPredictor) -> str:
     """The coverage guarantee ``cp`` carries, in one sentence for the report and the bundle."""
     level = f"{1.0 - cp.alpha:.0%}"
     labels = np.asarray(cp.score_labels, dtype=np.int64)
+    if cp.folds > 1:
+        return _describe_cross(cp, labels)
     if cp.class_conditional:
         n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
         counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)

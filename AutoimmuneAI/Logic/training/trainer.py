@@ -20,6 +20,9 @@ once training stops (``risk_head``).
 ``train_bundle`` is the whole ``autoimmuneai train`` command: splits, optional
 cross-validation, the fused model, the image-only variant, temperature scaling, conformal
 threshold, Breslow baseline hazard, risk tertiles, the other baselines, and the bundle.
+With ``folds`` > 1 the calibration map and the conformal threshold come from the
+cross-validation's out-of-fold outputs of every train and validation case (cross-conformal
+sets, ``stats.conformal``) instead of the validation cases alone.
 """
 
 from __future__ import annotations
@@ -65,12 +68,22 @@ from ..stats.baselines import (
     fit_baselines,
 )
 from ..stats.calibration import (
+    CalibrationMap,
     choose_calibration,
     choose_temperature,
     expected_calibration_error,
+    fit_temperature,
+    mean_log_loss,
     softmax,
 )
-from ..stats.conformal import ConformalPredictor, fit_conformal_tuned, fit_default_conformal
+from ..stats.conformal import (
+    ConformalPredictor,
+    coverage,
+    cross_conformal,
+    fit_conformal_tuned,
+    fit_default_conformal,
+    mean_set_size,
+)
 from ..stats.metrics import diagnosis_metrics
 from ..stats.survival import breslow_baseline, choose_risk_cutoffs, concordance
 
@@ -705,10 +718,33 @@ def _summary_metrics(probs, labels, risk, times, events, classes) -> dict:
     }
 
 
+@dataclass
+class _OutOfFold:
+    """Every development case's fused outputs from the one fold network that never trained
+    on it (``_cross_validate``), in the order of the development cases."""
+
+    folds: int
+    logits: np.ndarray  # [n_dev, C]
+    risk: np.ndarray  # [n_dev]
+    fold: np.ndarray  # 1-based fold that held each case out
+
+    def record(self, case_ids: list[str]) -> dict:
+        """JSON of the outputs (kept in the training summary, so the cross-conformal
+        threshold and the calibration map can be checked and re-measured offline)."""
+        return {
+            "case_ids": list(case_ids),
+            "fold": [int(f) for f in self.fold],
+            "logits": [[float(v) for v in row] for row in self.logits],
+            "risk": [float(v) for v in self.risk],
+        }
+
+
 def _cross_validate(
     arrays: CaseArrays, model_cfg: ModelConfig, cfg: TrainConfig, classes, info, progress
-) -> dict:
-    """K-fold CV of the fused model on train+val (inner val split for early stopping)."""
+) -> tuple[dict, _OutOfFold]:
+    """K-fold CV of the fused model on train+val (inner val split for early stopping): the
+    metrics per fold and every case's out-of-fold outputs."""
+    t0 = time.perf_counter()
     labels = arrays.labels.numpy()
     _, counts = np.unique(labels, return_counts=True)
     if counts.min() >= cfg.folds:
@@ -716,6 +752,12 @@ def _cross_validate(
     else:
         splitter = KFold(cfg.folds, shuffle=True, random_state=cfg.seed)
     folds = []
+    oof = _OutOfFold(
+        cfg.folds,
+        np.full((len(labels), model_cfg.n_classes), np.nan),
+        np.full(len(labels), np.nan),
+        np.zeros(len(labels), dtype=np.int64),
+    )
     for k, (rest, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         inner_val = _stratified_take(rest, labels, cfg.val_fraction, cfg.seed + 10 + k)
         inner_train = np.setdiff1d(rest, inner_val)
@@ -732,6 +774,7 @@ def _cross_validate(
         model.load_state_dict(res.state_dict)
         test = arrays.subset(held)
         logits, risk = predict_arrays(model, test)
+        oof.logits[held], oof.risk[held], oof.fold[held] = logits.numpy(), risk.numpy(), k + 1
         m = _summary_metrics(
             softmax(logits.numpy()), test.labels, risk, test.times, test.events, classes
         )
@@ -741,7 +784,8 @@ def _cross_validate(
         vals = np.array([f[key] for f in folds], dtype=float)
         out[f"{key}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
         out[f"{key}_std"] = float(np.nanstd(vals)) if np.isfinite(vals).any() else float("nan")
-    return out
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out, oof
 
 
 def _fit_record(res: FitResult) -> dict:
@@ -850,15 +894,16 @@ def _without_failed(
 
 def _train_networks(
     data: _Data, cfg: TrainConfig, ckpt_dir: Path, resume: bool, progress: bool, info: DistInfo
-) -> tuple[ModelConfig, FitResult, FitResult, dict | None]:
-    """Stage 2: optional cross-validation, then the fused and the image-only networks."""
+) -> tuple[ModelConfig, FitResult, FitResult, dict | None, _OutOfFold | None]:
+    """Stage 2: optional cross-validation (with its out-of-fold outputs), then the fused and
+    the image-only networks."""
     train, val = data.arrays.subset(data.train_index), data.arrays.subset(data.val_index)
     model_cfg = cfg.model_config(
         data.encoder.n_encoded, len(data.classes), len(data.panel.channels)
     )
-    cv = None
+    cv, oof = None, None
     if cfg.folds > 1:
-        cv = _cross_validate(data.arrays, model_cfg, cfg, data.classes, info, progress)
+        cv, oof = _cross_validate(data.arrays, model_cfg, cfg, data.classes, info, progress)
     fused = fit(
         model_cfg, train, val, cfg, checkpoint=ckpt_dir / "fused.pt", resume=resume,
         progress=progress, desc="fused model", info=info,
@@ -868,7 +913,7 @@ def _train_networks(
         checkpoint=ckpt_dir / "image_only.pt", resume=resume, progress=progress,
         desc="image-only model", info=info,
     )  # fmt: skip
-    return model_cfg, fused, image_only, cv
+    return model_cfg, fused, image_only, cv, oof
 
 
 def _network(cfg: ModelConfig, res: FitResult) -> FusionModel:
@@ -889,6 +934,7 @@ class _Calibration:
     baseline_hazard: tuple[np.ndarray, np.ndarray]
     cutoffs: tuple[float, float]
     risk_group_check: dict
+    conformal_check: dict = field(default_factory=dict)
 
 
 def _conformal(probs: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> ConformalPredictor:
@@ -905,16 +951,73 @@ def _conformal(probs: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> Confo
     )  # fmt: skip
 
 
-def _calibrate(model: FusionModel, data: _Data, cfg: TrainConfig) -> _Calibration:
+def _map_on_final_network(
+    cal_map: CalibrationMap, final_logits: np.ndarray, labels: np.ndarray, n_oof: int
+) -> tuple[CalibrationMap, dict]:
+    """A map chosen on the fold networks' out-of-fold logits, checked on the final network.
+
+    The fold networks trained on fewer cases than the final one, so their confidence can
+    differ; the map is kept only when it does not raise the log loss of the final network's
+    own validation cases (``final_logits``). The record also holds the temperature each set
+    of logits would get alone, so a difference in scale shows.
+    """
+    known = labels >= 0
+    record: dict = {
+        "fitted_on": f"out-of-fold logits of {n_oof} cases",
+        "checked_on": f"final network's {int(known.sum())} validation cases",
+        "final_temperature_alone": fit_temperature(final_logits, labels),
+        "final_nll_identity": mean_log_loss(final_logits, labels),
+        "final_nll_map": mean_log_loss(cal_map.apply(final_logits), labels),
+    }
+    refused = cal_map.kind != "identity" and (
+        not known.any() or record["final_nll_map"] > record["final_nll_identity"]
+    )
+    record["kept_on_final"] = not refused
+    if not refused:
+        return cal_map, record
+    reason = (
+        f"{cal_map.kind} scaling chosen on the out-of-fold logits raised the final network's "
+        "validation log loss: none applied"
+        if known.any()
+        else f"{cal_map.kind} scaling not checked on the final network (no validation case)"
+    )
+    kept = {**cal_map.record, "chosen": "identity", "applied": False, "reason": reason}
+    kept["fitted_temperature"] = 1.0
+    return CalibrationMap("identity", record=kept), record
+
+
+def _calibrate(
+    model: FusionModel, data: _Data, cfg: TrainConfig, oof: _OutOfFold | None = None
+) -> _Calibration:
     """Calibration map (identity, temperature or vector scaling folded into the weights,
     whichever has the lowest log loss over folds), conformal threshold, Breslow hazard and
-    risk cut-offs, from the validation cases (the training cases when there are none)."""
+    risk cut-offs, from the validation cases (the training cases when there are none).
+
+    With cross-validation (``oof``) the map and the conformal threshold come from every
+    development case's out-of-fold outputs instead (cross-conformal, ``stats.conformal``);
+    the map is then kept only when it does not worsen the final network's validation log
+    loss (:func:`_map_on_final_network`).
+    """
     train = data.arrays.subset(data.train_index)
     calib = data.arrays.subset(data.val_index) if len(data.val_index) else train
     y_cal = calib.labels.numpy()
     logits, risk = (t.numpy() for t in predict_arrays(model, calib))
     raw_logits = logits
-    cal_map = choose_calibration(logits, y_cal, seed=cfg.seed)
+    final_check: dict = {}
+    if oof is None:
+        cal_map = choose_calibration(logits, y_cal, seed=cfg.seed)
+    else:
+        y_dev = data.arrays.labels.numpy()
+        cal_map = choose_calibration(oof.logits, y_dev, seed=cfg.seed)
+        if len(data.val_index):
+            check_logits, check_labels = raw_logits, y_cal
+        else:  # the "calibration" cases trained the network: nothing to check the map on
+            check_logits, check_labels = raw_logits[:0], y_cal[:0]
+        cal_map, final_check = _map_on_final_network(
+            cal_map, check_logits, check_labels, len(y_dev)
+        )
+        final_check["oof_temperature_alone"] = fit_temperature(oof.logits, y_dev)
+    oof_map = cal_map
     if cal_map.kind == "vector" and cal_map.scale is not None and cal_map.shift is not None:
         # into the weights; the risk head reads the new probabilities
         model.scale_logits(cal_map.scale, cal_map.shift)
@@ -924,8 +1027,20 @@ def _calibrate(model: FusionModel, data: _Data, cfg: TrainConfig) -> _Calibratio
             )
         logits, risk = (t.numpy() for t in predict_arrays(model, calib))
     temperature, check = cal_map.temperature, {"map": cal_map.kind, **cal_map.record}
+    if cal_map.scale is not None and cal_map.shift is not None:  # the map folded into weights
+        check["vector_scale"] = [float(v) for v in cal_map.scale]
+        check["vector_shift"] = [float(v) for v in cal_map.shift]
     check["ece_before"] = expected_calibration_error(softmax(raw_logits), y_cal)
-    conformal = _conformal(softmax(logits, temperature), y_cal, cfg)
+    if final_check:
+        check["final_network_check"] = final_check
+    probs_cal = softmax(logits, temperature)
+    if oof is None:
+        conformal = _conformal(probs_cal, y_cal, cfg)
+        conformal_check = {"source": f"split conformal on {int((y_cal >= 0).sum())} cases"}
+    else:
+        oof_probs = softmax(oof_map.apply(oof.logits))
+        conformal = cross_conformal(_conformal(oof_probs, y_dev, cfg), oof.folds)
+        conformal_check = _cross_conformal_check(conformal, oof_probs, y_dev, probs_cal, y_cal)
     _, risk_train = predict_arrays(model, train)
     t_tr, e_tr = train.times.numpy(), train.events.numpy()
     hazard = breslow_baseline(risk_train.numpy(), t_tr, e_tr)
@@ -934,7 +1049,35 @@ def _calibrate(model: FusionModel, data: _Data, cfg: TrainConfig) -> _Calibratio
     )
     if not len(data.val_index):
         groups["checked_on"] = "training cases (no validation split)"
-    return _Calibration(temperature, check, logits, risk, conformal, hazard, cutoffs, groups)
+    return _Calibration(
+        temperature, check, logits, risk, conformal, hazard, cutoffs, groups, conformal_check
+    )
+
+
+def _cross_conformal_check(
+    cp: ConformalPredictor,
+    oof_probs: np.ndarray,
+    y_dev: np.ndarray,
+    final_probs: np.ndarray,
+    y_final: np.ndarray,
+) -> dict:
+    """How the cross-conformal sets behave on the out-of-fold cases they were fitted on and
+    on the final network's validation cases (a check that the two agree in scale)."""
+    out: dict = {"source": f"cross-conformal, {cp.folds} folds, {cp.n_calibration} cases"}
+    for name, probs, y in (
+        ("out_of_fold", oof_probs, y_dev),
+        ("final_validation", final_probs, y_final),
+    ):
+        known = y >= 0
+        sets = cp.predict_sets(probs[known])
+        out[name] = {
+            "n": int(known.sum()),
+            "coverage": coverage(sets, y[known]),
+            "mean_set_size": mean_set_size(sets),
+            "mean_confidence": float(probs[known].max(axis=1).mean()) if known.any() else None,
+            "nll": mean_log_loss(np.log(np.clip(probs, 1e-12, 1.0)), y),
+        }
+    return out
 
 
 def _image_only_calibration(
@@ -1034,14 +1177,16 @@ def train_bundle(
     try:
         data = _prepare_data(cohort_path, out, cfg, info, progress)
         out.mkdir(parents=True, exist_ok=True)  # a resumed demo finds the started bundle
-        model_cfg, fused_res, io_res, cv = _train_networks(
+        model_cfg, fused_res, io_res, cv, oof = _train_networks(
             data, cfg, work_dir(out) / CHECKPOINT_DIR, resume, progress, info
         )
         if not info.is_main:
             return out
         model = _network(model_cfg, fused_res)
         image_only = _network(model_cfg.variant(use_serology=False), io_res)
-        cal = _calibrate(model, data, cfg)
+        cal = _calibrate(model, data, cfg, oof)
+        if cv is not None and oof is not None:
+            cv["out_of_fold"] = oof.record(data.arrays.case_ids)
         io_temperature, io_hazard, io_probs, io_risk = _image_only_calibration(
             image_only, data, cfg
         )
@@ -1073,6 +1218,7 @@ def train_bundle(
                 "image_only_temperature": io_temperature,
             },
             "conformal_guarantee": cal.conformal.guarantee,
+            "conformal_check": cal.conformal_check,
             "risk_groups": cal.risk_group_check,
             "validation": _validation_summary(
                 data, cal, ModelOutputs(io_probs, io_risk), baselines
