@@ -482,9 +482,10 @@ def cross_lines(report: dict) -> list[str]:
             if not (isinstance(row, dict) and "heldout" in row):
                 continue
             h, t, b = row["heldout"], row["test"], row["heldout_bootstrap"]
+            set_95, cov_95 = ("-".join(f"{v:.3f}" for v in b[k]) for k in ("set_95", "coverage_95"))
             lines.append(
                 f"  {name:36s} fresh n={b['n']}: ECE {h['ece']:.3f} set {h['mean_set']:.2f} "
-                f"{b['set_95']} cov {h['coverage']:.3f} {b['coverage_95']} classes "
+                f"({set_95}) cov {h['coverage']:.3f} ({cov_95}) classes "
                 f"{h['class_coverage']} | test: ECE {t['ece']:.3f} set {t['mean_set']:.2f} "
                 f"cov {t['coverage']:.3f} worst {t['worst_class_coverage']:.3f}"
                 f"{' M' if h['mondrian'] else ''}"
