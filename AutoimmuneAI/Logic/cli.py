@@ -182,7 +182,14 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="bundle folder")
     p.add_argument("--panel", default="cns_autoimmune")
-    p.add_argument("--folds", type=int, default=1, help="cross-validation folds (1: none)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="cross-validation folds (1: none); with K > 1 the calibration map and the "
+        "prediction sets come from every train+val case's out-of-fold outputs "
+        "(cross-conformal), at the cost of K more trainings",
+    )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fusion", choices=["film", "concat"], default="film")
