@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
 from ..errors import ImageError, InputError
+from ..processes import pool_context
 
 
 @dataclass
@@ -294,12 +293,9 @@ def _preprocess_all(tasks: list[_Task], workers: int) -> Iterator[_Result]:
     warm = getattr(tasks[0][2], "warm", None)
     if callable(warm):
         warm()  # template caches, before the workers fork
-    method = (
-        "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
-    )
     with ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=mp.get_context(method),
+        mp_context=pool_context(),
         initializer=_init_preprocess_worker,
     ) as pool:
         yield from pool.map(_preprocess_one, tasks)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..atomic import csv_text, write_text, write_with
 from ..errors import InputError
+from ..processes import pool_context
 from .anatomy import LABELS, load_anatomy
 from .config import SynthConfig
 from .head import load_head
@@ -220,16 +221,11 @@ def _run(
         init(job)
         yield from map(make, tasks)
         return
-    import multiprocessing as mp
-
-    method = (
-        "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
-    )
     load_anatomy(job["resolution"])  # forked workers inherit the cached anatomy
     chunk = max(1, min(8, len(tasks) // (4 * workers)))
     with ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=mp.get_context(method),
+        mp_context=pool_context(),
         initializer=init,
         initargs=(job,),
     ) as pool:
