@@ -13,8 +13,10 @@ With ``--model`` it measures the model instead: the default ``train`` (clinical-
 included) on a generated whole-head cohort (``--train-cases``), then every held-out patient
 (``--test-cases``) rendered as each of ``VARIANTS`` (the clean brain-only image, skull and
 neck, tilt, 1 mm with scanner scale and bias, 2D 5 mm, all at once): agreement with the clean
-image's prediction, mean total variation of the probabilities, evidence on a lesion (top
-evidence region's centroid within 10 mm of a lesion voxel), accuracy and its drop.
+image's prediction (also over the patients whose clean call is not a near-tie), total
+variation of the probabilities, evidence on a lesion (top evidence region's centroid within
+10 mm of a lesion voxel), accuracy and its drop. With ``--work`` the cohort, the bundle and
+the per-patient rows (``model_rows.jsonl``) are kept, and a rerun resumes.
 
     python Testing/Benchmarks/bench_preprocess.py --model [--train-cases 150] [--test-cases 40]
 """
@@ -240,9 +242,18 @@ def model_level(args: argparse.Namespace) -> dict:
     cohort = load_cohort(manifest, predictor.panel)
     anat = load_anatomy(2)
     plan = {case_id: (dx, s) for case_id, dx, _, s in _plan(n, args.seed, cfg)}
-    rows = []
+    rows_file = work / "model_rows.jsonl"  # one line per patient and variant: a rerun resumes
+    rows = (
+        [json.loads(line) for line in rows_file.read_text().splitlines()]
+        if rows_file.is_file()
+        else []
+    )
+    done = {r["case_id"] for r in rows}
     tested = [c for c in cohort.cases if c.split == "test"][: args.test_limit]
+    rows = [r for r in rows if r["case_id"] in {c.case_id for c in tested}]
     for case in tested:
+        if case.case_id in done:
+            continue
         dx, seed = plan[case.case_id]
         latent = sample_case(seed, case.case_id, dx, anat, cfg)
         for name, scan in VARIANTS.items():
@@ -257,15 +268,28 @@ def model_level(args: argparse.Namespace) -> dict:
                     if lesions.any() else None
                 ),
             })  # fmt: skip
+        with rows_file.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows[-len(VARIANTS) :])
         print(f"{case.case_id}: " + ", ".join(f"{r['variant']} {r['predicted']}"
               for r in rows[-len(VARIANTS):]), flush=True)  # fmt: skip
     return {"work": str(work), "figures": _model_figures(rows), "cases": rows}
 
 
+DECIDED_MARGIN = 0.05  # clean top-two probability gap below which the clean call is a tie
+
+
+def _margin(probabilities: dict[str, float]) -> float:
+    top = sorted(probabilities.values(), reverse=True)
+    return top[0] - top[1]
+
+
 def _model_figures(rows: list[dict]) -> dict:
-    """Per variant: agreement with the clean image's prediction, mean total variation of the
-    probabilities, evidence on a lesion, accuracy and its drop from the clean image."""
+    """Per variant: agreement with the clean image's prediction (over every patient, and over
+    the patients whose clean call is not a tie: agreement on a near-tie measures a coin flip),
+    total variation of the probabilities (mean and 90th percentile), evidence on a lesion,
+    accuracy and its drop from the clean image."""
     clean = {r["case_id"]: r for r in rows if r["variant"] == "clean"}
+    decided = {c for c, r in clean.items() if _margin(r["probabilities"]) >= DECIDED_MARGIN}
     out = {}
     for name in VARIANTS:
         sel = [r for r in rows if r["variant"] == name]
@@ -280,7 +304,12 @@ def _model_figures(rows: list[dict]) -> dict:
             "cases": len(sel),
             "agreement_with_clean": round(float(np.mean(
                 [r["predicted"] == clean[r["case_id"]]["predicted"] for r in sel])), 3),
+            "decided_cases": sum(r["case_id"] in decided for r in sel),
+            "agreement_decided": round(float(np.mean(
+                [r["predicted"] == clean[r["case_id"]]["predicted"]
+                 for r in sel if r["case_id"] in decided] or [np.nan])), 3),
             "mean_total_variation": round(float(np.mean(tv)), 3),
+            "total_variation_p90": round(float(np.percentile(tv, 90)), 3),
             "evidence_on_lesion": round(float(np.mean(on)), 3) if on else None,
             "accuracy": round(accuracy, 3),
             "accuracy_drop": round(clean_accuracy - accuracy, 3),
