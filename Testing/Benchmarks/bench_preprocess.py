@@ -231,6 +231,7 @@ def model_level(args: argparse.Namespace) -> dict:
     if not manifest.is_file():
         generate_cohort(work / "cohort", n, args.seed, config=cfg, progress=False)
     bundle_dir = work / "bundle"
+    rows_file = work / "model_rows.jsonl"  # one line per patient and variant: a rerun resumes
     if not (bundle_dir / "configs" / "metadata.json").is_file():
         train_config = TrainConfig(seed=args.seed)  # the default train, stage included
         if args.epochs:
@@ -238,29 +239,31 @@ def model_level(args: argparse.Namespace) -> dict:
         if args.grid == "first_look":
             train_config.grid_shape, train_config.grid_spacing = (48, 60, 48), 3.3
         train_bundle(manifest, bundle_dir, train_config, progress=False)
+        rows_file.unlink(missing_ok=True)  # rows of an earlier bundle
     predictor = Predictor(bundle_dir)
     cohort = load_cohort(manifest, predictor.panel)
     anat = load_anatomy(2)
     plan = {case_id: (dx, s) for case_id, dx, _, s in _plan(n, args.seed, cfg)}
-    rows_file = work / "model_rows.jsonl"  # one line per patient and variant: a rerun resumes
-    rows = (
+    saved = (
         [json.loads(line) for line in rows_file.read_text().splitlines()]
         if rows_file.is_file()
         else []
     )
-    done = {r["case_id"] for r in rows}
     tested = [c for c in cohort.cases if c.split == "test"][: args.test_limit]
-    rows = [r for r in rows if r["case_id"] in {c.case_id for c in tested}]
+    tested_ids = {c.case_id for c in tested}
+    rows = [r for r in saved if r["case_id"] in tested_ids]
+    done = {r["case_id"] for r in rows}
     for case in tested:
         if case.case_id in done:
             continue
         dx, seed = plan[case.case_id]
         latent = sample_case(seed, case.case_id, dx, anat, cfg)
+        patient: list[dict] = []
         for name, scan in VARIANTS.items():
             volume, lesions = _render_variant(latent, anat, cfg, scan)
             prepared = predictor.prepare(volume, case.labs)
             p = predictor.predict_prepared(prepared, case.case_id)
-            rows.append({
+            patient.append({
                 "case_id": case.case_id, "variant": name, "truth": dx,
                 "probabilities": p.probabilities, "predicted": p.predicted,
                 "evidence_on_lesion": (
@@ -268,10 +271,11 @@ def model_level(args: argparse.Namespace) -> dict:
                     if lesions.any() else None
                 ),
             })  # fmt: skip
+        rows.extend(patient)
         with rows_file.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows[-len(VARIANTS) :])
+            f.write("".join(json.dumps(r) + "\n" for r in patient))
         print(f"{case.case_id}: " + ", ".join(f"{r['variant']} {r['predicted']}"
-              for r in rows[-len(VARIANTS):]), flush=True)  # fmt: skip
+              for r in patient), flush=True)  # fmt: skip
     return {"work": str(work), "figures": _model_figures(rows), "cases": rows}
 
 
