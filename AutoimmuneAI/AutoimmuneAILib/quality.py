@@ -63,12 +63,17 @@ class QualityReport:
     @property
     def state(self) -> str:
         """``passed``, ``failed`` or ``unavailable`` (the key of ``QUALITY_STYLES``)."""
-        if not self.available:
-            return "unavailable"
-        return "failed" if self.warnings else "passed"
+        if self.warnings:
+            return "failed"
+        return "passed" if self.available else "unavailable"
 
     @property
     def headline(self) -> str:
+        if not self.available and self.warnings:
+            return (
+                f"{WARNING_SIGN} Channel co-registration check failed: compare the channels "
+                "on the image before reading the result"
+            )
         if not self.available:
             return (
                 "Registration quality: not measured (this model has no clinical-scan stage: "
@@ -105,6 +110,10 @@ def qualityReport(prediction: dict) -> QualityReport:
     quality = prediction.get("quality") or {}
     if not isinstance(quality, dict) or not quality:
         return QualityReport(False)
+    channels = channelFigures(quality.get("channels"))
+    warnings = tuple(str(w) for w in quality.get("warnings") or ())
+    if not any(key in quality for key in REGISTRATION_KEYS):  # no clinical-scan stage
+        return QualityReport(False, channels, warnings)
     figures = []
     ncc = _number(quality.get("registration_ncc"))
     if ncc is not None:
@@ -126,8 +135,27 @@ def qualityReport(prediction: dict) -> QualityReport:
     metric = _number(quality.get("registration_metric"))
     if metric is not None:
         figures.append(f"registration metric {metric:.3f}")
-    warnings = tuple(str(w) for w in quality.get("warnings") or ())
-    return QualityReport(True, tuple(figures), warnings)
+    return QualityReport(True, tuple(figures) + channels, warnings)
+
+
+REGISTRATION_KEYS = ("registration_ncc", "brain_coverage", "brain_edge_contrast")
+"""Figures only the clinical-scan stage writes: their presence says the case was registered."""
+
+
+def channelFigures(channels) -> tuple[str, ...]:
+    """One phrase per further channel of a multi-contrast case: how it was co-registered to
+    the reference channel (``quality["channels"]``, written by ``preprocess.channels``)."""
+    if not isinstance(channels, dict):
+        return ()
+    phrases = []
+    for name, fit in channels.items():
+        if not isinstance(fit, dict):
+            continue
+        status = str(fit.get("status") or "not checked")
+        moved = _number(fit.get("motion_mm_max"))
+        motion = f", {moved:.1f} mm of motion" if moved is not None else ""
+        phrases.append(f"{name} vs {fit.get('reference', 'reference')}: {status}{motion}")
+    return tuple(phrases)
 
 
 def otherWarnings(prediction: dict) -> list[str]:

@@ -369,3 +369,26 @@ def test_a_brain_partly_outside_the_image_is_a_visible_warning(tmp_path, head_bu
     assert (caseDir / QUALITY_FILES["brain_mask"]).is_file()
     assert "brain_mask" not in result.nodes and "image_mni" not in result.nodes
     assert scene.GetFirstNodeByName("qc2 brain mask") is None
+
+
+def test_a_multi_contrast_case_without_the_stage_shows_its_channel_figures_not_a_registration():
+    """A plain-grid bundle with several channels records only how the channels were
+    co-registered: the registration is still "not measured", the channel figures are shown,
+    and a channel warning turns the report into a failed check."""
+    fit = {"reference": "flair", "status": "aligned", "motion_mm_max": 4.24}
+    prediction = {"quality": {"channels": {"t1": fit}, "warnings": []}}
+    report = qualityReport(prediction)
+    assert not report.available and report.state == "unavailable"
+    assert "not measured" in report.text
+    assert report.figures == ("t1 vs flair: aligned, 4.2 mm of motion",)
+    moved = "channel t1 moved 4.2 mm against flair between series: aligned before fusing"
+    prediction["quality"]["warnings"] = [moved]
+    report = qualityReport(prediction)
+    assert report.state == "failed" and "co-registration check failed" in report.text
+    assert f"{WARNING_SIGN} {moved}" in report.text
+    assert "registration correlation" not in report.text
+    stage = {"registration_ncc": 0.81, "brain_coverage": 1.0, "channels": {"t1": fit}}
+    with_stage = qualityReport({"quality": stage})
+    assert with_stage.available and with_stage.state == "passed"
+    assert with_stage.figures[0] == "registration correlation 0.81"
+    assert with_stage.figures[-1] == "t1 vs flair: aligned, 4.2 mm of motion"

@@ -162,7 +162,7 @@ def case_image(
             raise ImageError(f"case {case.case_id} has no image for channel {ch!r}")
     cache_file = desc_file = None
     if cache_dir is not None:
-        settings = {**grid.to_dict(), **({"series": case.series} if case.series else {})}
+        settings = _cache_settings(grid, case.series, len(channels))
         key = _cache_key([p for p in paths if p is not None], settings, paths)
         cache_file, desc_file = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
         if cache_file.is_file() and desc_file.is_file():
@@ -185,7 +185,7 @@ def case_image(
         arr = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
         out = arr.reshape(1, *grid.shape).astype(np.float16)
     else:
-        stacked = channels_to_model(grid, volumes)
+        stacked = channels_to_model(grid, volumes, channels)
         out = stacked.array.astype(np.float16)
         desc["channels_present"] = dict(zip(channels, stacked.present))
     if cache_file is not None and desc_file is not None:
@@ -194,6 +194,17 @@ def case_image(
         with atomic_path(desc_file) as tmp:
             tmp.write_text(json.dumps(desc), encoding="utf-8")
     return out, desc
+
+
+def _cache_settings(grid, series: dict | None, n_channels: int) -> dict:
+    """What a cached image depends on besides its files: the stage's settings, the DICOM
+    series chosen, and for several channels the co-registration check that aligns them."""
+    from ..preprocess.coregistration import METHOD
+
+    settings = {**grid.to_dict(), **({"series": series} if series else {})}
+    if n_channels > 1:
+        settings["coregistration"] = METHOD
+    return settings
 
 
 def build_arrays(

@@ -154,7 +154,7 @@ class Predictor:
             if absent:
                 raise InputError(f"no image for required channel(s) {', '.join(absent)}")
             stacked = channels_to_model(
-                self.bundle.grid, [volume, *[others.get(c) for c in channels[1:]]]
+                self.bundle.grid, [volume, *[others.get(c) for c in channels[1:]]], channels
             )
             # ChannelSample.reference is typed object: it is the first channel's to_model sample
             sample = cast(GridSample | PreprocessedSample, stacked.reference)

@@ -39,6 +39,8 @@ class GridSample:
     resampling (source affine and shape, interpolation), inverted by ``ModelGrid.to_input``.
     ``coverage``: fraction of the input's foreground that lies inside the grid (1.0 means
     the box cut nothing off). ``intensity``: threshold, mean and std used to normalise.
+    ``quality`` and ``warnings``: empty for one image; a multi-contrast case records there
+    the co-registration check of its other channels (``channels.channels_to_model``).
     """
 
     tensor: torch.Tensor
@@ -49,6 +51,8 @@ class GridSample:
     centre: np.ndarray
     coverage: float
     intensity: dict
+    quality: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
