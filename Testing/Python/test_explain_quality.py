@@ -130,3 +130,63 @@ def test_quality_report_on_the_toy_model():
     assert ig["passes_sanity"] and abs(ig["randomisation_spearman"]) <= 0.2
     assert set(report["failing_sanity"]) <= {"layer_gradcam"}
     assert report["recommended_default"] == "integrated_gradients"
+
+
+def test_lesion_kind_shares_split_the_evidence_inside_each_kind_over_the_channels():
+    from autoimmuneai.explain.quality import lesion_kind_figures
+
+    shape = (6, 6, 6)
+    flair, t1 = np.zeros(shape), np.zeros(shape)
+    enhancing = np.zeros(shape, bool)
+    enhancing[1, 1, 1] = enhancing[1, 1, 2] = True
+    flair[1, 1, 1], t1[1, 1, 2] = 1.0, 3.0  # inside the kind: 1 on one map, 3 on the other
+    flair[4, 4, 4] = 2.0  # outside it: not part of the share
+    t1[1, 1, 1] = -5.0  # evidence against: not part of the share either
+    empty = np.zeros(shape, bool)
+    figures = lesion_kind_figures(
+        [flair, t1], ["a", "b"], {"enhancing": enhancing, "none": empty}, np.eye(4)
+    )
+    assert figures["a"]["enhancing_share"] == pytest.approx(0.25)
+    assert figures["b"]["enhancing_share"] == pytest.approx(0.75)
+    assert figures["a"]["enhancing_relevance_mass_accuracy"] == pytest.approx(1 / 3)
+    assert figures["b"]["enhancing_relevance_mass_accuracy"] == pytest.approx(1.0)
+    assert figures["a"]["enhancing_pointing_game"] == 0.0  # its maximum is 3 voxels away
+    assert figures["b"]["enhancing_pointing_game"] == 1.0
+    assert not any(k.startswith("none_") for k in figures["a"])  # a kind the case lacks
+
+
+def test_deleting_one_channel_leaves_the_other_channels_as_they_were():
+    """Per-channel deletion replaces that channel's voxels only; without a channel every
+    channel of a deleted voxel goes (a two-channel model, checked against its own output)."""
+    from test_explain import toy_case
+
+    from autoimmuneai.model.fusion import FusionModel, ModelConfig
+
+    first, *_ = toy_case(MS, 73)
+    second, *_ = toy_case(MS, 74)
+    image = torch.cat([first, second], dim=1)  # [1, 2, D, H, W]
+    config = ModelConfig(
+        n_serology=4, n_classes=3, image_channels=2, channels=(4, 8), strides=(2, 2), dropout=0.0
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = FusionModel(config).eval()
+    serology = torch.zeros(1, 4)
+    head = image[0, 0].numpy() > -2.0
+    attribution = np.zeros(head.shape)
+    chosen = np.argwhere(head)[:: max(1, int(head.sum()) // 30)][:30]
+    attribution[tuple(chosen.T)] = 1.0
+    fractions = (0.0, 30 / head.sum())
+    opened = image_baseline(image, "opened")
+    for channel, replaced in ((1, [1]), (None, [0, 1])):
+        curves = deletion_curves(
+            model, image, serology, attribution, 0, head, fractions=fractions, channel=channel
+        )
+        expected = image.clone()
+        for c in replaced:
+            for i, j, k in chosen:
+                expected[0, c, i, j, k] = opened[0, c, i, j, k]
+        with torch.no_grad():
+            p = torch.softmax(model(expected, serology).double(), 1)[0, 0].item()
+        assert curves["attribution"][1] == pytest.approx(p, abs=1e-6)
+    assert not torch.equal(opened[0, 0][tuple(chosen.T)], image[0, 0][tuple(chosen.T)])

@@ -565,3 +565,16 @@ def test_predict_reads_the_series_given_by_series(tmp_path: Path, cohort_copy, t
     assert b["probabilities"] == pytest.approx(a["probabilities"], abs=2e-3)
     rc, out = run("--image", study, "--case-id", "dicom", "--out", tmp_path / "c")
     assert rc == 3 and "4 DICOM series" in out and "#1 'localizer'" in out, out
+
+
+def test_an_all_zero_mask_is_read_but_an_all_zero_image_is_refused(tmp_path):
+    """A label map of a lesion kind the case lacks is all zero: readable as a mask."""
+
+    path = tmp_path / "empty.nii.gz"
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), path)
+    with pytest.raises(InputError, match="every voxel is zero"):
+        load_volume(path)
+    mask = load_volume(path, mask=True)
+    assert mask.shape == (4, 5, 6) and not mask.array.any()
+    assert np.allclose(mask.affine, affine)

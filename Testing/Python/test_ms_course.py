@@ -279,3 +279,35 @@ def test_ms_course_trains_predicts_and_explains_per_channel(tmp_path):
     without = json.loads((tmp_path / "pred2" / case["case_id"] / "prediction.json").read_text())
     assert any("no t1gd image" in w for w in without["warnings"])
     assert not any("no t1gd image" in w for w in prediction["warnings"])
+    # explanation quality per channel, and per kind of true lesion from truth.csv
+    from autoimmuneai.explain.quality import measure_explanation_quality
+
+    report = measure_explanation_quality(
+        bundle, manifest, tmp_path / "quality", n_cases=3, methods=("integrated_gradients",)
+    )
+    ig = report["methods"]["integrated_gradients"]
+    channels = ig["channels"]
+    assert set(channels) == {"flair", "t1", "t1gd"}
+    assert sum(c["share"] for c in channels.values()) == pytest.approx(1, abs=1e-3)
+    measured = [r["case_id"] for r in ig["cases"]]
+    enhancing = [c for c in measured if int(truth[c]["n_enhancing"]) > 0]
+    if enhancing:
+        assert channels["t1gd"]["enhancing_cases"] == len(enhancing)
+        shares = sum(c["enhancing_share"] for c in channels.values())
+        assert shares == pytest.approx(1, abs=1e-6) or shares == 0
+    else:
+        assert "enhancing_cases" not in channels["t1gd"]
+    from autoimmuneai.output.report import channel_quality_view, fmt
+
+    view = channel_quality_view(report)  # the report's table: channels as columns
+    assert view["channel_names"] == ["flair", "t1", "t1gd"]
+    rows = dict(view["channel_rows"])
+    assert rows["Share of the positive attribution"] == [
+        fmt(channels[c]["share"]) for c in ["flair", "t1", "t1gd"]
+    ]
+    if enhancing:
+        assert rows["Enhancing (true mask): cases that have one"][2] == str(len(enhancing))
+    for name, figures in channels.items():
+        assert 0 <= figures["relevance_mass_accuracy"] <= 1, name
+        assert figures["deletion_over_random"] is None or figures["deletion_over_random"] >= 0
+        assert isinstance(figures["passes_sanity"], bool)

@@ -124,7 +124,11 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
 
 
 def load_volume(
-    path: str | Path, *, max_voxels: int = 400_000_000, series: str | None = None
+    path: str | Path,
+    *,
+    max_voxels: int = 400_000_000,
+    series: str | None = None,
+    mask: bool = False,
 ) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file, or a DICOM series folder, as a float32 Volume.
 
@@ -133,7 +137,8 @@ def load_volume(
     holding several series (a study as exported from the archive) gives the one whose
     description matches ``series`` (a case-insensitive regular expression, e.g. ``FLAIR``);
     without ``series`` the one series whose tags say FLAIR; otherwise the error lists every
-    series (number, description, slices, voxel size).
+    series (number, description, slices, voxel size). An image must have contrast; a
+    ``mask`` (a label map) may be all zero: a case without that kind of lesion.
     """
     path = Path(path)
     if not path.exists():
@@ -156,7 +161,7 @@ def load_volume(
         raise ImageError(
             f"cannot read the image ({_reason(exc)}); supported: {SUPPORTED}", file=path
         ) from exc
-    _check_values(array, path)
+    _check_values(array, path, mask)
     return Volume(array=array, affine=affine, path=path)
 
 
@@ -193,11 +198,13 @@ def _check_shape(shape: tuple[int, ...], path: Path, max_voxels: int) -> tuple[i
     return i, j, k
 
 
-def _check_values(array: np.ndarray, path: Path) -> None:
+def _check_values(array: np.ndarray, path: Path, mask: bool = False) -> None:
     finite = np.isfinite(array)
     if not finite.all():
         bad = int(array.size - np.count_nonzero(finite))
         raise ImageError(f"has {bad:,} NaN or infinite voxels", file=path)
+    if mask:
+        return
     if not array.any():
         raise ImageError("is empty: every voxel is zero", file=path)
     low, high = float(array.min()), float(array.max())

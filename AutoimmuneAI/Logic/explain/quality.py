@@ -35,6 +35,12 @@ Per method, averaged over cases:
   left); ``deletion_over_random`` is the ratio of the latter summed over cases (a case the
   labs decide adds ~0 to both sums) and ``deletion_over_random_raw`` the ratio of the raw
   areas, reported beside it.
+- Per channel (multi-contrast panels): each channel's own map is scored the same way
+  (localisation, randomisation, deletion of that channel only), under ``channels``; and
+  per kind of true lesion that the generator records (``mask_<kind>`` in ``truth.csv``,
+  e.g. the lesions one contrast shows), each channel's share of the positive attribution
+  inside those lesions, over the cases that have one: whether the contrast that shows a
+  lesion kind is the one whose map carries its evidence.
 
 The result is written to ``explain_quality.json`` and returned.
 """
@@ -98,6 +104,9 @@ class QualityCase:
     labs: dict = field(default_factory=dict)
     to_input: Callable[[np.ndarray], np.ndarray] | None = None
     head: np.ndarray | None = None  # foreground on the lesion grid (None: the model grid's)
+    # the generator's masks of lesion kinds (kind -> bool mask on the lesion grid), e.g. the
+    # lesions one contrast shows: which channel carries the evidence inside each kind
+    truth_masks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,6 +195,7 @@ def deletion_curves(
     seed: int = 0,
     temperature: float = 1.0,
     opened: torch.Tensor | None = None,
+    channel: int | None = None,
 ) -> dict:
     """Probability of ``target`` as head voxels are deleted (see the module docstring).
 
@@ -195,9 +205,21 @@ def deletion_curves(
     labs. Areas are trapezoid areas over the deleted fraction divided by its range (mean
     values): ``<order>_auc`` of the probability, ``<order>_excess_auc`` of
     |probability - floor|. ``opened`` is the image's opening when the caller already has it.
+    ``attribution`` and ``head`` are on the model grid [D, H, W]. A deleted voxel is deleted
+    in every channel of a multi-contrast image, or, with ``channel``, in that channel only
+    (the floor then removes that channel's hyperintensities only): how much of the evidence
+    that one contrast holds.
     """
     fill = image_baseline(image, "opened") if opened is None else opened  # a deleted voxel's value
     pseudo_healthy = without_hyperintensities(image, fill)  # the floor's image (IG's baseline)
+    n_voxels, n_channels = head.size, int(image.shape[1])
+    if channel is not None:  # only this channel's hyperintensities go for the floor
+        keep = torch.ones_like(image, dtype=torch.bool)
+        keep[:, channel] = False
+        pseudo_healthy = torch.where(keep, image, pseudo_healthy)
+    offsets = (
+        np.arange(n_channels) * n_voxels if channel is None else np.array([channel * n_voxels])
+    )
     index = np.flatnonzero(head.ravel())
     scores = np.abs(np.asarray(attribution).ravel()[index])
     rng = np.random.default_rng(seed)
@@ -218,7 +240,8 @@ def deletion_curves(
         batch = []
         for f in fractions:
             x = flat_image.clone()
-            chosen = torch.from_numpy(order[: int(round(f * order.size))])
+            voxels = order[: int(round(f * order.size))]
+            chosen = torch.from_numpy((voxels[:, None] + offsets[None, :]).ravel())
             x[chosen] = flat_fill[chosen]
             batch.append(x.reshape(image.shape[1:]))
         with torch.no_grad():
@@ -276,8 +299,11 @@ def quality_for_cases(
                 ),
                 "relative_delta": e.relative_delta,
             }
+            randomised_maps = {}
             for stage, rmodel in randomised.items():
-                r = explain(rmodel, case.image, case.serology, **kwargs).image_map
+                explained = explain(rmodel, case.image, case.serology, **kwargs)
+                randomised_maps[stage] = explained.channel_maps
+                r = explained.image_map
                 row[f"spearman_{stage}"] = rank_correlation(model_map, r, head_model)
                 support = head_model & ((model_map != 0) | (r != 0))
                 row[f"spearman_abs_{stage}"] = rank_correlation(
@@ -292,11 +318,125 @@ def quality_for_cases(
             row["deletion_excess_auc"] = curves["attribution_excess_auc"]
             row["random_deletion_excess_auc"] = curves["random_excess_auc"]
             row["deletion_floor"] = curves["floor"]
+            if e.channel_maps is not None and len(e.channel_maps) > 1:
+                row["channels"] = _channel_rows(
+                    model, case, e, randomised_maps, head_model, opened,
+                    seed=seed, temperature=temperature,
+                )  # fmt: skip
             rows.append(row)
         report["methods"][method] = _summarise(rows, stages)
     report["failing_sanity"] = [m for m, r in report["methods"].items() if not r["passes_sanity"]]
     report["recommended_default"] = recommended_default(report)
     return report
+
+
+def _channel_rows(
+    model: torch.nn.Module,
+    case: QualityCase,
+    e,
+    randomised_maps: dict[str, np.ndarray | None],
+    head_model: np.ndarray,
+    opened: torch.Tensor,
+    *,
+    seed: int,
+    temperature: float,
+) -> dict[str, dict]:
+    """The localisation, sanity and deletion figures of each channel's own map, and, per
+    kind of true lesion (``case.truth_masks``), each channel's share of the positive
+    attribution inside those lesions: whether the contrast that shows a kind of lesion is
+    the one whose map carries its evidence."""
+    names = list(e.channel_share) or [f"channel {k}" for k in range(len(e.channel_maps))]
+    lesion = np.asarray(case.lesion, dtype=bool)
+    on_input = [case.to_input(m) if case.to_input else m for m in e.channel_maps]
+    out: dict[str, dict] = {}
+    for k, name in enumerate(names):
+        channel_map = e.channel_maps[k]
+        curves = deletion_curves(
+            model, case.image, case.serology, channel_map, e.target, head_model,
+            seed=seed, temperature=temperature, opened=opened, channel=k,
+        )  # fmt: skip
+        row = {
+            "share": float(e.channel_share.get(name, 0.0)),
+            "relevance_mass_accuracy": relevance_mass_accuracy(on_input[k], lesion),
+            "pointing_game": float(
+                pointing_hit(on_input[k], lesion, case.affine, POINTING_TOLERANCE_MM)
+            ),
+            "deletion_excess_auc": curves["attribution_excess_auc"],
+            "random_deletion_excess_auc": curves["random_excess_auc"],
+        }
+        for stage, maps in randomised_maps.items():
+            if maps is not None and len(maps) == len(e.channel_maps):
+                row[f"spearman_{stage}"] = rank_correlation(channel_map, maps[k], head_model)
+        out[name] = row
+    for name, figures in lesion_kind_figures(
+        on_input, names, case.truth_masks, case.affine
+    ).items():
+        out[name].update(figures)
+    return out
+
+
+def lesion_kind_figures(
+    maps: Sequence[np.ndarray],
+    names: Sequence[str],
+    masks: dict[str, np.ndarray],
+    affine: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """Per channel map and kind of lesion (``masks``: kind -> bool mask, same grid as the
+    maps): ``<kind>_share``, the channel's part of all channels' positive attribution inside
+    those lesions (sums to 1 over the channels), and the channel map's relevance mass
+    accuracy and pointing game against those lesions only. Kinds absent from the case (an
+    empty mask) are left out."""
+    positive = [np.clip(np.asarray(m, np.float64), 0.0, None) for m in maps]
+    out: dict[str, dict[str, float]] = {name: {} for name in names}
+    for kind, mask in masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            continue
+        inside = np.array([p[mask].sum() for p in positive])
+        total = float(inside.sum())
+        for k, name in enumerate(names):
+            out[name][f"{kind}_share"] = float(inside[k] / total) if total > 0 else 0.0
+            out[name][f"{kind}_relevance_mass_accuracy"] = relevance_mass_accuracy(maps[k], mask)
+            out[name][f"{kind}_pointing_game"] = float(
+                pointing_hit(maps[k], mask, affine, POINTING_TOLERANCE_MM)
+            )
+    return out
+
+
+def _channel_summary(rows: list[dict], stages: Sequence[str]) -> dict[str, dict]:
+    """Per channel, the mean of each figure of ``_channel_rows`` over the cases that have it
+    (a lesion-kind figure: over the cases with a lesion of that kind; ``<kind>_cases``), with
+    the deletion ratio and the sanity verdict computed as for the whole map."""
+    per_case = [r["channels"] for r in rows if r.get("channels")]
+    if not per_case:
+        return {}
+    last = stages[-1]
+    lvf = [r["lesion_volume_fraction"] for r in rows if r.get("channels")]
+    summary: dict[str, dict] = {}
+    for name in per_case[0]:
+        keys = list(dict.fromkeys(k for case in per_case for k in case.get(name, {})))
+        figures: dict[str, Any] = {}
+        for key in keys:
+            values = [case[name][key] for case in per_case if key in case.get(name, {})]
+            figures[key] = float(np.mean(values))
+            if key.endswith("_share") and key != "share":
+                figures[f"{key[: -len('_share')]}_cases"] = len(values)
+        rma, lesion_fraction = figures.get("relevance_mass_accuracy"), float(np.mean(lvf))
+        figures["rma_over_lesion_fraction"] = (
+            rma / lesion_fraction if rma is not None and lesion_fraction else None
+        )
+        excess, random_excess = (
+            figures.get("deletion_excess_auc"),
+            figures.get("random_deletion_excess_auc"),
+        )
+        figures["deletion_over_random"] = (
+            excess / random_excess if excess is not None and random_excess else None
+        )
+        spearman = figures.get(f"spearman_{last}")
+        figures["randomisation_spearman"] = spearman
+        figures["passes_sanity"] = spearman is not None and abs(spearman) <= SANITY_MAX_SPEARMAN
+        summary[name] = figures
+    return summary
 
 
 def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
@@ -334,6 +474,9 @@ def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
         "passes_sanity": spearman is not None and abs(spearman) <= SANITY_MAX_SPEARMAN,
         "cases": rows,
     }
+    channels = _channel_summary(rows, stages)
+    if channels:
+        summary["channels"] = channels
     pointing = summary["pointing_game"]
     summary["meets_targets"] = {
         "rma_over_lesion_fraction": (ratio or 0.0) >= 10.0,
@@ -375,8 +518,38 @@ def _select_cases(cohort, split: str | None, n_cases: int) -> list:
 QUALITY_SPARE_CASES = 3  # candidates beyond n_cases, used when a case's image fails
 
 
-def _quality_case(bundle, predictor, case) -> QualityCase:
-    """One selected case read, preprocessed and paired with its lesion mask."""
+TRUTH_MASK_PREFIX = "mask_"  # truth.csv columns holding a lesion kind's mask (generator)
+
+
+def _truth_masks(truth: dict | None, root: Path, volume) -> dict[str, np.ndarray]:
+    """The masks of lesion kinds that the generator's truth row names (``mask_<kind>``), on
+    ``volume``'s grid (nearest neighbour through the affines where a mask has its own)."""
+    from scipy import ndimage as ndi
+
+    masks: dict[str, np.ndarray] = {}
+    for column, value in (truth or {}).items():
+        if not str(column).startswith(TRUTH_MASK_PREFIX) or not isinstance(value, str):
+            continue
+        if not value.strip():
+            continue
+        mask = load_volume(root / value, mask=True)
+        array = np.asarray(mask.array) > 0
+        same = array.shape == tuple(volume.shape) and np.allclose(mask.affine, volume.affine)
+        if not same:
+            to_mask = np.linalg.inv(np.asarray(mask.affine, np.float64)) @ volume.affine
+            array = ndi.affine_transform(
+                array.astype(np.uint8), to_mask[:3, :3], to_mask[:3, 3],
+                output_shape=tuple(volume.shape), order=0, cval=0,
+            ).astype(bool)  # fmt: skip
+        masks[str(column)[len(TRUTH_MASK_PREFIX) :]] = array
+    return masks
+
+
+def _quality_case(
+    bundle, predictor, case, truth: dict | None = None, root: Path | None = None
+) -> QualityCase:
+    """One selected case read, preprocessed and paired with its lesion mask (and, from the
+    generator's ``truth`` row, the masks of each lesion kind)."""
     channels = bundle.panel.channels
     volume = load_volume(case.images[channels[0]], series=case.series.get(channels[0]))
     others = {
@@ -396,6 +569,7 @@ def _quality_case(bundle, predictor, case) -> QualityCase:
         labs=prepared.labs,
         to_input=functools.partial(bundle.grid.to_input, sample=prepared.sample, mode="linear"),
         head=foreground_mask(volume.array),
+        truth_masks=_truth_masks(truth, root or Path("."), volume),
     )
 
 
@@ -429,10 +603,14 @@ def measure_explanation_quality(
     if not selected:
         where = f" in split {split!r}" if split else ""
         raise InputError(f"no case with a diagnosis and a non-empty lesion mask{where}")
+    truth_table = cohort.truth_table()
     cases: list[QualityCase] = []
     for case in selected:
+        truth = None
+        if truth_table is not None and case.case_id in truth_table.index:
+            truth = truth_table.loc[case.case_id].to_dict()
         try:
-            cases.append(_quality_case(bundle, predictor, case))
+            cases.append(_quality_case(bundle, predictor, case, truth, cohort.root))
         except InputError as exc:
             warnings.warn(
                 f"case {case.case_id} left out of explanation quality: {exc}", stacklevel=2

@@ -783,7 +783,55 @@ def quality_view(quality: dict | None) -> dict | None:
         elif isinstance(value, list):
             value = ", ".join(METHOD_LABELS.get(str(m), str(m)) for m in value) or "none"
         view["summary_rows"].append((QUALITY_SUMMARY_LABELS[key], fmt(value)))
+    view |= channel_quality_view(quality)
     return view
+
+
+# Per-channel explanation quality (multi-contrast panels), in this order, when present.
+CHANNEL_QUALITY_COLUMNS = {
+    "share": "Share of the positive attribution",
+    "rma_over_lesion_fraction": "RMA / lesion fraction",
+    "pointing_game": "Pointing game",
+    "randomisation_spearman": "Randomisation Spearman",
+    "deletion_over_random": "Deletion / random (image evidence)",
+    "passes_sanity": "Passes sanity check",
+}
+LESION_KIND_COLUMNS = {
+    "share": "{kind} (true mask): share of the evidence inside",
+    "pointing_game": "{kind} (true mask): pointing game",
+    "cases": "{kind} (true mask): cases that have one",
+}
+
+
+def channel_quality_view(quality: dict) -> dict:
+    """The recommended method's figures per image channel (channels as columns), and per
+    kind of true lesion each channel's share of the evidence inside it; empty when the
+    measurement has one channel."""
+    found = quality.get("methods")
+    methods: dict = found if isinstance(found, dict) else {}
+    method = quality.get("recommended_default")
+    if method not in methods:
+        method = next(iter(methods), None)
+    channels = methods.get(method, {}).get("channels") if method else None
+    if not isinstance(channels, dict) or not channels:
+        return {}
+    names = list(channels)
+    rows = [
+        (label, [fmt(channels[n].get(key)) for n in names])
+        for key, label in CHANNEL_QUALITY_COLUMNS.items()
+        if any(key in channels[n] for n in names)
+    ]
+    kinds = [k[: -len("_cases")] for k in channels[names[0]] if k.endswith("_cases")]
+    for kind in kinds:
+        shown = kind.replace("_", " ")
+        for suffix, label in LESION_KIND_COLUMNS.items():
+            values = [fmt(channels[n].get(f"{kind}_{suffix}")) for n in names]
+            rows.append((label.format(kind=shown.capitalize()), values))
+    return {
+        "channel_method": METHOD_LABELS.get(str(method), _human(str(method))),
+        "channel_names": names,
+        "channel_rows": rows,
+    }
 
 
 def _method_key(quality: dict) -> str | None:
