@@ -35,7 +35,7 @@ DISCLAIMER = (
     "For research use only. Not a medical device: the output must not be used for "
     "diagnosis or treatment decisions."
 )
-DEMO_NODE_NAME = "AutoimmuneAIDemoFLAIR"
+DEMO_NODE_PREFIX = "AutoimmuneAIDemo"  # demo volumes: "AutoimmuneAIDemo FLAIR", one per channel
 
 
 def unsupported():
@@ -100,18 +100,33 @@ def ensureDependencies():
     return installer.ensure()
 
 
-def _demoDirectory():
-    return Path(slicer.app.cachePath) / "AutoimmuneAI" / "demo"
+def _demoDirectory(panel):
+    """The demo folder of ``panel`` in Slicer's cache: one per panel (``demoWorkDir``)."""
+    return _lib().demo.demoWorkDir(Path(slicer.app.cachePath) / "AutoimmuneAI" / "demo", panel)
 
 
-def startDemo(onLoaded, onProgress=None, onLine=None, onEnded=None):
-    """Prepare the demo case in the background, then load and show its volume.
+def _demoChoices():
+    """The demos to offer (``demoChoices``); the default panel's alone when the generators'
+    packages cannot be imported yet (they are installed on first use)."""
+    demo = _lib().demo
+    try:
+        return demo.demoChoices()
+    except ImportError as exc:
+        logging.warning("AutoimmuneAI: only the default demo is offered (%s)", exc)
+        return [demo.DemoChoice(demo.defaultDemoPanel(), _("AutoimmuneAI demo"))]
+
+
+def startDemo(onLoaded, onProgress=None, onLine=None, onEnded=None, panel=None):
+    """Prepare ``panel``'s demo case in the background (default: the default panel's), then
+    load and show its volumes.
 
     Dependencies are installed first (one confirmation). The cohort and the demo model are
     made by a background process (progress through ``onProgress``/``onLine``; the returned
-    Job's ``cancel()`` stops it); once done, the volume is added with a display node and shown
-    in the slice views, and ``onLoaded(demo, volume)`` runs. ``onEnded(job)`` runs in every
-    case (done, failed or cancelled). Returns the Job, or None when the user declined.
+    Job's ``cancel()`` stops it); once done, one volume per channel of the case is added with
+    a display node, the reference channel's is shown in the slice views, and
+    ``onLoaded(demo, volumes)`` runs (``volumes``: channel -> node, the reference first).
+    ``onEnded(job)`` runs in every case (done, failed or cancelled). Returns the Job, or None
+    when the user declined.
     """
     lib = _lib()
     if not ensureDependencies():
@@ -126,16 +141,18 @@ def startDemo(onLoaded, onProgress=None, onLine=None, onEnded=None):
                     _("Cannot prepare the demo case: {reason}").format(reason=job.error)
                 )
             else:
-                volume = lib.demo.loadDemoVolume(slicer.mrmlScene, job.result, DEMO_NODE_NAME)
-                slicer.util.setSliceViewerLayers(background=volume, fit=True)
-                onLoaded(job.result, volume)
+                volumes = lib.demo.loadDemoVolumes(slicer.mrmlScene, job.result, DEMO_NODE_PREFIX)
+                reference = next(iter(volumes.values()))
+                slicer.util.setSliceViewerLayers(background=reference, fit=True)
+                onLoaded(job.result, volumes)
         finally:
             if onEnded is not None:
                 onEnded(job)
 
     return lib.demo.prepareDemo(
-        _demoDirectory(),
+        _demoDirectory(panel),
         logic=AutoimmuneAILogic(),
+        panel=panel,
         waitForCompletion=False,
         onProgress=onProgress,
         onLine=onLine,
@@ -144,18 +161,20 @@ def startDemo(onLoaded, onProgress=None, onLine=None, onEnded=None):
 
 
 def registerSampleData():
-    """ "AutoimmuneAI demo" in the Sample Data module, generated on demand (nothing downloaded).
+    """One Sample Data entry per demo (``demoChoices``: "AutoimmuneAI demo" for the default
+    panel, "AutoimmuneAI demo: <panel title>" for the others), generated on demand (nothing
+    downloaded).
 
     Sample Data calls a custom downloader only from its button, with the source, and ignores
     what it returns (``SampleData.py``): the downloader starts the background demo with a
-    progress dialog whose Cancel stops it, and the volume is shown once it is ready.
+    progress dialog whose Cancel stops it, and the volumes are shown once they are ready.
     """
     import SampleData
 
-    def generate(source):
+    def generate(source, panel=None, title=""):
         dialog = slicer.util.createProgressDialog(
-            windowTitle=_("AutoimmuneAI demo"),
-            labelText=_("Generating the demo case and model (about a minute)..."),
+            windowTitle=_("AutoimmuneAI demo") + (": " + title if title else ""),
+            labelText=_("Generating the demo case and model (a few minutes)..."),
             maximum=100,
         )
 
@@ -168,27 +187,31 @@ def registerSampleData():
         job = None
         with slicer.util.tryWithErrorDisplay(_("Cannot prepare the demo case.")):
             job = startDemo(
-                lambda demo, volume: None,
+                lambda demo, volumes: None,
                 onProgress=progress,
                 onLine=line,
                 onEnded=lambda job: dialog.close(),
+                panel=panel,
             )
         if job is None:
             dialog.close()
         else:
             dialog.connect("canceled()", job.cancel)
 
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="AutoimmuneAI",
-        sampleName="AutoimmuneAI demo",
-        uris="autoimmuneai-synth://demo",
-        fileNames=DEMO_NODE_NAME + ".nii.gz",
-        nodeNames=DEMO_NODE_NAME,
-        thumbnailFileName=os.path.join(
-            os.path.dirname(__file__), "Resources", "Icons", "AutoimmuneAI.png"
-        ),
-        customDownloader=generate,
-    )
+    thumbnail = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "AutoimmuneAI.png")
+    for index, choice in enumerate(_demoChoices()):
+        default = index == 0  # the default panel's entry keeps the name it always had
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="AutoimmuneAI",
+            sampleName=_("AutoimmuneAI demo") + ("" if default else ": " + choice.title),
+            uris="autoimmuneai-synth://demo" + ("" if default else "/" + choice.panel),
+            fileNames=f"{DEMO_NODE_PREFIX}-{choice.panel}.nii.gz",
+            nodeNames=f"{DEMO_NODE_PREFIX} {choice.panel}",
+            thumbnailFileName=thumbnail,
+            customDownloader=lambda source, c=choice, d=default: generate(
+                source, c.panel, "" if d else c.title
+            ),
+        )
 
 
 def AutoimmuneAILogic():
@@ -235,6 +258,9 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             onChanged=self._updateButtons,
         )
         self.results = lib.widgethelpers.ResultsView(self.ui)
+        # "Load demo case" offers one demo per panel that ships a cohort generator.
+        for choice in _demoChoices():
+            self.ui.demoPanelComboBox.addItem(choice.title, choice.panel)
         # One completer for the "explain class" field; its list changes with the panel.
         self.classNames = qt.QStringListModel()
         self.completer = qt.QCompleter(self.classNames, self.ui.targetClassLineEdit)
@@ -356,6 +382,7 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.enabled = ready and not running
         self.ui.whatIfButton.enabled = ready and not running and self.results.result is not None
         self.ui.demoButton.enabled = not running
+        self.ui.demoPanelComboBox.enabled = not running
         self.ui.cancelButton.enabled = running
         if ready:
             self.ui.runButton.toolTip = _("Predict and explain in a background process.")
@@ -491,13 +518,15 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDemo(self):
         with slicer.util.tryWithErrorDisplay(_("Cannot prepare the demo case.")):
+            panel = self.ui.demoPanelComboBox.currentData or None
 
-            def loaded(demo, volume):
+            def loaded(demo, volumes):
                 p = self._parameterNode
                 p.bundlePath = demo.bundlePath
-                p.inputVolume = volume
+                p.inputVolume = next(iter(volumes.values()))  # the reference channel
                 p.caseId = demo.caseId
-                self._onParameterNodeModified()
+                self._onParameterNodeModified()  # selectors and form follow the bundle's panel
+                self.channels.setVolumes(volumes)
                 self.form.setValues(demo.serology)
                 self.ui.cohortPathLineEdit.currentPath = str(demo.manifestPath)
                 self.ui.statusLabel.text = _("Demo case loaded: press Run.")
@@ -507,30 +536,45 @@ class AutoimmuneAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if job.error is not None:
                     self.ui.statusLabel.text = _("Demo not loaded.")
 
-            job = startDemo(loaded, onProgress=self._onProgress, onLine=self._onLine, onEnded=ended)
+            job = startDemo(
+                loaded, onProgress=self._onProgress, onLine=self._onLine, onEnded=ended, panel=panel
+            )
             if job is not None:
-                self._startJob(job, _("Generating the demo case and model (about a minute)..."))
+                self._startJob(job, _("Generating the demo case and model (a few minutes)..."))
 
 
 class AutoimmuneAITest(ScriptedLoadableModuleTest):
-    """Runs the demo case end to end: the same scenario as Testing/Python/test_slicer_module.py.
+    """Runs the demo cases end to end: the same scenario as Testing/Python/test_slicer_module.py
+    (the default panel) and test_slicer_demo_panels.py (the others).
 
-    Works in a scene of its own, so the user's scene (its nodes and where it is saved) is left
-    as it was.
+    Works in a scene of its own per demo, so the user's scene (its nodes and where it is
+    saved) is left as it was.
     """
 
     def runTest(self):
         self.test_DemoScenario()
+        self.test_OtherDemoScenarios()
 
-    def test_DemoScenario(self):
+    def test_DemoScenario(self, panel=None):
         reason = unsupported()
         if reason:
             self.skipTest(reason)
         lib = _lib()
-        self.delayDisplay("Generating the demo case, training a small model, predicting")
+        self.delayDisplay(
+            "Generating the {} demo case, training a small model, predicting".format(
+                panel or "default"
+            )
+        )
         workDir = Path(tempfile.mkdtemp(prefix="AutoimmuneAITest-"))
         logic = lib.logic.AutoimmuneAILogic(scene=slicer.vtkMRMLScene())
-        result, reloaded = lib.demo.runDemoScenario(workDir, logic=logic)
+        result, reloaded = lib.demo.runDemoScenario(workDir, logic=logic, panel=panel)
         self.assertIn(result.predicted, result.classes)
         self.assertGreater(reloaded.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 0)
         self.delayDisplay("Test passed")
+
+    def test_OtherDemoScenarios(self):
+        """Every other panel that ships a generator (multi-channel ones hand over a mapping)."""
+        if unsupported():
+            self.skipTest(unsupported())
+        for choice in _lib().demo.demoChoices()[1:]:
+            self.test_DemoScenario(choice.panel)

@@ -86,6 +86,14 @@ class ChannelSelectors:
         finally:
             self._loading = False
 
+    def setVolumes(self, volumes) -> None:
+        """Select ``volumes`` (channel -> node, e.g. a loaded demo case) in the channels'
+        selectors; a channel the mapping lacks is set to none. The reference channel is the
+        parameter node's ``inputVolume``, which the caller sets. Stored and announced as a
+        user's choice is (``onChanged``), so Run's state follows."""
+        for name, selector in self.selectors.items():
+            selector.setCurrentNode(volumes.get(name))
+
     def _changed(self, name: str, node) -> None:
         if self._loading:
             return

@@ -264,6 +264,30 @@ def test_selectors_follow_the_panel_and_keep_their_volumes(widgethelpers):
     assert selectors.volumes(flair) == {"flair": flair, "t1": None, "t1gd": None}
 
 
+def test_a_loaded_demo_case_sets_every_channel_selector(widgethelpers):
+    """ "Load demo case": the case's volumes (channel -> node) go into the selectors as a
+    user's choice would (stored on the parameter node, Run's state updated); a channel the
+    case lacks is set to none, replacing an earlier choice."""
+    module, scene = widgethelpers
+    flair, t1, t1gd = _node(scene, "FLAIR"), _node(scene, "T1", 1), _node(scene, "T1Gd", 2)
+    parameters = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "AutoimmuneAI")
+    reference = _ComboBox()
+    layout = _Layout(reference)
+    changes = []
+    selectors = module.ChannelSelectors(
+        layout, types.SimpleNamespace(text=""), reference, onChanged=lambda: changes.append(1)
+    )
+    selectors.loadFrom(parameters)
+    selectors.build(MS)
+    selectors.setVolumes({"flair": flair, "t1": t1, "t1gd": t1gd})
+    assert selectors.volumes(flair) == {"flair": flair, "t1": t1, "t1gd": t1gd}
+    assert storedChannelVolume(parameters, "t1gd") is t1gd and changes == [1, 1]
+    selectors.setVolumes({"flair": flair, "t1gd": t1gd})  # a case without a T1
+    assert selectors.volumes(flair) == {"flair": flair, "t1": None, "t1gd": t1gd}
+    assert storedChannelVolume(parameters, "t1") is None and changes == [1, 1, 1]
+    assert reference.node is None  # the reference is the parameter node's, set by the caller
+
+
 # -- end to end: three volume nodes through the logic into the package and back ---------------
 MS_CASES = 16
 
