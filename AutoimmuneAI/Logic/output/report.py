@@ -805,8 +805,8 @@ LESION_KIND_COLUMNS = {
 
 def channel_quality_view(quality: dict) -> dict:
     """The recommended method's figures per image channel (channels as columns), and per
-    kind of true lesion each channel's share of the evidence inside it; empty when the
-    measurement has one channel."""
+    kind of true lesion each channel's share of the evidence inside it; no rows when the
+    measurement has one channel (the template reads the keys either way)."""
     found = quality.get("methods")
     methods: dict = found if isinstance(found, dict) else {}
     method = quality.get("recommended_default")
@@ -814,7 +814,7 @@ def channel_quality_view(quality: dict) -> dict:
         method = next(iter(methods), None)
     channels = methods.get(method, {}).get("channels") if method else None
     if not isinstance(channels, dict) or not channels:
-        return {}
+        return {"channel_method": "", "channel_names": [], "channel_rows": []}
     names = list(channels)
     rows = [
         (label, [fmt(channels[n].get(key)) for n in names])
