@@ -19,7 +19,6 @@ flow, not the model's accuracy.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from collections.abc import Callable
@@ -42,7 +41,6 @@ DEMO_CASES = 12
 DEMO_SEED = 3
 DEMO_VOXEL_MM = 3.0
 DEMO_NODE_PREFIX = "AutoimmuneAIDemo"
-EXIT_USER_ERROR = 2  # the command line's status for a refused input
 
 
 def defaultDemoPanel() -> str:
@@ -177,8 +175,9 @@ def readDemoCase(workDir: str | Path, panel: str | None = None) -> DemoCase:
 def _cohortPanelProblem(manifest: Path, panel) -> str:
     """Why the cohort at ``manifest`` is not one of ``panel`` ("" when it is): its header
     lacks a column the panel needs (an image channel or a lab)."""
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        header = set(next(csv.reader(f), []))
+    from autoimmuneai.data.cohort import read_manifest
+
+    header = set(read_manifest(manifest).columns)
     needed = [f"image_{c}" for c in panel.channels] + list(panel.feature_names)
     missing = [c for c in needed if c not in header]
     return f"no column {missing[0]!r} of panel {panel.name!r}" if missing else ""
@@ -189,7 +188,7 @@ def _prepareInProcess(workDir: Path, cases: int, seed: int, epochs: int, panel: 
 
     What an earlier run left is reused only when it is of ``panel``: a folder holding another
     panel's cohort or bundle is refused in one line (the demos of two panels never mix)."""
-    from autoimmuneai.cli import main
+    from autoimmuneai.cli import EXIT_USER_ERROR, main
     from autoimmuneai.data.panel import load_panel
 
     cohort, bundle = workDir / "cohort", workDir / "bundle"
@@ -311,14 +310,12 @@ def _check(condition: object, message: str) -> None:
         raise AssertionError(message)
 
 
-def checkResult(
-    result: PredictionResult, scene, classes, volume, clinicalStage: bool | None = None
-) -> None:
+def checkResult(result: PredictionResult, scene, classes, volume, *, clinicalStage: bool) -> None:
     """The checks of the scenario on one PredictionResult (real values, can fail).
 
     ``clinicalStage``: whether the bundle has the clinical-scan stage (``hasClinicalStage``),
-    whose quality figures and nodes must then be shown; None: judged from the prediction's
-    quality block (a multi-channel case has one without the stage: its channels' alignment).
+    whose quality figures and nodes must then be shown (a multi-channel case without it still
+    has a quality block: its channels' alignment).
     """
     probs = result.probabilities
     _check(list(probs) == list(classes), f"classes {list(probs)} != bundle classes {list(classes)}")
@@ -360,8 +357,6 @@ def checkResult(
     _check(chart.GetNumberOfPlotSeriesNodes() >= 1, "probability chart has no series")
     lab = nodes["lab_contributions"].GetTable()
     _check(lab.GetNumberOfRows() >= 1, "no lab contributions")
-    if clinicalStage is None:
-        clinicalStage = "registration_ncc" in (result.prediction.get("quality") or {})
     if clinicalStage:  # a bundle with the clinical-scan stage: its QC is shown
         _check(result.quality.available, "no quality report from the clinical-scan stage")
         _check("registration correlation" in result.quality.text, "no registration quality")

@@ -203,7 +203,7 @@ def test_the_clinical_scan_stage_aligns_a_moved_channel_inside_the_brain_mask():
     assert [w for w in sample.warnings if w.startswith("channel t1 moved")]  # type: ignore[attr-defined]
     # the same channel unmoved: a motion below the threshold, no warning; and on the grid
     # the aligned moved channel matches it inside the brain
-    region = reference_of(pre, sample, flair, "flair")
+    region = reference_of(sample, out.array[0], flair, "flair")
     still = fit_channel(region, t1, "t1")
     assert still.status == "co-registered" and still.motion_mm_max < APPLY_MM
     assert still.warnings == []

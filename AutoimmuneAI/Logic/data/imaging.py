@@ -357,11 +357,16 @@ def _from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
         image = sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
     array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
     array = np.ascontiguousarray(array, dtype=np.float32)
+    return array, sitk_affine(image)
+
+
+def sitk_affine(image: sitk.Image) -> np.ndarray:
+    """Voxel (i, j, k) -> RAS mm of a 3D SimpleITK image (LPS inside)."""
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine = np.eye(4)
     affine[:3, :3] = _FLIP @ direction @ np.diag(image.GetSpacing())
     affine[:3, 3] = _FLIP @ np.asarray(image.GetOrigin(), dtype=np.float64)
-    return array, affine
+    return affine
 
 
 def _to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:

@@ -421,22 +421,26 @@ def _channel_summary(rows: list[dict], stages: Sequence[str]) -> dict[str, dict]
             figures[key] = float(np.mean(values))
             if key.endswith("_share") and key != "share":
                 figures[f"{key[: -len('_share')]}_cases"] = len(values)
-        rma, lesion_fraction = figures.get("relevance_mass_accuracy"), float(np.mean(lvf))
-        figures["rma_over_lesion_fraction"] = (
-            rma / lesion_fraction if rma is not None and lesion_fraction else None
+        figures["rma_over_lesion_fraction"] = _ratio(
+            figures.get("relevance_mass_accuracy"), float(np.mean(lvf))
         )
-        excess, random_excess = (
-            figures.get("deletion_excess_auc"),
-            figures.get("random_deletion_excess_auc"),
-        )
-        figures["deletion_over_random"] = (
-            excess / random_excess if excess is not None and random_excess else None
+        figures["deletion_over_random"] = _ratio(
+            figures.get("deletion_excess_auc"), figures.get("random_deletion_excess_auc")
         )
         spearman = figures.get(f"spearman_{last}")
         figures["randomisation_spearman"] = spearman
-        figures["passes_sanity"] = spearman is not None and abs(spearman) <= SANITY_MAX_SPEARMAN
+        figures["passes_sanity"] = _passes_sanity(spearman)
         summary[name] = figures
     return summary
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, None when either is missing or the denominator is 0."""
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def _passes_sanity(spearman: float | None) -> bool:
+    return spearman is not None and abs(spearman) <= SANITY_MAX_SPEARMAN
 
 
 def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
@@ -449,8 +453,7 @@ def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
     deletion, random_deletion = mean("deletion_auc"), mean("random_deletion_auc")
     excess, random_excess = mean("deletion_excess_auc"), mean("random_deletion_excess_auc")
     spearman = mean(f"spearman_{last}")
-    ratio = rma / lvf if rma is not None and lvf else None
-    over_random = excess / random_excess if excess is not None and random_excess else None
+    ratio, over_random = _ratio(rma, lvf), _ratio(excess, random_excess)
     summary: dict[str, Any] = {
         "relevance_mass_accuracy": rma,
         "lesion_volume_fraction": lvf,
@@ -464,14 +467,12 @@ def _summarise(rows: list[dict], stages: Sequence[str]) -> dict:
         "deletion_excess_auc": excess,
         "random_deletion_excess_auc": random_excess,
         "deletion_over_random": over_random,
-        "deletion_over_random_raw": (
-            deletion / random_deletion if deletion is not None and random_deletion else None
-        ),
+        "deletion_over_random_raw": _ratio(deletion, random_deletion),
         "seconds_per_case": mean("seconds"),
         "max_relative_delta": max(
             (r["relative_delta"] for r in rows if r["relative_delta"] is not None), default=None
         ),
-        "passes_sanity": spearman is not None and abs(spearman) <= SANITY_MAX_SPEARMAN,
+        "passes_sanity": _passes_sanity(spearman),
         "cases": rows,
     }
     channels = _channel_summary(rows, stages)

@@ -46,7 +46,11 @@ class ChannelSample:
     reference: object  # the first channel's GridSample / PreprocessedSample (maps results back)
     present: tuple[bool, ...]  # per channel: False = not acquired (an all-zero plane)
     fits: dict[str, ChannelFit] = field(default_factory=dict)  # per checked extra channel
-    warnings: list[str] = field(default_factory=list)  # the channels' co-registration warnings
+
+    @property
+    def warnings(self) -> list[str]:
+        """The channels' co-registration warnings, in channel order."""
+        return [w for f in self.fits.values() for w in f.warnings]
 
 
 def grid_to_patient(sample: object) -> np.ndarray:
@@ -98,16 +102,17 @@ def follow_reference(
     return ((values - float(chosen.mean())) / (std if std > 1e-6 else 1.0)).astype(np.float32)
 
 
-def reference_of(preprocessing, reference: object, volume: Volume, name: str) -> ReferenceRegion:
+def reference_of(
+    reference: object, plane: np.ndarray, volume: Volume, name: str
+) -> ReferenceRegion:
     """The reference channel prepared for the co-registration check: its region on the model
-    grid is the brain mask (clinical-scan stage) or its foreground (plain grid)."""
+    grid is the brain mask (clinical-scan stage) or its foreground (plain grid), read from
+    ``plane``, the reference on the model grid."""
     brain = getattr(reference, "brain", None)
     if brain is not None:
         region, what = np.asarray(brain, bool), "brain"
     else:
-        t = reference.tensor  # type: ignore[attr-defined]
-        z = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-        z = np.asarray(z, np.float32).reshape(tuple(preprocessing.shape))
+        z = plane
         stats = getattr(reference, "intensity", {}) or {}
         if {"threshold", "mean", "std"} <= set(stats):
             cut = (float(stats["threshold"]) - float(stats["mean"])) / float(stats["std"])
@@ -153,17 +158,17 @@ def channels_to_model(
         motion = None
         if coregister:
             if region is None:
-                region = reference_of(preprocessing, reference, volumes[0], labels[0])
+                region = reference_of(reference, planes[0], volumes[0], labels[0])
             fits[name] = fit_channel(region, volume, name)
             motion = fits[name].applied  # the identity unless the fit is applied
         planes.append(follow_reference(preprocessing, reference, volume, motion))
         present.append(True)
-    warnings = [w for f in fits.values() for w in f.warnings]
+    stacked = ChannelSample(np.stack(planes), reference, tuple(present), fits)
     if fits:  # onto the reference sample: its quality and warnings reach prediction.json
         quality = getattr(reference, "quality", None)
         if isinstance(quality, dict):
             quality["channels"] = {n: f.to_dict() for n, f in fits.items()}
         notes = getattr(reference, "warnings", None)
         if isinstance(notes, list):
-            notes.extend(warnings)
-    return ChannelSample(np.stack(planes), reference, tuple(present), fits, warnings)
+            notes.extend(stacked.warnings)
+    return stacked

@@ -39,11 +39,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from ..data.imaging import Volume, _to_sitk
-from .registration import _matrix_ras, _method, shrink
-
-# The RAS <-> LPS flip of 4x4 matrices (its own inverse).
-_F = np.diag([-1.0, -1.0, 1.0, 1.0])
+from ..data.imaging import Volume, _to_sitk, sitk_affine
+from .registration import _F, _matrix_ras, _method, shrink
 
 METHOD = "rigid_mattes_mi_v1"  # part of a cached multi-contrast image's key: a change refits
 LEVEL_MM = 4.0  # the finest registration level (a smoothed level at twice this above it)
@@ -133,7 +130,7 @@ def reference_region(
     (bool, the model grid) is the region the model reads, ``grid_to_patient`` the grid's
     voxel -> patient RAS mm map of the reference's sample."""
     image = shrink(_to_sitk(np.asarray(volume.array, np.float32), volume.affine), LEVEL_MM)
-    to_grid = np.linalg.inv(grid_to_patient) @ _ras_affine(image)
+    to_grid = np.linalg.inv(grid_to_patient) @ sitk_affine(image)
     size = tuple(int(s) for s in image.GetSize())  # i, j, k
     on_image = ndi.affine_transform(
         np.asarray(region_on_grid, np.float32), to_grid[:3, :3], to_grid[:3, 3],
@@ -148,7 +145,7 @@ def reference_region(
     ijk = np.argwhere(np.asarray(region_on_grid, bool)).astype(np.float64)
     if len(ijk) == 0:
         ijk = np.argwhere(on_image).astype(np.float64)
-        to_patient = _ras_affine(image)
+        to_patient = sitk_affine(image)
     else:
         to_patient = np.asarray(grid_to_patient, np.float64)
     step = max(1, int(math.ceil(len(ijk) / MAX_POINTS)))
@@ -260,15 +257,6 @@ def _reason(exc: RuntimeError) -> str:
     text = re.sub(r"^.*?ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", text)
     sentence = text.split(". ")[0].rstrip(".")
     return sentence if len(sentence) <= 100 else sentence[:97] + "..."
-
-
-def _ras_affine(image: sitk.Image) -> np.ndarray:
-    """Voxel (i, j, k) -> RAS mm of a SimpleITK image (LPS inside)."""
-    direction = np.asarray(image.GetDirection(), np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = direction * np.asarray(image.GetSpacing())
-    affine[:3, 3] = image.GetOrigin()
-    return _F @ affine
 
 
 def _coverage(points: np.ndarray, motion: np.ndarray, volume: Volume) -> float:
