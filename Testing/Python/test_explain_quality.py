@@ -190,3 +190,76 @@ def test_deleting_one_channel_leaves_the_other_channels_as_they_were():
             p = torch.softmax(model(expected, serology).double(), 1)[0, 0].item()
         assert curves["attribution"][1] == pytest.approx(p, abs=1e-6)
     assert not torch.equal(opened[0, 0][tuple(chosen.T)], image[0, 0][tuple(chosen.T)])
+
+
+def _nifti(path, voxel=None):
+    import nibabel as nib
+
+    data = np.zeros((6, 6, 6), np.uint8)
+    if voxel is not None:
+        data[voxel] = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return f"{path.parent.name}/{path.name}"  # relative to the cohort folder
+
+
+def test_quality_cases_cover_every_lesion_kind_then_every_diagnosis(tmp_path):
+    """The few measured cases include one with each kind of true lesion (an all-zero or
+    missing kind mask does not count) and the diagnosis commonest among the cases with that
+    kind, then one per diagnosis not yet chosen, then the rest; a case without any true lesion
+    is never chosen (written files, the real loader)."""
+    import pandas as pd
+
+    from autoimmuneai.data.cohort import load_cohort
+    from autoimmuneai.explain.quality import _select_cases
+
+    lesion = (2, 2, 2)
+    plan = [  # case id, diagnosis, has a lesion, enhancing mask, black-hole mask
+        ("c0", "MS", True, None, "zero"),
+        ("c1", "MS", True, None, "lesion"),
+        ("c2", "NMOSD", False, "lesion", None),
+        ("c3", "SVD", True, "lesion", "zero"),
+        ("c4", "NMOSD", True, None, None),
+        ("c5", "MOGAD", True, "lesion", None),
+        ("c6", "MOGAD", True, "lesion", None),
+    ]
+    manifest, truth = [], []
+    for cid, dx, has, enh, black in plan:
+        kinds = {}
+        for kind, state in (("enhancing", enh), ("black_holes", black)):
+            kinds[f"mask_{kind}"] = (
+                ""
+                if state is None
+                else _nifti(
+                    tmp_path / "masks" / f"{cid}_{kind}.nii.gz",
+                    lesion if state == "lesion" else None,
+                )
+            )
+        manifest.append(
+            {
+                "case_id": cid,
+                "image_flair": _nifti(tmp_path / "images" / f"{cid}.nii.gz", lesion),
+                "mask_lesions": _nifti(
+                    tmp_path / "masks" / f"{cid}.nii.gz", lesion if has else None
+                ),
+                "age": "40",
+                "sex": "F",
+                "diagnosis": dx,
+                "split": "test",
+            }
+        )
+        truth.append({"case_id": cid, "diagnosis": dx, **kinds})
+    pd.DataFrame(manifest).to_csv(tmp_path / "manifest.csv", index=False)
+    pd.DataFrame(truth).to_csv(tmp_path / "truth.csv", index=False)
+    cohort = load_cohort(tmp_path / "manifest.csv", "cns_autoimmune")
+    table = cohort.truth_table()
+
+    def ids(cases):
+        return [c.case_id for c in cases]
+
+    # black holes: c1 alone; enhancing: c3 (SVD) and c5, c6 (MOGAD, the kind's commonest)
+    assert ids(_select_cases(cohort, "test", 3, table)) == ["c1", "c5", "c3"]
+    assert ids(_select_cases(cohort, "test", 9, table)) == ["c1", "c5", "c3", "c4", "c0", "c6"]
+    assert ids(_select_cases(cohort, "test", 3)) == ["c0", "c3", "c4"]  # no truth: diagnoses
+    assert ids(_select_cases(cohort, "test", 1, table)) == ["c1"]
+    assert _select_cases(cohort, "train", 3, table) == []

@@ -52,6 +52,7 @@ import functools
 import json
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -499,27 +500,74 @@ def recommended_default(report: dict) -> str:
     return max(passing, key=lambda m: methods[m]["relevance_mass_accuracy"] or 0.0)
 
 
-def _select_cases(cohort, split: str | None, n_cases: int) -> list:
+TRUTH_MASK_PREFIX = "mask_"  # truth.csv columns holding a lesion kind's mask (generator)
+
+
+def _kind_masks(truth: dict | None) -> dict[str, str]:
+    """Lesion kind -> mask path, for each kind whose mask the generator's truth row names
+    (``mask_<kind>``; a case without a lesion of a kind has an empty cell)."""
+    return {
+        str(column)[len(TRUTH_MASK_PREFIX) :]: value.strip()
+        for column, value in (truth or {}).items()
+        if str(column).startswith(TRUTH_MASK_PREFIX) and isinstance(value, str) and value.strip()
+    }
+
+
+def _has_lesion(path: str | Path) -> bool:
     import nibabel as nib
 
-    chosen = []
+    return bool(np.any(np.asarray(nib.load(str(path)).dataobj)))  # type: ignore[attr-defined]
+
+
+def _candidate_cases(cohort, split: str | None, truth_table=None) -> list[tuple[Any, dict]]:
+    """(case, its lesion kind -> mask path) for the cases of ``split`` with a diagnosis and
+    at least one true lesion (localisation needs one), in cohort order."""
+    candidates = []
     for case in cohort.cases:
         if split is not None and (case.split or "") != split:
             continue
-        if case.mask_lesions is None or not case.diagnosis:
+        if case.mask_lesions is None or not case.diagnosis or not _has_lesion(case.mask_lesions):
             continue
-        if not np.any(np.asarray(nib.load(str(case.mask_lesions)).dataobj)):  # type: ignore[attr-defined]
-            continue  # localisation needs at least one true lesion
-        chosen.append(case)
-        if len(chosen) == n_cases:
-            break
-    return chosen
+        truth = None
+        if truth_table is not None and case.case_id in truth_table.index:
+            truth = truth_table.loc[case.case_id].to_dict()
+        candidates.append((case, _kind_masks(truth)))
+    return candidates
+
+
+def _select_cases(cohort, split: str | None, n_cases: int, truth_table=None) -> list:
+    """Up to ``n_cases`` cases with a diagnosis and at least one true lesion, chosen so that
+    a few cases measure as much as they can: first, for each lesion kind that the generator's
+    truth names (``mask_<kind>``, e.g. enhancing lesions or black holes), a case with at least
+    one such lesion and the diagnosis most common among such cases (the kind's share of the
+    evidence is then measured where that lesion is evidence *for* the explained diagnosis),
+    then one case per diagnosis not yet chosen, then the rest in cohort order (the order of
+    the returned list; its tail serves as spares)."""
+    candidates = _candidate_cases(cohort, split, truth_table)
+    shown: dict[tuple[str, str], bool] = {}
+
+    def shows(case, kinds: dict, kind: str) -> bool:  # at least one lesion of this kind
+        key = (case.case_id, kind)
+        if key not in shown:
+            shown[key] = kind in kinds and _has_lesion(cohort.root / kinds[kind])
+        return shown[key]
+
+    chosen: list = []
+    for kind in sorted({k for _, kinds in candidates for k in kinds}):
+        if len(chosen) >= n_cases or any(shows(c, k, kind) for c, k in candidates if c in chosen):
+            continue
+        showing = [c for c, k in candidates if shows(c, k, kind)]
+        typical = Counter(c.diagnosis for c in showing).most_common(1)
+        found = [c for c in showing if c not in chosen and c.diagnosis == typical[0][0]]
+        chosen += found[:1]
+    for case, _ in candidates:
+        if len(chosen) < n_cases and case.diagnosis not in {c.diagnosis for c in chosen}:
+            chosen.append(case)
+    rest = [case for case, _ in candidates if case not in chosen]
+    return (chosen + rest)[:n_cases]
 
 
 QUALITY_SPARE_CASES = 3  # candidates beyond n_cases, used when a case's image fails
-
-
-TRUTH_MASK_PREFIX = "mask_"  # truth.csv columns holding a lesion kind's mask (generator)
 
 
 def _truth_masks(truth: dict | None, root: Path, volume) -> dict[str, np.ndarray]:
@@ -528,11 +576,7 @@ def _truth_masks(truth: dict | None, root: Path, volume) -> dict[str, np.ndarray
     from scipy import ndimage as ndi
 
     masks: dict[str, np.ndarray] = {}
-    for column, value in (truth or {}).items():
-        if not str(column).startswith(TRUTH_MASK_PREFIX) or not isinstance(value, str):
-            continue
-        if not value.strip():
-            continue
+    for kind, value in _kind_masks(truth).items():
         mask = load_volume(root / value, mask=True)
         array = np.asarray(mask.array) > 0
         same = array.shape == tuple(volume.shape) and np.allclose(mask.affine, volume.affine)
@@ -542,7 +586,7 @@ def _truth_masks(truth: dict | None, root: Path, volume) -> dict[str, np.ndarray
                 array.astype(np.uint8), to_mask[:3, :3], to_mask[:3, 3],
                 output_shape=tuple(volume.shape), order=0, cval=0,
             ).astype(bool)  # fmt: skip
-        masks[str(column)[len(TRUTH_MASK_PREFIX) :]] = array
+        masks[kind] = array
     return masks
 
 
@@ -600,11 +644,11 @@ def measure_explanation_quality(
     predictor = Predictor(bundle)
     cohort = load_cohort(cohort_path, bundle.panel)
     # spare candidates, so that a case whose image cannot be preprocessed is replaced
-    selected = _select_cases(cohort, split, n_cases + QUALITY_SPARE_CASES)
+    truth_table = cohort.truth_table()
+    selected = _select_cases(cohort, split, n_cases + QUALITY_SPARE_CASES, truth_table)
     if not selected:
         where = f" in split {split!r}" if split else ""
         raise InputError(f"no case with a diagnosis and a non-empty lesion mask{where}")
-    truth_table = cohort.truth_table()
     cases: list[QualityCase] = []
     for case in selected:
         truth = None
