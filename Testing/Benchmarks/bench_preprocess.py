@@ -287,6 +287,17 @@ def _margin(probabilities: dict[str, float]) -> float:
     return top[0] - top[1]
 
 
+def _by_class(rows: list[dict]) -> dict[str, str]:
+    """Evidence on a lesion per true diagnosis, as "hits/patients with a lesion": the image
+    carries the call for some diseases and the labs for others, and a mean hides which."""
+    out = {}
+    for dx in sorted({r["truth"] for r in rows}):
+        on = [r["evidence_on_lesion"] for r in rows if r["truth"] == dx]
+        on = [x for x in on if x is not None]
+        out[dx] = f"{sum(on)}/{len(on)}"
+    return out
+
+
 def _model_figures(rows: list[dict]) -> dict:
     """Per variant: agreement with the clean image's prediction (over every patient, and over
     the patients whose clean call is not a tie: agreement on a near-tie measures a coin flip),
@@ -315,6 +326,7 @@ def _model_figures(rows: list[dict]) -> dict:
             "mean_total_variation": round(float(np.mean(tv)), 3),
             "total_variation_p90": round(float(np.percentile(tv, 90)), 3),
             "evidence_on_lesion": round(float(np.mean(on)), 3) if on else None,
+            "evidence_on_lesion_by_class": _by_class(sel),
             "accuracy": round(accuracy, 3),
             "accuracy_drop": round(clean_accuracy - accuracy, 3),
         }  # fmt: skip
