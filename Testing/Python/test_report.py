@@ -470,11 +470,16 @@ def test_demo_eta_comes_from_measured_costs_only(tmp_path: Path) -> None:
     old = {"config": {"cases": 50},
            "stages": {n: {"done": True, "seconds": v} for n, v in seconds.items()}}  # fmt: skip
     previous = previous_seconds(old, stages, config.cases)
-    assert previous == [60.0, 240.0, 9.0, 14.0, 5.0, 1.0]  # cohort and train scale with cases
+    # cohort, train and evaluate (it preprocesses every test image) scale with the cases
+    assert previous == [60.0, 240.0, 18.0, 14.0, 5.0, 1.0]
     assert Eta(expected, previous).remaining(0) == pytest.approx(sum(previous))
     old["stages"]["quality"]["done"] = False
     assert Eta(expected, previous_seconds(old, stages, 100)).remaining(0) is None
     assert previous_seconds(None, stages, 100) is None
+
+    # the evaluation's reference cost follows the test split: 20% of 100 cases, 52% with --full
+    full = build_stages(tmp_path, demo_config(1000, 0, True, None))
+    assert full[2].expected_s / expected[2] == pytest.approx(520 / 20)
 
 
 def test_peak_memory_reads_the_resident_memory_of_the_process_and_its_children() -> None:

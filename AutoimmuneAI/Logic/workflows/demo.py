@@ -445,10 +445,20 @@ def build_stages(out: Path, config: DemoConfig) -> list[Stage]:
     # per case and method; Occlusion on the full model grid dominates with --full
     quality_cost = (5.0 if config.full else 1.2) * config.quality_cases * methods
     bundle_meta = bundle_dir / "configs" / "metadata.json"
+    # evaluation preprocesses every test image (the training cache holds train and val only),
+    # so its cost grows with the test split, about as a case's rendering does
+    test_cases = n * float(synth_settings(config)["config"].split_fractions.get("test", 0.2))
     return [
         Stage("cohort", "generate the synthetic cohort", [manifest], cohort, 0.17 * n, True),
         Stage("train", "train the fused model and baselines", [bundle_meta], train, 0.65 * n, True),
-        Stage("evaluate", "evaluate on the test split", [eval_dir / "metrics.json"], evaluate, 15),
+        Stage(
+            "evaluate",
+            "evaluate on the test split",
+            [eval_dir / "metrics.json"],
+            evaluate,
+            max(2.0, 0.17 * test_cases),
+            True,
+        ),
         Stage("quality", "measure explanation quality", [quality_file], quality, quality_cost),
         Stage(
             "explain",
