@@ -513,6 +513,13 @@ def _kind_masks(truth: dict | None) -> dict[str, str]:
     }
 
 
+def _truth_row(truth_table, case_id: str) -> dict | None:
+    """The generator's truth row of one case (None without a truth table or row)."""
+    if truth_table is None or case_id not in truth_table.index:
+        return None
+    return truth_table.loc[case_id].to_dict()
+
+
 def _has_lesion(path: str | Path) -> bool:
     import nibabel as nib
 
@@ -528,10 +535,7 @@ def _candidate_cases(cohort, split: str | None, truth_table=None) -> list[tuple[
             continue
         if case.mask_lesions is None or not case.diagnosis or not _has_lesion(case.mask_lesions):
             continue
-        truth = None
-        if truth_table is not None and case.case_id in truth_table.index:
-            truth = truth_table.loc[case.case_id].to_dict()
-        candidates.append((case, _kind_masks(truth)))
+        candidates.append((case, _kind_masks(_truth_row(truth_table, case.case_id))))
     return candidates
 
 
@@ -643,17 +647,15 @@ def measure_explanation_quality(
     bundle = load_bundle(bundle_path)
     predictor = Predictor(bundle)
     cohort = load_cohort(cohort_path, bundle.panel)
-    # spare candidates, so that a case whose image cannot be preprocessed is replaced
     truth_table = cohort.truth_table()
+    # spare candidates, so that a case whose image cannot be preprocessed is replaced
     selected = _select_cases(cohort, split, n_cases + QUALITY_SPARE_CASES, truth_table)
     if not selected:
         where = f" in split {split!r}" if split else ""
         raise InputError(f"no case with a diagnosis and a non-empty lesion mask{where}")
     cases: list[QualityCase] = []
     for case in selected:
-        truth = None
-        if truth_table is not None and case.case_id in truth_table.index:
-            truth = truth_table.loc[case.case_id].to_dict()
+        truth = _truth_row(truth_table, case.case_id)
         try:
             cases.append(_quality_case(bundle, predictor, case, truth, cohort.root))
         except InputError as exc:
