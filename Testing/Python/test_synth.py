@@ -247,3 +247,47 @@ def test_bad_arguments_are_input_errors(tmp_path):
         generate_cohort(tmp_path, 0)
     with pytest.raises(InputError, match="voxel"):
         generate_cohort(tmp_path, 2, voxel_size=20.0)
+
+
+def test_coarse_fields_reach_every_voxel_of_a_scanner_grid():
+    """The renderer's template coordinates and bias, interpolated from the ~4 mm coarse grid,
+    against SciPy's own trilinear interpolator on the node positions, at every voxel of a 2D
+    thick-slice scanner grid, the last row of each axis included (a lookup that returned 0
+    there drew the field of view's front row dark)."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    from autoimmuneai.synth.render import _at_candidates, _coarse_grid
+    from autoimmuneai.synth.scan import scanner_grid
+
+    grid = scanner_grid(np.array([1.1, 1.1, 5.0]), np.array([196.0, 234.0, 210.0]), np.zeros(3))
+    coarse_shape, _ = _coarse_grid(grid)
+    rng = np.random.default_rng(3)
+    fields = rng.uniform(10, 90, size=(2, *coarse_shape)).astype(np.float32)
+    cand = np.arange(int(np.prod(grid.shape)))
+    got = _at_candidates(fields, grid.shape, cand)
+    nodes = [np.linspace(0.0, n - 1.0, m) for n, m in zip(grid.shape, coarse_shape)]
+    ijk = np.indices(grid.shape).reshape(3, -1).T.astype(float)
+    for c in range(2):
+        want = RegularGridInterpolator(nodes, fields[c].astype(float))(ijk)
+        np.testing.assert_allclose(got[c], want, rtol=1e-5, atol=1e-3)
+    corner = np.ravel_multi_index(tuple(n - 1 for n in grid.shape), grid.shape)
+    np.testing.assert_allclose(got[:, corner], fields[:, -1, -1, -1], rtol=1e-6)
+
+
+def test_a_whole_head_scan_keeps_its_front_row():
+    """A 2D scan whose face reaches the front of the field of view: the last coronal row is
+    rendered like the one behind it (it was drawn at about a third of its brightness)."""
+    from autoimmuneai.synth.cohort import _plan
+    from autoimmuneai.synth.head import load_head
+    from autoimmuneai.synth.scan import render_scan
+
+    cfg = SynthConfig()
+    anat = load_anatomy(2)
+    load_head(2)
+    case_id, diagnosis, _, seed = _plan(16, 0, cfg)[6]
+    scan = render_scan(sample_case(seed, case_id, diagnosis, anat, cfg), anat, cfg)
+    assert scan.acquisition == "2d_axial"
+    last, before = scan.image[:, -1, :].astype(float), scan.image[:, -2, :].astype(float)
+    lit = before > np.percentile(before, 90)
+    assert lit.sum() > 50
+    assert last[lit].mean() > 0.8 * before[lit].mean()
