@@ -209,14 +209,14 @@ def _at_candidates(coarse: np.ndarray, shape: tuple[int, ...], cand: np.ndarray)
         slab = (
             np.take(slab, low, axis=axis) * (1.0 - frac) + np.take(slab, low + 1, axis=axis) * frac
         )
-    slab = slab.astype(np.float32).reshape(slab.shape[0], -1)  # float32 gathers are faster
+    flat = slab.astype(np.float32).reshape(slab.shape[0], -1)  # float32 gathers are faster
     low, frac = _linear_weights(n0, coarse.shape[1])
     i, jk = np.divmod(cand, n1 * n2)
     below = low[i] * (n1 * n2) + jk
     above = below + n1 * n2
     f = frac[i].astype(np.float32)
-    out = np.empty((slab.shape[0], cand.size), np.float32)
-    for c, values in enumerate(slab):
+    out = np.empty((flat.shape[0], cand.size), np.float32)
+    for c, values in enumerate(flat):
         out[c] = values[below] * (1.0 - f) + values[above] * f
     return out
 
