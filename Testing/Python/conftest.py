@@ -16,20 +16,23 @@ together on 2 cores), not accurate. Tests must not modify them: copy what you ch
   cases (their image files included) into a new folder, returning the manifest path and the
   rows as dicts of strings, so a test can edit them and write them back with ``write_rows``.
 
-Under pytest-xdist (``make test`` runs ``-n 2``) each worker builds these fixtures once, in
-its own temporary folder (``tmp_path_factory`` is per worker), so no two workers write to
-one path. Every test that needs the trained bundle or the demo folder is marked ``slow``
-(``pytest -m "not slow"`` is the quick run).
+Under pytest-xdist (``make test`` runs ``-n 2``) the three are built once for the whole run,
+not once per worker: the first worker that needs one builds it in the run's shared temporary
+folder under a file lock while the other waits, then both read the same files
+(``built_once``). Every test that needs the trained bundle or the demo folder is marked
+``slow`` (``pytest -m "not slow"`` is the quick run).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 SLOW_FIXTURES = frozenset({"tiny_bundle", "tiny_demo", "toy"})
 """Fixtures that train a model (``toy``: test_explain's): a test that uses one, directly or
@@ -70,26 +73,54 @@ def tiny_train_config():
     )
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]
+) -> Path:
+    """``build(folder)``'s result, computed once per test run however many xdist workers ask.
+
+    Workers share the run's temporary folder (the parent of each worker's own); the first
+    to take the lock builds into ``<shared>/<name>`` and records the result's path, the
+    others wait on the lock and read it. A build that raised records nothing, so the next
+    worker tries again and reports its own error.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if done.is_file():
+            return Path(done.read_text(encoding="utf-8"))
+        if folder.exists():
+            shutil.rmtree(folder)  # what a failed build left
+        folder.mkdir()
+        result = Path(build(folder))
+        done.write_text(str(result), encoding="utf-8")
+        return result
+
+
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Manifest of a tiny synthetic cohort (40 brain-only cases, 4 mm), generated once per
-    session (the clinical-scan default is tested in test_preprocess_integration)."""
+    run (the clinical-scan default is tested in test_preprocess_integration)."""
     from autoimmuneai.synth import generate_cohort
 
-    base = tmp_path_factory.mktemp("tiny")
-    manifest = generate_cohort(
-        base / "cohort", TINY_CASES, TINY_SEED, voxel_size=TINY_VOXEL_MM, workers=2, anatomy="brain"
-    )
-    return Path(manifest)
+    def build(folder: Path) -> Path:
+        return generate_cohort(
+            folder / "cohort", TINY_CASES, TINY_SEED, voxel_size=TINY_VOXEL_MM, workers=2,
+            anatomy="brain",
+        )  # fmt: skip
+
+    return built_once(tmp_path_factory, "tiny", build)
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_cohort: Path) -> Path:
-    """Bundle folder trained on ``tiny_cohort`` (fused model + baselines), once per session."""
+def tiny_bundle(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bundle folder trained on ``tiny_cohort`` (fused model + baselines), once per run."""
     from autoimmuneai.training.trainer import train_bundle
 
-    out = tiny_cohort.parent.parent / "bundle"
-    return Path(train_bundle(tiny_cohort, out, tiny_train_config()))
+    def build(folder: Path) -> Path:
+        return train_bundle(tiny_cohort, folder / "bundle", tiny_train_config())
+
+    return built_once(tmp_path_factory, "tiny_bundle", build)
 
 
 TINY_DEMO = {"quality_cases": 2, "quality_methods": ("integrated_gradients",), "epochs": 2}
@@ -108,17 +139,21 @@ def tiny_demo(tiny_cohort: Path, tiny_bundle: Path, tmp_path_factory: pytest.Tem
 
     from autoimmuneai.workflows.demo import STAGES_FILE, demo_config, run_demo
 
-    root = tmp_path_factory.mktemp("tiny_demo")
-    shutil.copytree(tiny_cohort.parent, root / "cohort")
-    shutil.copytree(tiny_bundle, root / "bundle", ignore=shutil.ignore_patterns("checkpoints"))
-    options = {"cases": TINY_CASES, "seed": TINY_SEED, "full": False, "epochs": TINY_DEMO["epochs"]}
-    quality = {k: TINY_DEMO[k] for k in ("quality_cases", "quality_methods")}
-    config = demo_config(**options, **quality)
-    done = {"done": True, "seconds": 0.0, "peak_rss_mb": 0.0}
-    stages = {"config": config.to_dict(), "stages": {"cohort": done, "train": done}}
-    (root / STAGES_FILE).write_text(json.dumps(stages), encoding="utf-8")
-    assert run_demo(root, **options, resume=True, **quality) == 0
-    return root
+    def build(root: Path) -> Path:
+        shutil.copytree(tiny_cohort.parent, root / "cohort")
+        shutil.copytree(tiny_bundle, root / "bundle", ignore=shutil.ignore_patterns("checkpoints"))
+        options = {
+            "cases": TINY_CASES, "seed": TINY_SEED, "full": False, "epochs": TINY_DEMO["epochs"]
+        }  # fmt: skip
+        quality = {k: TINY_DEMO[k] for k in ("quality_cases", "quality_methods")}
+        config = demo_config(**options, **quality)
+        done = {"done": True, "seconds": 0.0, "peak_rss_mb": 0.0}
+        stages = {"config": config.to_dict(), "stages": {"cohort": done, "train": done}}
+        (root / STAGES_FILE).write_text(json.dumps(stages), encoding="utf-8")
+        assert run_demo(root, **options, resume=True, **quality) == 0
+        return root
+
+    return built_once(tmp_path_factory, "tiny_demo", build)
 
 
 def read_rows(manifest: Path) -> tuple[list[dict[str, str]], list[str]]:

@@ -193,7 +193,7 @@ def test_module_writes_a_multi_contrast_case_and_leaves_an_absent_optional_chann
 
 # -- end to end: generator, training, prediction, per-channel evidence ---------------------
 
-ACTIVITY_ONLY_CASES = 32
+ACTIVITY_ONLY_CASES = 24
 
 
 def _activity_only_config():
@@ -283,7 +283,7 @@ def test_ms_course_trains_predicts_and_explains_per_channel(tmp_path):
     from autoimmuneai.explain.quality import measure_explanation_quality
 
     report = measure_explanation_quality(
-        bundle, manifest, tmp_path / "quality", n_cases=3, methods=("integrated_gradients",)
+        bundle, manifest, tmp_path / "quality", n_cases=2, methods=("integrated_gradients",)
     )
     ig = report["methods"]["integrated_gradients"]
     channels = ig["channels"]

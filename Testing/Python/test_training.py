@@ -40,8 +40,8 @@ def toy():
 def test_each_fusion_mode_learns_beyond_chance(toy, fusion: str) -> None:
     train, val, test = toy
     cfg = TrainConfig(
-        epochs=15, batch_size=16, lr=3e-3, fusion=fusion, channels=(8, 16), strides=(2, 2),
-        dropout=0.0, patience=15,
+        epochs=10, batch_size=16, lr=3e-3, fusion=fusion, channels=(8, 16), strides=(2, 2),
+        dropout=0.0, patience=10,
     )  # fmt: skip
     res = fit(cfg.model_config(N_SEROLOGY, N_CLASSES), train, val, cfg, progress=False)
     model = FusionModel(cfg.model_config(N_SEROLOGY, N_CLASSES))
