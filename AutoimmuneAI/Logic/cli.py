@@ -217,8 +217,15 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         "--class-conditional",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="class-conditional (Mondrian) sets; default: when every class has enough "
-        "validation cases",
+        help="class-conditional sets (with --class-coverage: the marginal threshold floored per "
+        "class; with --class-coverage off: Mondrian); default: when every class has enough "
+        "calibration cases",
+    )
+    p.add_argument(
+        "--class-coverage",
+        default="0.85",
+        help="coverage floor for each diagnosis beside the marginal 1 - alpha (default 0.85), "
+        "or 'off' for plain Mondrian sets at 1 - alpha per class",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument(
@@ -381,6 +388,19 @@ def _raps_lam(text: str) -> float | None:
     return lam
 
 
+def _class_coverage(text: str) -> float | None:
+    """``--class-coverage``: a coverage in (0, 1), or 'off'."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise InputError(f"--class-coverage must be a number in (0, 1) or 'off', got {text!r}")
+    return value
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training.trainer import TrainConfig, train_bundle
 
@@ -392,6 +412,7 @@ def _train(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         conformal_method=args.conformal,
         class_conditional=args.class_conditional,
+        class_coverage=_class_coverage(args.class_coverage),
         panel=args.panel,
     )
     if args.epochs is not None:

@@ -40,13 +40,22 @@ from autoimmuneai.stats.conformal import (  # noqa: E402
 )
 from autoimmuneai.synth import SynthConfig  # noqa: E402
 
-SIZES = {"default demo (144 train / 48 val)": (144, 48), "train on 400 (267 / 133)": (267, 133)}
-METHODS = {
+SIZES = {
+    "default demo (144 train / 48 val)": (144, 48),
+    "train on 400 generated cases (239 / 82)": (239, 82),
+    "train on 400 (267 / 133)": (267, 133),
+}
+CLASS_ALPHA = 0.15  # train's default per-class floor (TrainConfig.class_coverage 0.85)
+METHODS: dict[str, dict | None] = {
     "RAPS (0.05, 1), marginal (before)": dict(method="raps", lam=0.05, k_reg=1),
     "APS, marginal": dict(method="aps"),
     "LAC, marginal": dict(method="lac", class_conditional=False),
     "LAC, Mondrian": dict(method="lac", class_conditional=True),
-    "default (LAC; Mondrian when every class has >= 19)": None,
+    "LAC, 85% floor per class (forced)": dict(
+        method="lac", class_conditional=True, class_alpha=CLASS_ALPHA
+    ),
+    "Mondrian when every class has >= 19 (the default before)": dict(default=True),
+    "default (LAC; 85% floor per class when every class has >= 13)": None,
 }
 
 
@@ -77,11 +86,12 @@ def _one(x, y, train, val, test, alpha: float, seed: int) -> dict:
         ),
     }
     for name, kw in METHODS.items():
-        cp = (
-            fit_default_conformal(pv, y[val], alpha=alpha, seed=seed)
-            if kw is None
-            else fit_conformal(pv, y[val], alpha=alpha, seed=seed, **kw)
-        )
+        if kw is None:
+            cp = fit_default_conformal(pv, y[val], alpha=alpha, seed=seed, class_alpha=CLASS_ALPHA)
+        elif kw.get("default"):
+            cp = fit_default_conformal(pv, y[val], alpha=alpha, seed=seed)
+        else:
+            cp = fit_conformal(pv, y[val], alpha=alpha, seed=seed, **kw)
         sets = cp.predict_sets(pt, rng=np.random.default_rng(seed))
         per_class = [coverage(sets[y[test] == k], y[test][y[test] == k]) for k in np.unique(y)]
         out[name] = {

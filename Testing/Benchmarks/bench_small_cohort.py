@@ -22,6 +22,10 @@ extra training time of the folds.
         --train-options '{"folds": 5}'
     python Testing/Benchmarks/bench_small_cohort.py cross --work /tmp/sc --arrays 'arrays_s0_f5.npz'
 
+``run --default-train --cases 400`` trains as ``autoimmuneai train`` does without options
+(issue 18's 400-case targets) instead of the demo's first-look settings; ``--heldout-seed``
+fixes the fresh cohort (e.g. 1000 for every training seed).
+
 ``analyse``: on the stored arrays, each calibration variant (temperature checked on folds of
 the validation cases as ``train`` does, always applied, vector scaling) and each conformal
 variant, measured on the fresh held-out cohort; plus the estimation noise of every figure at
@@ -162,7 +166,10 @@ def run(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     demo = _cohort(work, f"demo_s{args.seed}", args.cases, args.seed)
     figures["synth_seconds"] = round(time.perf_counter() - t, 1)
-    settings = training_settings(demo_config(args.cases, args.seed, False, None))
+    if args.default_train:  # `autoimmuneai train` as it is called without options
+        settings: dict = {"seed": args.seed}
+    else:
+        settings = training_settings(demo_config(args.cases, args.seed, False, None))
     settings.update(json.loads(args.train_options))
     cfg = TrainConfig(**settings)
     if args.threads:
@@ -173,7 +180,7 @@ def run(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         train_bundle(demo, bundle_dir, cfg, resume=args.resume, progress=sys.stderr.isatty())
         figures["train_seconds"] = round(time.perf_counter() - t, 1)
-    held_seed = args.seed + HELDOUT_SEED_OFFSET
+    held_seed = args.seed + HELDOUT_SEED_OFFSET if args.heldout_seed is None else args.heldout_seed
     held = _cohort(work, f"heldout_s{held_seed}", args.heldout, held_seed)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     figures["train_config"] = meta["training"]["config"]
@@ -392,13 +399,18 @@ def _raw_logits(logits: np.ndarray, check: dict) -> np.ndarray:
 
 
 def _set_rules(probs: np.ndarray, y: np.ndarray, folds: int) -> dict:
-    """The default set rule (Mondrian when every class has enough cases) and both forced."""
+    """The default set rule (``train``'s class floor), plain Mondrian by the class counts, and
+    marginal, Mondrian and the floor forced."""
     from autoimmuneai.stats.conformal import cross_conformal, fit_default_conformal
+    from autoimmuneai.training.trainer import TrainConfig
 
+    floor = TrainConfig().class_alpha()
     rules = {
-        "default": fit_default_conformal(probs, y),
+        "default": fit_default_conformal(probs, y, class_alpha=floor),
+        "Mondrian by counts": fit_default_conformal(probs, y),
         "marginal": fit_default_conformal(probs, y, class_conditional=False),
         "mondrian": fit_default_conformal(probs, y, class_conditional=True),
+        "floor": fit_default_conformal(probs, y, class_conditional=True, class_alpha=floor),
     }
     return {k: cross_conformal(cp, folds) if folds > 1 else cp for k, cp in rules.items()}
 
@@ -525,6 +537,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cases", type=int, default=DEMO_CASES)
     p.add_argument("--heldout", type=int, default=400, help="cases of the fresh cohort")
+    p.add_argument(
+        "--heldout-seed", type=int, default=None,
+        help=f"synth seed of the fresh cohort (default: --seed + {HELDOUT_SEED_OFFSET})",
+    )  # fmt: skip
+    p.add_argument(
+        "--default-train", action="store_true",
+        help="train as `autoimmuneai train` does by default instead of the demo's settings",
+    )  # fmt: skip
     p.add_argument("--train-options", default="{}", help="JSON of TrainConfig fields to change")
     p.add_argument("--tag", default="", help="suffix of the bundle and arrays (variants)")
     p.add_argument("--threads", type=int, default=None)

@@ -83,6 +83,20 @@ def test_bad_raps_penalty_is_refused_before_any_work(tmp_path, value):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("value", ["1.5", "0", "most"])
+def test_bad_class_coverage_is_refused_before_any_work(tmp_path, value):
+    code, _, err = _run(
+        ["train", "--cohort", str(tmp_path / "m.csv"), "--out", str(tmp_path / "b"),
+         "--class-coverage", value]
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "autoimmuneai train: error: --class-coverage must be a number in (0, 1) or 'off', "
+        f"got '{value}'"
+    ]
+    assert not (tmp_path / "b").exists()
+
+
 def _run(argv: list[str]) -> tuple[int, str, str]:
     """The CLI in-process: (exit status, stdout, stderr); argparse exits become statuses."""
     import contextlib

@@ -278,3 +278,52 @@ def test_default_conformal_uses_mondrian_only_with_enough_cases_per_class():
     back = ConformalPredictor.from_dict(json.loads(json.dumps(big.to_dict())))
     assert back.guarantee == big.guarantee
     assert ">= 80%" in back.with_alpha(0.2).guarantee
+
+
+def test_class_floor_keeps_both_guarantees_with_smaller_sets_than_mondrian():
+    """The per-class floor: marginal 90% and 85% for every class (the rare one included) over
+    repeated calibrations of the rare-class problem, sets that contain the marginal ones, and
+    fewer classes than Mondrian at 90% per class."""
+    alpha, class_alpha = 0.1, 0.15
+    covs, per_class, sizes = [], [], {"floor": [], "mondrian": []}
+    for seed in range(20):
+        probs, labels = _rare_class_problem(3000, seed)
+        cal, test = np.arange(600), np.arange(600, 3000)
+        floor = fit_conformal(
+            probs[cal], labels[cal], alpha, "lac", class_conditional=True, class_alpha=class_alpha
+        )
+        marg = fit_conformal(probs[cal], labels[cal], alpha, "lac")
+        mondrian = fit_conformal(probs[cal], labels[cal], alpha, "lac", class_conditional=True)
+        # each threshold is the larger of the marginal one and the class's own at 85%
+        own = fit_conformal(probs[cal], labels[cal], class_alpha, "lac", class_conditional=True)
+        assert np.allclose(floor.qhat, np.maximum(marg.qhat, own.qhat))
+        sets = floor.predict_sets(probs[test])
+        assert (sets | ~marg.predict_sets(probs[test])).all()  # a superset of the marginal set
+        yt = labels[test]
+        covs.append(coverage(sets, yt))
+        per_class.append([coverage(sets[yt == k], yt[yt == k]) for k in range(C)])
+        sizes["floor"].append(mean_set_size(sets))
+        sizes["mondrian"].append(mean_set_size(mondrian.predict_sets(probs[test])))
+    assert np.mean(covs) >= 1 - alpha - 0.005
+    assert (np.mean(per_class, axis=0) >= 1 - class_alpha - 0.02).all()
+    assert np.mean(sizes["floor"]) < np.mean(sizes["mondrian"]) - 0.02
+    back = ConformalPredictor.from_dict(json.loads(json.dumps(floor.to_dict())))
+    assert back.class_alpha == class_alpha and np.allclose(back.qhat, floor.qhat)
+    assert "per-class floor" in back.guarantee and ">= 85% for each diagnosis" in back.guarantee
+    # another alpha keeps the floor; a floor no stronger than alpha is dropped by the default
+    assert np.allclose(back.with_alpha(0.2).qhat, np.maximum(
+        fit_conformal(probs[cal], labels[cal], 0.2, "lac").qhat, own.qhat))  # fmt: skip
+    plain = fit_default_conformal(probs[cal], labels[cal], alpha=0.2, class_alpha=0.15)
+    assert plain.class_alpha is None
+
+
+def test_default_floor_needs_enough_cases_of_every_class():
+    assert mondrian_min_cases(0.15) == 13
+    probs, labels = _rare_class_problem(2000, 3)
+    counts = np.bincount(labels[:100], minlength=C)
+    assert counts.min() < 13  # 8% of 100: the rare class has too few for a floor
+    small = fit_default_conformal(probs[:100], labels[:100], alpha=0.1, class_alpha=0.15)
+    assert not small.class_conditional and small.class_alpha is None
+    big = fit_default_conformal(probs[:400], labels[:400], alpha=0.1, class_alpha=0.15)
+    assert np.bincount(labels[:400], minlength=C).min() >= 13
+    assert big.class_conditional and big.class_alpha == 0.15

@@ -541,6 +541,7 @@ CONFORMAL_LABELS = {
     "coverage": "Measured coverage",
     "mean_set_size": "Mean set size (classes)",
     "class_conditional": "Class-conditional (each class its own threshold)",
+    "class_floor_coverage": "Coverage floor for each class (beside the target coverage)",
     "threshold": "Threshold",
     "n_calibration": "Calibration cases",
     "lam": "RAPS penalty (lambda)",
@@ -739,6 +740,8 @@ def conformal_view(conformal: dict) -> dict | None:
     rows = []
     for key, value in conformal.items():
         if isinstance(value, dict | list) or key == "guarantee":
+            continue
+        if key == "class_floor_coverage" and value is None:  # no floor: nothing to say
             continue
         label = CONFORMAL_LABELS.get(key, _human(key))
         if key == "method":

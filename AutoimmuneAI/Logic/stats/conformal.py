@@ -19,9 +19,18 @@ class's calibration cases, so that *each* diagnosis, the rare ones included, is 
 probability >= 1 - alpha, not only the average case. A class with n calibration cases has a
 threshold below the largest score only when ``ceil((n + 1)(1 - alpha)) < n``, i.e.
 ``n >= (2 - alpha) / alpha`` (19 at alpha 0.1); with fewer the threshold is the maximum or
-infinite and the sets balloon. :func:`fit_default_conformal` therefore uses Mondrian sets
-when every class has that many calibration cases and marginal sets otherwise: a rule on the
-class counts only, so the chosen sets keep their exact guarantee, which ``guarantee`` states.
+infinite and the sets balloon. :func:`fit_default_conformal` chooses the set rule from the
+class counts only (see there), so the chosen sets keep their exact guarantee, which
+``guarantee`` states.
+
+A per-class floor is the middle way: the marginal threshold for every class, raised for a
+class whose own calibration cases need more to reach ``1 - class_alpha`` (``class_alpha``
+> ``alpha``, e.g. 85% for each diagnosis beside 90% on average). Each threshold is at least
+the marginal one, so every set contains the marginal set and keeps its ``1 - alpha``
+guarantee; each class's threshold is at least its own ``1 - class_alpha`` quantile, so each
+class keeps that guarantee too (both exact for split conformal). It needs
+``mondrian_min_cases(class_alpha)`` cases per class (13 at 0.15) instead of 19, and it widens
+only the sets of the classes the marginal threshold under-covers.
 
 Cross-conformal sets (Vovk 2015; CV+, Barber et al. 2021): with K-fold cross-validation,
 every development case is scored by the one fold network that never trained on it, so the
@@ -72,6 +81,9 @@ class ConformalPredictor:
     # > 1: cross-conformal, the scores are the out-of-fold outputs of that many fold networks
     # (``cross_conformal``); 0: split conformal on held-out calibration cases
     folds: int = 0
+    # class-conditional with a floor: each class's threshold is the larger of the marginal
+    # one (at ``alpha``) and the class's own at ``class_alpha``; None: plain Mondrian
+    class_alpha: float | None = None
 
     def with_alpha(self, alpha: float) -> ConformalPredictor:
         """The same calibration at another error rate (needs the stored calibration scores)."""
@@ -81,13 +93,10 @@ class ConformalPredictor:
             raise ValueError("this bundle stores no calibration scores; retrain it to change alpha")
         scores = np.asarray(self.scores, dtype=np.float64)
         labels = np.asarray(self.score_labels, dtype=np.int64)
-        if self.class_conditional:
-            n_classes = np.asarray(self.qhat).size
-            qhat: float | list[float] = [
-                _finite_sample_quantile(scores[labels == k], alpha) for k in range(n_classes)
-            ]
-        else:
-            qhat = _finite_sample_quantile(scores, alpha)
+        n_classes = np.atleast_1d(np.asarray(self.qhat)).size
+        qhat = _thresholds(
+            scores, labels, n_classes, alpha, self.class_conditional, self.class_alpha
+        )
         changed = replace(self, alpha=float(alpha), qhat=qhat)
         changed.guarantee = describe_guarantee(changed)
         return changed
@@ -154,6 +163,7 @@ class ConformalPredictor:
             score_labels=[int(x) for x in d.get("score_labels", [])],
             guarantee=str(d.get("guarantee", "")),
             folds=int(d.get("folds", 0) or 0),
+            class_alpha=None if d.get("class_alpha") is None else float(d["class_alpha"]),
         )
 
 
@@ -218,6 +228,13 @@ def _describe_cross(cp: ConformalPredictor, labels: np.ndarray) -> str:
         f"approximately >= {level} (exact only as far as the final network's scores match the "
         f"fold networks'; CV+ with the fold networks themselves guarantees >= {bound})"
     )
+    if cp.class_alpha is not None:
+        floor = f"{1.0 - cp.class_alpha:.0%}"
+        return (
+            f"marginal with a per-class floor ({source}, fewest cases of one class: {least}): "
+            f"the set holds the true diagnosis with probability {caveat} on average over cases, "
+            f"and approximately >= {floor} for each diagnosis"
+        )
     if cp.class_conditional:
         return (
             f"class-conditional ({source}, one threshold per class, fewest cases of one class: "
@@ -235,10 +252,17 @@ def describe_guarantee(cp: ConformalPredictor) -> str:
     labels = np.asarray(cp.score_labels, dtype=np.int64)
     if cp.folds > 1:
         return _describe_cross(cp, labels)
+    n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
+    counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)
+    least = int(min(counts)) if len(counts) else 0
+    if cp.class_alpha is not None:
+        return (
+            f"marginal with a per-class floor (split conformal on {cp.n_calibration} calibration "
+            f"cases): the set holds the true diagnosis with probability >= {level} on average "
+            f"over cases and >= {1.0 - cp.class_alpha:.0%} for each diagnosis (fewest "
+            f"calibration cases of one class: {least})"
+        )
     if cp.class_conditional:
-        n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
-        counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)
-        least = int(min(counts)) if len(counts) else 0
         return (
             f"class-conditional (Mondrian split conformal): for each diagnosis the set holds the "
             f"true one with probability >= {level} (fewest calibration cases of one class: {least})"
@@ -259,6 +283,27 @@ def _finite_sample_quantile(scores: np.ndarray, alpha: float) -> float:
     return float(np.sort(scores)[max(k, 1) - 1])
 
 
+def _thresholds(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    alpha: float,
+    class_conditional: bool,
+    class_alpha: float | None,
+) -> float | list[float]:
+    """``qhat`` of the calibration ``scores`` of the true classes ``labels``: one marginal
+    value, one per class (Mondrian), or one per class floored by the marginal one."""
+    if not class_conditional:
+        return _finite_sample_quantile(scores, alpha)
+    if class_alpha is None:
+        return [_finite_sample_quantile(scores[labels == k], alpha) for k in range(n_classes)]
+    marginal = _finite_sample_quantile(scores, alpha)
+    return [
+        max(marginal, _finite_sample_quantile(scores[labels == k], class_alpha))
+        for k in range(n_classes)
+    ]
+
+
 def fit_conformal(
     probs_cal: np.ndarray,
     labels_cal: np.ndarray,
@@ -269,8 +314,12 @@ def fit_conformal(
     k_reg: int = 1,
     randomized: bool = True,
     seed: int = 0,
+    class_alpha: float | None = None,
 ) -> ConformalPredictor:
-    """Split-conformal threshold from calibration probabilities and labels (-1 = unknown, skipped)."""
+    """Split-conformal threshold from calibration probabilities and labels (-1 = unknown, skipped).
+
+    ``class_alpha`` (with ``class_conditional``): the per-class floor of the module docstring.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown conformal method {method!r} (one of {METHODS})")
     if not 0.0 < alpha < 1.0:
@@ -284,13 +333,10 @@ def fit_conformal(
     randomized = randomized and method != "lac"  # LAC scores need no tie-breaking draw
     u = rng.uniform(size=len(probs)) if randomized else np.ones(n)
     lam_eff = lam if method == "raps" else 0.0
+    if class_alpha is not None and not (class_conditional and 0.0 < class_alpha < 1.0):
+        raise ValueError(f"class_alpha needs class-conditional sets and (0, 1), got {class_alpha}")
     true_scores = _scores_for(method, probs, u, lam_eff, k_reg)[np.arange(n), labels]
-    if class_conditional:
-        qhat: float | list[float] = [
-            _finite_sample_quantile(true_scores[labels == k], alpha) for k in range(c)
-        ]
-    else:
-        qhat = _finite_sample_quantile(true_scores, alpha)
+    qhat = _thresholds(true_scores, labels, c, alpha, class_conditional, class_alpha)
     fitted = ConformalPredictor(
         method=method,
         alpha=float(alpha),
@@ -302,6 +348,7 @@ def fit_conformal(
         n_calibration=int(n),
         scores=[float(x) for x in true_scores],
         score_labels=[int(x) for x in labels],
+        class_alpha=None if class_alpha is None else float(class_alpha),
     )
     fitted.guarantee = describe_guarantee(fitted)
     return fitted
@@ -316,20 +363,28 @@ def fit_default_conformal(
     lam: float = 0.05,
     k_reg: int = 1,
     seed: int = 0,
+    class_alpha: float | None = None,
 ) -> ConformalPredictor:
-    """The sets ``train`` stores: Mondrian when every class has enough calibration cases.
+    """The sets ``train`` stores, the rule chosen from the class counts alone (so the guarantee
+    stays exact).
 
-    ``class_conditional=None`` decides by the class counts alone (``mondrian_min_cases``), so
-    the guarantee stays exact; True or False forces the choice.
+    ``class_conditional=None``: with ``class_alpha`` (> ``alpha``), the per-class floor when
+    every class has ``mondrian_min_cases(class_alpha)`` calibration cases; without it, Mondrian
+    when every class has ``mondrian_min_cases(alpha)``; marginal otherwise. True forces
+    class-conditional sets (floored when ``class_alpha`` is given), False marginal ones.
     """
     labels = np.asarray(labels_cal).astype(np.int64)
     n_classes = np.asarray(probs_cal).shape[1]
+    if class_alpha is not None and class_alpha <= alpha:
+        class_alpha = None  # a floor at or above the marginal level adds nothing
     if class_conditional is None:
         counts = np.bincount(labels[labels >= 0], minlength=n_classes)
-        class_conditional = bool(counts.min() >= mondrian_min_cases(alpha))
+        needed = mondrian_min_cases(alpha if class_alpha is None else class_alpha)
+        class_conditional = bool(counts.min() >= needed)
     return fit_conformal(
         probs_cal, labels, alpha=alpha, method=method, class_conditional=class_conditional,
         lam=lam, k_reg=k_reg, seed=seed,
+        class_alpha=class_alpha if class_conditional else None,
     )  # fmt: skip
 
 

@@ -105,14 +105,17 @@ class TrainConfig:
     patience: int = 8
     alpha: float = 0.1
     # LAC sets (1 - p as the score: the smallest sets of any conformal method when the
-    # probabilities are calibrated); "raps"/"aps" as before. class_conditional None: Mondrian
-    # sets when every class has enough validation cases (stats.conformal), else marginal.
+    # probabilities are calibrated); "raps"/"aps" as before. class_conditional None: the
+    # marginal threshold with a per-class floor at class_coverage when every class has enough
+    # calibration cases for it (stats.conformal.fit_default_conformal), else marginal;
+    # class_coverage None: plain Mondrian sets when every class has enough cases.
     conformal_method: str = "lac"
     # RAPS penalty per rank beyond conformal_k_reg (used with conformal_method "raps"). None:
     # the pair tuned on 30% of the validation cases, the threshold from the other 70%.
     conformal_lam: float | None = 0.05
     conformal_k_reg: int = 1
     class_conditional: bool | None = None
+    class_coverage: float | None = 0.85
     augment: bool = True
     panel: str = "cns_autoimmune"
     val_fraction: float = 0.2  # of the non-test cases, when the manifest has no val split
@@ -154,6 +157,14 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def class_alpha(self) -> float | None:
+        """Error rate of the per-class floor of the conformal sets (None: no floor)."""
+        if self.class_coverage is None:
+            return None
+        if not 0.0 < self.class_coverage < 1.0:
+            raise ValueError(f"class_coverage must be in (0, 1), got {self.class_coverage}")
+        return 1.0 - float(self.class_coverage)
 
     def model_config(self, n_serology: int, n_classes: int, image_channels: int = 1) -> ModelConfig:
         return ModelConfig(
@@ -947,7 +958,7 @@ def _conformal(probs: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> Confo
     return fit_default_conformal(
         probs, labels, alpha=cfg.alpha, method=cfg.conformal_method,
         class_conditional=cfg.class_conditional, lam=cfg.conformal_lam or 0.0,
-        k_reg=cfg.conformal_k_reg, seed=cfg.seed,
+        k_reg=cfg.conformal_k_reg, seed=cfg.seed, class_alpha=cfg.class_alpha(),
     )  # fmt: skip
 
 

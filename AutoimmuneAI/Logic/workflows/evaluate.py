@@ -116,6 +116,9 @@ def evaluate_predictions(
         "target_coverage": 1.0 - float(conformal.alpha),
         "method": conformal.method,
         "class_conditional": bool(conformal.class_conditional),
+        "class_floor_coverage": (
+            None if conformal.class_alpha is None else 1.0 - float(conformal.class_alpha)
+        ),
         "guarantee": conformal.guarantee or describe_guarantee(conformal),
         "n_calibration": int(conformal.n_calibration),
         "coverage": coverage(sets, labels),
