@@ -127,6 +127,13 @@ def test_cross_conformal_marks_the_predictor_and_survives_the_bundle_json() -> N
     fewest = int(np.bincount(labels).min())
     assert f"fewest cases of one class: {fewest}" in mondrian.guarantee
     assert f">= {cv_plus_bound(0.1, fewest, 5):.0%})" in mondrian.guarantee
+    floored = cross_conformal(
+        fit_default_conformal(probs, labels, class_conditional=True, class_alpha=0.15), 5
+    )
+    assert floored.guarantee.startswith("marginal with a per-class floor (cross-conformal")
+    # the average coverage rests on all 200 cases, the floor on each class's own
+    assert f">= {cv_plus_bound(0.1, 200, 5):.0%})" in floored.guarantee
+    assert "approximately >= 85% for each diagnosis" in floored.guarantee
     with pytest.raises(ValueError, match="at least 2 folds"):
         cross_conformal(split, 1)
 

@@ -217,7 +217,8 @@ def _describe_cross(cp: ConformalPredictor, labels: np.ndarray) -> str:
     n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
     counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)
     least = int(min(counts)) if len(counts) else 0
-    n_bound = least if cp.class_conditional else cp.n_calibration
+    # the floor's coverage on average rests on every case, like marginal sets
+    n_bound = least if cp.class_conditional and cp.class_alpha is None else cp.n_calibration
     bound = f"{cv_plus_bound(cp.alpha, n_bound, cp.folds):.0%}"
     source = (
         f"cross-conformal over {cp.n_calibration} cases from {cp.folds} folds: each case's "
