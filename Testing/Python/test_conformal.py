@@ -310,11 +310,15 @@ def test_class_floor_keeps_both_guarantees_with_smaller_sets_than_mondrian():
     back = ConformalPredictor.from_dict(json.loads(json.dumps(floor.to_dict())))
     assert back.class_alpha == class_alpha and np.allclose(back.qhat, floor.qhat)
     assert "per-class floor" in back.guarantee and ">= 85% for each diagnosis" in back.guarantee
-    # another alpha keeps the floor; a floor no stronger than alpha is dropped by the default
-    assert np.allclose(back.with_alpha(0.2).qhat, np.maximum(
-        fit_conformal(probs[cal], labels[cal], 0.2, "lac").qhat, own.qhat))  # fmt: skip
+    # a stricter alpha keeps the floor; at 0.2 the 85% floor would outrank 1 - alpha: marginal
+    assert np.allclose(back.with_alpha(0.05).qhat, np.maximum(
+        fit_conformal(probs[cal], labels[cal], 0.05, "lac").qhat, own.qhat))  # fmt: skip
+    wider = back.with_alpha(0.2)
+    assert not wider.class_conditional and wider.class_alpha is None
+    assert float(wider.qhat) == fit_conformal(probs[cal], labels[cal], 0.2, "lac").qhat
+    assert wider.guarantee.startswith("marginal (split conformal")
     plain = fit_default_conformal(probs[cal], labels[cal], alpha=0.2, class_alpha=0.15)
-    assert plain.class_alpha is None
+    assert plain.class_alpha is None and not plain.class_conditional
 
 
 def test_default_floor_needs_enough_cases_of_every_class():

@@ -86,7 +86,11 @@ class ConformalPredictor:
     class_alpha: float | None = None
 
     def with_alpha(self, alpha: float) -> ConformalPredictor:
-        """The same calibration at another error rate (needs the stored calibration scores)."""
+        """The same calibration at another error rate (needs the stored calibration scores).
+
+        A per-class floor is kept while it stays below the new level ``1 - alpha``; at or
+        above it the sets become marginal, as ``fit_default_conformal`` would choose.
+        """
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if not self.scores:
@@ -94,10 +98,13 @@ class ConformalPredictor:
         scores = np.asarray(self.scores, dtype=np.float64)
         labels = np.asarray(self.score_labels, dtype=np.int64)
         n_classes = np.atleast_1d(np.asarray(self.qhat)).size
-        qhat = _thresholds(
-            scores, labels, n_classes, alpha, self.class_conditional, self.class_alpha
+        cc, class_alpha = self.class_conditional, self.class_alpha
+        if class_alpha is not None and alpha >= class_alpha:  # the floor would outrank 1 - alpha
+            cc, class_alpha = False, None
+        qhat = _thresholds(scores, labels, n_classes, alpha, cc, class_alpha)
+        changed = replace(
+            self, alpha=float(alpha), qhat=qhat, class_conditional=cc, class_alpha=class_alpha
         )
-        changed = replace(self, alpha=float(alpha), qhat=qhat)
         changed.guarantee = describe_guarantee(changed)
         return changed
 
@@ -371,13 +378,17 @@ def fit_default_conformal(
 
     ``class_conditional=None``: with ``class_alpha`` (> ``alpha``), the per-class floor when
     every class has ``mondrian_min_cases(class_alpha)`` calibration cases; without it, Mondrian
-    when every class has ``mondrian_min_cases(alpha)``; marginal otherwise. True forces
+    when every class has ``mondrian_min_cases(alpha)``; marginal otherwise (and when
+    ``class_alpha`` <= ``alpha``: a floor that would outrank ``1 - alpha``). True forces
     class-conditional sets (floored when ``class_alpha`` is given), False marginal ones.
     """
     labels = np.asarray(labels_cal).astype(np.int64)
     n_classes = np.asarray(probs_cal).shape[1]
     if class_alpha is not None and class_alpha <= alpha:
-        class_alpha = None  # a floor at or above the marginal level adds nothing
+        # a floor lies below 1 - alpha by definition; at or above it the sets are marginal
+        # (as ``with_alpha`` makes them), unless class-conditional sets are asked for
+        class_alpha = None
+        class_conditional = bool(class_conditional)
     if class_conditional is None:
         counts = np.bincount(labels[labels >= 0], minlength=n_classes)
         needed = mondrian_min_cases(alpha if class_alpha is None else class_alpha)
