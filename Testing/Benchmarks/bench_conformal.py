@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from autoimmuneai.stats.calibration import (  # noqa: E402
     softmax,
 )
 from autoimmuneai.stats.conformal import (  # noqa: E402
+    ConformalPredictor,
     coverage,
     fit_conformal,
     fit_default_conformal,
@@ -46,16 +48,27 @@ SIZES = {
     "train on 400 (267 / 133)": (267, 133),
 }
 CLASS_ALPHA = 0.15  # train's default per-class floor (TrainConfig.class_coverage 0.85)
-METHODS: dict[str, dict | None] = {
-    "RAPS (0.05, 1), marginal (before)": dict(method="raps", lam=0.05, k_reg=1),
-    "APS, marginal": dict(method="aps"),
-    "LAC, marginal": dict(method="lac", class_conditional=False),
-    "LAC, Mondrian": dict(method="lac", class_conditional=True),
-    "LAC, 85% floor per class (forced)": dict(
-        method="lac", class_conditional=True, class_alpha=CLASS_ALPHA
+# each set rule as a fit of (validation probabilities, labels, alpha, seed)
+METHODS: dict[str, Callable[[np.ndarray, np.ndarray, float, int], ConformalPredictor]] = {
+    "RAPS (0.05, 1), marginal (before)": lambda p, y, a, s: fit_conformal(
+        p, y, alpha=a, seed=s, method="raps", lam=0.05, k_reg=1
     ),
-    "Mondrian when every class has >= 19 (the default before)": dict(default=True),
-    "default (LAC; 85% floor per class when every class has >= 13)": None,
+    "APS, marginal": lambda p, y, a, s: fit_conformal(p, y, alpha=a, seed=s, method="aps"),
+    "LAC, marginal": lambda p, y, a, s: fit_conformal(
+        p, y, alpha=a, seed=s, method="lac", class_conditional=False
+    ),
+    "LAC, Mondrian": lambda p, y, a, s: fit_conformal(
+        p, y, alpha=a, seed=s, method="lac", class_conditional=True
+    ),
+    "LAC, 85% floor per class (forced)": lambda p, y, a, s: fit_conformal(
+        p, y, alpha=a, seed=s, method="lac", class_conditional=True, class_alpha=CLASS_ALPHA
+    ),
+    "Mondrian when every class has >= 19 (the default before)": lambda p, y, a, s: (
+        fit_default_conformal(p, y, alpha=a, seed=s)
+    ),
+    "default (LAC; 85% floor per class when every class has >= 13)": lambda p, y, a, s: (
+        fit_default_conformal(p, y, alpha=a, seed=s, class_alpha=CLASS_ALPHA)
+    ),
 }
 
 
@@ -85,13 +98,8 @@ def _one(x, y, train, val, test, alpha: float, seed: int) -> dict:
             np.mean([(pt[y[test] == k].argmax(1) == k).mean() for k in np.unique(y)])
         ),
     }
-    for name, kw in METHODS.items():
-        if kw is None:
-            cp = fit_default_conformal(pv, y[val], alpha=alpha, seed=seed, class_alpha=CLASS_ALPHA)
-        elif kw.get("default"):
-            cp = fit_default_conformal(pv, y[val], alpha=alpha, seed=seed)
-        else:
-            cp = fit_conformal(pv, y[val], alpha=alpha, seed=seed, **kw)
+    for name, fit_rule in METHODS.items():
+        cp = fit_rule(pv, y[val], alpha, seed)
         sets = cp.predict_sets(pt, rng=np.random.default_rng(seed))
         per_class = [coverage(sets[y[test] == k], y[test][y[test] == k]) for k in np.unique(y)]
         out[name] = {

@@ -98,9 +98,9 @@ class ConformalPredictor:
         scores = np.asarray(self.scores, dtype=np.float64)
         labels = np.asarray(self.score_labels, dtype=np.int64)
         n_classes = np.atleast_1d(np.asarray(self.qhat)).size
-        cc, class_alpha = self.class_conditional, self.class_alpha
-        if class_alpha is not None and alpha >= class_alpha:  # the floor would outrank 1 - alpha
-            cc, class_alpha = False, None
+        cc, class_alpha = self.class_conditional, _floor_below(alpha, self.class_alpha)
+        if self.class_alpha is not None and class_alpha is None:  # the floor is dropped
+            cc = False
         qhat = _thresholds(scores, labels, n_classes, alpha, cc, class_alpha)
         changed = replace(
             self, alpha=float(alpha), qhat=qhat, class_conditional=cc, class_alpha=class_alpha
@@ -219,11 +219,9 @@ def cross_conformal(cp: ConformalPredictor, folds: int) -> ConformalPredictor:
     return marked
 
 
-def _describe_cross(cp: ConformalPredictor, labels: np.ndarray) -> str:
+def _describe_cross(cp: ConformalPredictor, least: int) -> str:
+    """:func:`describe_guarantee` of cross-conformal sets; ``least``: the fewest cases of a class."""
     level = f"{1.0 - cp.alpha:.0%}"
-    n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
-    counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)
-    least = int(min(counts)) if len(counts) else 0
     # the floor's coverage on average rests on every case, like marginal sets
     n_bound = least if cp.class_conditional and cp.class_alpha is None else cp.n_calibration
     bound = f"{cv_plus_bound(cp.alpha, n_bound, cp.folds):.0%}"
@@ -258,11 +256,11 @@ def describe_guarantee(cp: ConformalPredictor) -> str:
     """The coverage guarantee ``cp`` carries, in one sentence for the report and the bundle."""
     level = f"{1.0 - cp.alpha:.0%}"
     labels = np.asarray(cp.score_labels, dtype=np.int64)
-    if cp.folds > 1:
-        return _describe_cross(cp, labels)
     n_classes = np.atleast_1d(np.asarray(cp.qhat)).size
     counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(0, int)
     least = int(min(counts)) if len(counts) else 0
+    if cp.folds > 1:
+        return _describe_cross(cp, least)
     if cp.class_alpha is not None:
         return (
             f"marginal with a per-class floor (split conformal on {cp.n_calibration} calibration "
@@ -289,6 +287,12 @@ def _finite_sample_quantile(scores: np.ndarray, alpha: float) -> float:
     if n == 0 or k > n:
         return math.inf
     return float(np.sort(scores)[max(k, 1) - 1])
+
+
+def _floor_below(alpha: float, class_alpha: float | None) -> float | None:
+    """``class_alpha`` when it is a floor below the level ``1 - alpha``, else None: a floor
+    that would outrank ``1 - alpha`` is none (``with_alpha`` and ``fit_default_conformal``)."""
+    return class_alpha if class_alpha is not None and class_alpha > alpha else None
 
 
 def _thresholds(
@@ -384,9 +388,9 @@ def fit_default_conformal(
     """
     labels = np.asarray(labels_cal).astype(np.int64)
     n_classes = np.asarray(probs_cal).shape[1]
-    if class_alpha is not None and class_alpha <= alpha:
-        # a floor lies below 1 - alpha by definition; at or above it the sets are marginal
-        # (as ``with_alpha`` makes them), unless class-conditional sets are asked for
+    if class_alpha is not None and _floor_below(alpha, class_alpha) is None:
+        # the sets are marginal then (as ``with_alpha`` makes them), unless class-conditional
+        # sets are asked for
         class_alpha = None
         class_conditional = bool(class_conditional)
     if class_conditional is None:
