@@ -16,7 +16,9 @@ validation-only calibration and sets that ``train`` without folds would store fo
 final network against the cross-conformal ones it stored (calibration map and threshold from
 the out-of-fold outputs of every development case), each map with each threshold source and
 set rule, on the fresh cohort and on the demo's test split, with bootstrap intervals, and the
-extra training time of the folds.
+extra training time of the folds. A third threshold source, the fresh cases themselves (each
+rule fitted in-sample on the cases it is measured on), is the floor under every calibration:
+the set size the network's own scores need for each coverage, free of calibration noise.
 
     python Testing/Benchmarks/bench_small_cohort.py run --seed 0 --work /tmp/sc --tag _f5 \
         --train-options '{"folds": 5}'
@@ -466,6 +468,9 @@ def analyse_cross(args: argparse.Namespace) -> dict:
             sources = {
                 "val sets": _set_rules(p_val, y_dev[val], 0),
                 "cross sets": _set_rules(p_oof, y_oof, int(cv["folds"])),
+                # fitted on the very cases they are measured on: no calibration noise and no
+                # mismatch between networks, so the smallest sets this network can give
+                "fresh sets (in-sample)": _set_rules(p_held, d["heldout_labels"], 0),
             }
             for source, rules in sources.items():
                 for rule, cp in rules.items():
@@ -496,7 +501,7 @@ def cross_lines(report: dict) -> list[str]:
             h, t, b = row["heldout"], row["test"], row["heldout_bootstrap"]
             set_95, cov_95 = ("-".join(f"{v:.3f}" for v in b[k]) for k in ("set_95", "coverage_95"))
             lines.append(
-                f"  {name:36s} fresh n={b['n']}: ECE {h['ece']:.3f} set {h['mean_set']:.2f} "
+                f"  {name:48s} fresh n={b['n']}: ECE {h['ece']:.3f} set {h['mean_set']:.2f} "
                 f"({set_95}) cov {h['coverage']:.3f} ({cov_95}) classes "
                 f"{h['class_coverage']} | test: ECE {t['ece']:.3f} set {t['mean_set']:.2f} "
                 f"cov {t['coverage']:.3f} worst {t['worst_class_coverage']:.3f}"

@@ -192,6 +192,39 @@ def test_the_region_map_is_the_packages_and_the_generator_uses_it() -> None:
     assert load_anatomy(2).label_map is template_maps(2).label_map
 
 
+@pytest.mark.parametrize(
+    ("seed", "index", "why"),
+    [
+        (42, 5, "a small head (size 0.93) whose brain the fast search grows into the skull"),
+        (11, 0, "a fast result 7 mm off that still correlates 0.38, above the warning level"),
+    ],
+)
+def test_the_thorough_search_finds_2d_scans_the_fast_one_misses(seed, index, why, pre) -> None:
+    """2D axial scans of ``bench_preprocess.py`` (5-5.4 mm slices) that the fast search
+    registers 7-14 mm off over the brain: the pipeline retries below a correlation of 0.5
+    and the thorough search, which starts every pose at three head sizes, lands within 2 mm."""
+    from autoimmuneai.data.imaging import _to_sitk
+    from autoimmuneai.preprocess.registration import register
+
+    cfg = SynthConfig()
+    cfg.scan["acquisitions"] = {"2d_axial": 1.0}
+    anat = load_anatomy(2)
+    case_id, diagnosis, _, case_seed = _plan(8, seed, cfg)[index]
+    scan = render_scan(sample_case(case_seed, case_id, diagnosis, anat, cfg), anat, cfg)
+    volume = Volume(scan.image.astype(np.float32), scan.grid.affine)
+    pts = _brain_points()
+
+    def error(matrix: np.ndarray) -> float:
+        return float(np.linalg.norm(pts @ matrix.T - pts @ scan.pose.T, axis=1).mean())
+
+    assert error(register(_to_sitk(volume.array, volume.affine)).matrix) > 5.0, why
+    sample = pre.to_model(volume)
+    assert sample.quality["registration_thorough"] is True
+    assert error(sample.matrix) < 2.0 and sample.quality["registration_ncc"] > 0.6
+    assert dice(pre.native_brain_mask(sample), scan.brain) >= 0.95
+    assert not sample.warnings
+
+
 def test_a_head_the_fast_search_misses_is_found_by_the_thorough_one(pre) -> None:
     """Case 156 of the default demo (2D axial, 6 mm slices, pitch 18, roll 8, yaw -8 degrees):
     the fast registration lands 50 mm off; the pipeline sees the poor correlation, searches

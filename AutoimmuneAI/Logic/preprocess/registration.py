@@ -57,9 +57,11 @@ class Effort:
 FAST = Effort(coarse=40, fine=40, affine=40, sampling=0.25)
 THOROUGH = Effort(coarse=50, fine=50, affine=60, sampling=0.5)
 # ``thorough``: the search for a case the fast one got wrong (the pipeline asks for it when
-# the result correlates poorly with the template): rolls too, twice the coarse starts, the
-# best two at the fine level
+# the result correlates poorly with the template): rolls too, twice the coarse starts, each
+# from three initial sizes (a small head started at the template's size can grow the brain
+# into the skull, scale 1.17 for a true 0.93), the best two at the fine level
 THOROUGH_ROLLS_DEG = (-10.0, 0.0, 10.0)
+THOROUGH_SCALES = (0.9, 1.0, 1.1)
 THOROUGH_REFINED, THOROUGH_FINE = 6, 2
 GROW_MM = (4.0, 2.0)  # metric mask: template brain grown by this much (mm) at 8 and 4 mm
 
@@ -226,18 +228,22 @@ def _refine_similarity(
     n_refined: int = N_REFINED,
     n_fine: int = 1,
     effort: Effort = FAST,
+    scales: tuple[float, ...] = (1.0,),
 ) -> tuple:
     """The best starts as rigid + isotropic scale (heads differ in size by 10% and more):
-    ``n_refined`` starts at the coarse, smoothed 8 mm level (cheap), then only the best
-    ``n_fine`` of those, by the 4 mm metric, at the 4 mm level (the costly one)."""
+    ``n_refined`` starts, each from every initial size in ``scales``, at the coarse, smoothed
+    8 mm level (cheap), then only the best ``n_fine`` of those, by the 4 mm metric, at the
+    4 mm level (the costly one)."""
     coarse = []
-    for _, pitch, roll, depth, transform in scored[:n_refined]:
+    for (_, pitch, roll, depth, transform), scale in itertools.product(scored[:n_refined], scales):
         try:
-            sim = _coarse_similarity(t4, m4, transform, effort)
+            sim = _coarse_similarity(t4, m4, transform, effort, scale)
             value = _evaluate(t4, m4, sim)
         except RuntimeError:
             continue
         start = {"pitch_deg": pitch, "roll_deg": roll, "depth_mm": depth, "path": "similarity"}
+        if len(scales) > 1:
+            start["initial_scale"] = scale
         coarse.append((value, sim, start))
     if not coarse:
         raise RuntimeError("registration failed from every start")
@@ -262,10 +268,12 @@ def _refine_similarity(
 
 
 def _coarse_similarity(
-    t4, m4: sitk.Image, start: _MatrixOffset, effort: Effort = FAST
+    t4, m4: sitk.Image, start: _MatrixOffset, effort: Effort = FAST, scale: float = 1.0
 ) -> sitk.Similarity3DTransform:
-    """Similarity from ``start`` at the smoothed 8 mm level of the 4 mm images."""
+    """Similarity from ``start`` (template size times ``scale``) at the smoothed 8 mm level
+    of the 4 mm images."""
     sim = _similarity(start)
+    sim.SetScale(float(scale))
     coarse = _method(t4.metric_mask, effort.coarse, effort.sampling)
     coarse.SetShrinkFactorsPerLevel([2])
     coarse.SetSmoothingSigmasPerLevel([4.0])
@@ -294,7 +302,7 @@ def register(
     moving: sitk.Image, *, affine: bool = True, threads: int | None = None, thorough: bool = False
 ) -> Registration:
     """Register ``moving`` (a float LPS SimpleITK image, any geometry) to the template;
-    ``thorough`` searches more starts (see ``THOROUGH_*``) at about three times the cost."""
+    ``thorough`` searches more starts (see ``THOROUGH_*``) at several times the cost."""
     if threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
     t8, t4 = load_template(8.0, GROW_MM[0]), load_template(4.0, GROW_MM[1])
@@ -303,7 +311,7 @@ def register(
     if thorough:
         scored = _scored_starts(t8, m8, m4, THOROUGH_ROLLS_DEG)
         value, sim, start = _refine_similarity(
-            t4, m4, scored, THOROUGH_REFINED, THOROUGH_FINE, effort
+            t4, m4, scored, THOROUGH_REFINED, THOROUGH_FINE, effort, THOROUGH_SCALES
         )
     else:
         value, sim, start = _refine_similarity(t4, m4, _scored_starts(t8, m8, m4))

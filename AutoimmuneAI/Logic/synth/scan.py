@@ -20,7 +20,16 @@ from .anatomy import Anatomy
 from .config import SynthConfig
 from .head import load_head
 from .latent import CaseLatent
-from .render import OutputGrid, _acquire, _head_source, _label_codes, _sample, _subject, rotation
+from .render import (
+    OutputGrid,
+    _acquire,
+    _head_source,
+    _label_codes,
+    _sample,
+    _subject,
+    _template_points,
+    rotation,
+)
 
 
 @dataclass
@@ -34,6 +43,9 @@ class Scan:
     acquisition: str
     pose: np.ndarray  # 4x4 template (MNI RAS mm) -> image RAS mm, rigid + size
     angles_deg: tuple[float, float, float]  # pitch, roll, yaw of the head
+    # the template point (MNI mm) that each lesion voxel shows, in ``np.argwhere(lesions)``
+    # order: ``pose`` and the smooth deformation, which ``pose`` leaves out, both inverted
+    lesion_template_mm: np.ndarray | None = None
 
 
 def head_pose(pitch: float, roll: float, yaw: float) -> np.ndarray:
@@ -107,6 +119,9 @@ def render_scan(latent: CaseLatent, anat: Anatomy, cfg: SynthConfig) -> Scan:
     pose[:3, :3] = subject.size * pose3
     pose[:3, 3] = c + shift - subject.size * pose3 @ c
     assert lesions is not None and brain is not None
+    ijk = np.argwhere(lesions > 0)
+    world = np.c_[ijk, np.ones(len(ijk))] @ grid.affine.T
+    lesion_template = _template_points(subject, anat, cfg, world[:, :3], pose3, shift)
     return Scan(
         image=image,
         lesions=lesions,
@@ -115,4 +130,5 @@ def render_scan(latent: CaseLatent, anat: Anatomy, cfg: SynthConfig) -> Scan:
         acquisition=acquisition,
         pose=pose,
         angles_deg=(pitch, roll, yaw),
+        lesion_template_mm=lesion_template,
     )
